@@ -1,0 +1,55 @@
+"""Shared parameter text for docstrings."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+doc_adata = """\
+adata
+    Annotated data matrix (cells x genes), or a :class:`~mudata.MuData`; with a MuData the
+    modality ``mod`` is read and written."""
+
+doc_mod = """\
+mod
+    Modality of a :class:`~mudata.MuData` to use. Ignored for an :class:`~anndata.AnnData`."""
+
+doc_layer_counts = """\
+layer
+    Layer holding raw counts. ``None`` reads ``adata.X``."""
+
+doc_copy = """\
+copy
+    Return a modified copy instead of writing into ``adata``."""
+
+doc_plot_common = """\
+ax
+    Axes to draw into. A new figure is made when ``None``.
+show
+    Show the figure. ``None`` follows :attr:`scsig.settings.autoshow`; ignored when ``ax`` is given.
+save
+    Path to save the figure to (any format matplotlib knows).
+return_fig
+    Return the :class:`~matplotlib.figure.Figure` instead of the Axes."""
+
+
+def doc_params(**kwds: str) -> Callable[[F], F]:
+    """Replace ``{name}`` placeholder lines of a docstring with shared text, keeping indentation."""
+
+    def dec(obj: F) -> F:
+        doc = obj.__doc__
+        if doc:
+            for name, text in kwds.items():
+                pattern = re.compile(rf"^([ \t]*)\{{{name}\}}[ \t]*$", re.MULTILINE)
+                doc = pattern.sub(lambda m, t=text: _indent(t, m.group(1)), doc)
+            obj.__doc__ = doc
+        return obj
+
+    return dec
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())

@@ -1,0 +1,7 @@
+"""Small shared helpers."""
+
+from __future__ import annotations
+
+from ._anndata import get_matrix, resolve_adata, wrap_return
+
+__all__ = ["get_matrix", "resolve_adata", "wrap_return"]

@@ -1,0 +1,157 @@
+"""Translate between the AnnData's genes and a model's gene order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ._validate import check_unique
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..models import FoundationModel
+
+__all__ = ["GeneAlignment", "align_genes"]
+
+
+def _looks_ensembl(names: pd.Index) -> bool:
+    sample = names[: min(len(names), 200)].astype(str)
+    return len(sample) > 0 and float(np.mean(sample.str.match(r"^ENS[A-Z]*G\d{6,}"))) > 0.5
+
+
+@dataclass
+class GeneAlignment:
+    """Where each of the data's genes sits in a model's gene order.
+
+    Attributes
+    ----------
+    model_genes
+        The model's gene order.
+    var_names
+        The data's gene names as matched (``var_names`` or the ``gene_symbols`` column).
+    var_to_model
+        For each data gene, its position in the model's order, or -1.
+    """
+
+    model_genes: list[str]
+    var_names: pd.Index
+    var_to_model: np.ndarray
+
+    @property
+    def var_in_model(self) -> np.ndarray:
+        """Boolean mask over the data's genes: known to the model."""
+        return self.var_to_model >= 0
+
+    @property
+    def n_overlap(self) -> int:
+        """Number of model genes found in the data."""
+        return int(self.var_in_model.sum())
+
+    @property
+    def projection(self) -> sparse.csr_matrix:
+        """0/1 matrix (data genes x model genes): ``counts @ projection`` aligns to the model."""
+        if not hasattr(self, "_projection"):
+            rows = np.flatnonzero(self.var_in_model)
+            cols = self.var_to_model[rows]
+            self._projection = sparse.csr_matrix(
+                (np.ones(rows.size, dtype=np.float32), (rows, cols)),
+                shape=(len(self.var_names), len(self.model_genes)),
+            )
+        return self._projection
+
+    def to_model(self, x: np.ndarray | sparse.spmatrix) -> sparse.csr_matrix:
+        """Cells x data genes -> cells x model genes (CSR float64); genes the data lacks are zeros."""
+        x = sparse.csr_matrix(x, dtype=np.float64)
+        out = x @ self.projection
+        out.sort_indices()
+        return sparse.csr_matrix(out)
+
+    def to_var(self, x: np.ndarray) -> np.ndarray:
+        """Dense cells x model genes -> dense cells x data genes; genes outside the model are zeros."""
+        out = np.zeros((x.shape[0], len(self.var_names)), dtype=x.dtype)
+        cols = np.flatnonzero(self.var_in_model)
+        out[:, cols] = x[:, self.var_to_model[cols]]
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """Overlap summary (h5ad-safe)."""
+        return {
+            "n_model_genes": len(self.model_genes),
+            "n_data_genes": len(self.var_names),
+            "n_overlap": self.n_overlap,
+        }
+
+
+def align_genes(
+    adata: AnnData,
+    model: FoundationModel,
+    *,
+    gene_symbols: str | None = None,
+    min_overlap: int | None = None,
+) -> GeneAlignment:
+    """Match ``adata``'s genes to ``model``'s gene order and check the overlap.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    model
+        The model whose gene order to match.
+    gene_symbols
+        Column of ``adata.var`` holding the names the model uses (e.g. symbols when ``var_names`` are
+        Ensembl IDs). ``None`` uses ``var_names``.
+    min_overlap
+        Fewest model genes that must be found. Default: 500, or half the model's genes for models
+        with fewer than 1,000 genes.
+
+    Returns
+    -------
+    The alignment.
+    """
+    if gene_symbols is None:
+        names = pd.Index(adata.var_names.astype(str))
+        what = "adata.var_names"
+        fix = "Make them unique with `adata.var_names_make_unique()` or pass gene_symbols= a column of unique names."
+    else:
+        if gene_symbols not in adata.var.columns:
+            msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
+            raise KeyError(msg)
+        names = pd.Index(adata.var[gene_symbols].astype(str))
+        what = f"adata.var[{gene_symbols!r}]"
+        fix = "Each gene must map to one column: drop or rename the duplicates first."
+    check_unique(names, what=what, fix=fix)
+
+    model_index = pd.Index(model.gene_order)
+    var_to_model = model_index.get_indexer(names)
+    alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64))
+
+    n_model = model.n_genes
+    if min_overlap is None:
+        min_overlap = 500 if n_model >= 1000 else max(1, n_model // 2)
+    overlap = alignment.n_overlap
+    if overlap < min_overlap:
+        hint = ""
+        data_ens, model_ens = _looks_ensembl(names), _looks_ensembl(model_index)
+        if data_ens and not model_ens:
+            cols = [
+                c for c in adata.var.columns if adata.var[c].dtype == object or str(adata.var[c].dtype) == "category"
+            ]
+            hint = (
+                f" {what} look like Ensembl IDs but the model uses gene symbols: pass gene_symbols= the "
+                f"column of adata.var holding symbols (candidates: {cols})."
+            )
+        elif model_ens and not data_ens:
+            hint = f" The model uses Ensembl IDs but {what} do not: pass gene_symbols= a column of Ensembl IDs."
+        else:
+            hint = " Check that both use the same kind of gene names (symbols vs Ensembl IDs) and species."
+        msg = (
+            f"Only {overlap} of the model's {n_model} genes are in {what} (at least {min_overlap} needed; "
+            f"first data genes: {names[:3].tolist()}, first model genes: {model.gene_order[:3]}).{hint}"
+        )
+        raise ValueError(msg)
+    return alignment

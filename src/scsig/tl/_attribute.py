@@ -1,0 +1,262 @@
+"""``sg.tl.attribute``: per-cell, per-gene attributions of a foundation model's embedding."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from scipy import sparse
+
+from .. import _logging as logg
+from .._constants import IN_MODEL_SUFFIX, LAYER_PREFIX, METHODS, UNS_KEY
+from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params
+from .._settings import settings
+from .._utils import get_matrix, resolve_adata, wrap_return
+from ..attribution import TargetModule, normalize_rows
+from ..attribution._engine import compute_batch, pick_engine
+from ..pp._align import align_genes
+from ..pp._prepare import model_input
+from ..pp._validate import check_counts as _check_counts
+from ..pp._validate import warn_empty_cells
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ..models import FoundationModel
+
+__all__ = ["DegenerateAttributionError", "attribute"]
+
+DEGENERATE_RATIO = 1e-3
+"""Attributions whose total raw mass is below this fraction of the target's change are degenerate."""
+
+_GRADIENT_AT_INPUT = {"ixg": "input x gradient", "dl": "DeepLIFT"}
+
+
+class DegenerateAttributionError(ValueError):
+    """The attributions carry no signal: the target's gradient at the input is (numerically) zero."""
+
+
+def _default_batch_size(model: FoundationModel, method: str, n_steps: int) -> int:
+    if settings.batch_size is not None:
+        return int(settings.batch_size)
+    widths = [p.shape[0] for p in model.encoder.parameters() if p.ndim == 2]
+    # floats per path point: input, its gradient and a dense copy, plus activations and their gradients
+    per_row = 4 * (3 * model.n_genes + 4 * sum(widths))
+    rows = max(1, int(settings.memory_budget_gb * 1e9 // per_row))
+    steps = n_steps if method == "ig" else 2
+    return int(np.clip(rows // steps, 1, 4096))
+
+
+@contextlib.contextmanager
+def _torch_threads(n_jobs: int | None) -> Iterator[None]:
+    import torch
+
+    if n_jobs is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n_jobs)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_degenerate(raw_mass: np.ndarray, delta: np.ndarray, method: str, target: str) -> str | None:
+    """A message when the attributions are float noise relative to the target's change, else None."""
+    ok = delta > 1e-6
+    if not ok.any():
+        return None
+    ratio = float(np.median(raw_mass[ok] / delta[ok]))
+    if ratio >= DEGENERATE_RATIO:
+        return None
+    name = _GRADIENT_AT_INPUT.get(method, method)
+    return (
+        f"The {name} attributions are degenerate: their total mass per cell is {ratio:.1e} of the target's change "
+        f"|t(x) - t(0)|, i.e. floating-point noise. With target={target!r} the target is maximal at the input "
+        "itself, so its gradient there is analytically zero, and rescaling each cell to target_sum would turn "
+        "that noise into fake attributions. Use method='ig' (integrated gradients integrates along the path from "
+        f"the baseline), or choose target='embedding_distance' explicitly for method={method!r}."
+    )
+
+
+@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_copy=doc_copy)
+def attribute(
+    adata: Any,
+    model: FoundationModel | str,
+    *,
+    method: Literal["ig", "dl", "ixg"] = "ig",
+    layer: str | None = None,
+    target: Literal["self_similarity", "embedding_distance"] | Callable | None = None,
+    n_steps: int = 50,
+    batch_size: int | None = None,
+    target_sum: float = 1000.0,
+    gene_symbols: str | None = None,
+    min_overlap: int | None = None,
+    check_counts: bool = True,
+    engine: Literal["auto", "captum", "fast"] = "auto",
+    on_degenerate: Literal["raise", "warn"] = "raise",
+    key_added: str | None = None,
+    progress: bool | None = None,
+    mod: str = "rna",
+    copy: bool = False,
+) -> Any:
+    r"""Attribute each cell's foundation-model embedding to its genes.
+
+    For each cell :math:`x` (raw counts, normalized by the model's recipe in its gene order),
+    the attribution method explains the scalar target :math:`t` -- by default the published
+    self-similarity :math:`t(x') = \\sum_k |z_k f(x')_k|` with :math:`z = f(x)` fixed -- against a zero
+    baseline. Integrated gradients (``"ig"``) uses captum's defaults (Gauss-Legendre, ``n_steps``
+    points); ``"dl"`` is DeepLIFT and ``"ixg"`` input x gradient. The attributions' absolute
+    values are rescaled so that each cell sums to ``target_sum`` (cells with no counts stay 0).
+    Values are non-negative: a gene's share of ``target_sum`` in how the model sees that cell.
+
+    Parameters
+    ----------
+    {doc_adata}
+    model
+        A :class:`~scsig.models.FoundationModel`, or a path that :func:`scsig.models.load` reads.
+    method
+        ``"ig"`` integrated gradients, ``"dl"`` DeepLIFT, ``"ixg"`` input x gradient.
+    {doc_layer_counts}
+    target
+        What is attributed. ``None`` uses the model's default (``"self_similarity"``).
+        ``"embedding_distance"`` is :math:`\\lVert f(x') - f(0) \\rVert_2`, which ``"dl"`` and ``"ixg"``
+        need: under self-similarity their attributions are degenerate (see ``on_degenerate``).
+        A callable ``(embedding, reference) -> (n,)`` tensor is used as is.
+    n_steps
+        Integration points for ``"ig"``.
+    batch_size
+        Cells per batch. ``None`` derives it from :attr:`scsig.settings.memory_budget_gb`.
+    target_sum
+        Each cell's attributions sum to this.
+    gene_symbols
+        Column of ``adata.var`` holding the names the model uses, when ``var_names`` differ.
+    min_overlap
+        Fewest model genes that must be found in the data.
+    check_counts
+        Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
+    engine
+        ``"auto"`` takes the exact fast path when the model allows it and captum otherwise;
+        ``"captum"`` forces captum; ``"fast"`` requires the fast path.
+    on_degenerate
+        What to do when the attributions are float noise (raw mass below ``1e-3`` of
+        :math:`|t(x) - t(0)|`): ``"raise"`` a :class:`DegenerateAttributionError`, or ``"warn"`` and
+        write them anyway.
+    key_added
+        Layer to write; default ``f"attr_{{method}}"``.
+    progress
+        Show a progress bar; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_mod}
+    {doc_copy}
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` when ``copy=True``, with
+
+    ``adata.layers[key_added]``
+        CSR float32 attributions over ``adata.var`` (genes outside the model are 0).
+    ``adata.var[f"{{key_added}}_in_model"]``
+        Whether the model knows each gene.
+    ``adata.uns["scsig"]["layers"][key_added]``
+        Provenance: model (name, checksum, gene-order hash), method, target, baseline, ``n_steps``,
+        ``target_sum``, the input layer, the gene overlap and the package version.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> adata.layers["attr_ig"].sum(axis=1)[:2].round().tolist()
+    [[1000.0], [1000.0]]
+    """
+    import torch
+
+    from .. import __version__
+    from ..models import FoundationModel, load
+
+    if method not in METHODS:
+        msg = f"Unknown attribution method {method!r}; use one of {list(METHODS)} (ig: integrated gradients, dl: DeepLIFT, ixg: input x gradient)."
+        raise ValueError(msg)
+    if on_degenerate not in ("raise", "warn"):
+        msg = f"on_degenerate must be 'raise' or 'warn', not {on_degenerate!r}."
+        raise ValueError(msg)
+    if n_steps < 1:
+        msg = f"n_steps must be a positive integer, got {n_steps}."
+        raise ValueError(msg)
+    if not isinstance(model, FoundationModel):
+        model = load(model)
+    target = model.default_target if target is None else target
+    module = TargetModule(model.encoder, target)  # validates the target
+
+    container, data = resolve_adata(adata, mod=mod, copy=copy)
+    counts = get_matrix(data, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
+    if check_counts:
+        _check_counts(counts, where=where, require_integer=model.preprocessing.requires_counts)
+    in_model = alignment.var_in_model
+    totals = np.asarray(counts[:, np.flatnonzero(in_model)].sum(axis=1)).ravel()
+    warn_empty_cells(totals, data.obs_names, what="in the model's genes")
+
+    key = key_added or f"{LAYER_PREFIX}{method}"
+    chosen = pick_engine(model, method, module, engine)
+    if batch_size is None:
+        batch_size = _default_batch_size(model, method, n_steps)
+    show = settings.progress if progress is None else progress
+    start = logg.info(f"computing {method} attributions of {data.n_obs} cells with {model.name} ({chosen} engine)")
+
+    from tqdm.auto import tqdm
+
+    device = torch.device(settings.device)
+    module.to(device)
+    chunks: list[sparse.csr_matrix] = []
+    n_obs = data.n_obs
+    with (
+        _torch_threads(settings.n_jobs),
+        tqdm(total=n_obs, disable=not show, desc=f"attribute ({method})", unit="cells") as bar,
+    ):
+        for lo in range(0, n_obs, batch_size):
+            hi = min(lo + batch_size, n_obs)
+            x, _ = model_input(counts[lo:hi], alignment, model, validate=False)
+            raw, t_in, t_base = compute_batch(chosen, module, model, x, method=method, n_steps=n_steps, device=device)
+            raw = np.abs(raw.astype(np.float64, copy=False))
+            if lo == 0:
+                problem = _check_degenerate(raw.sum(axis=1), np.abs(t_in - t_base), method, module.target_name)
+                if problem is not None:
+                    if on_degenerate == "raise":
+                        raise DegenerateAttributionError(problem)
+                    warnings.warn(problem, UserWarning, stacklevel=2)
+            normed = normalize_rows(raw, target_sum).toarray()
+            chunks.append(sparse.csr_matrix(alignment.to_var(normed)))
+            bar.update(hi - lo)
+
+    layer_mat = sparse.vstack(chunks, format="csr") if chunks else sparse.csr_matrix(data.shape, dtype=np.float32)
+    layer_mat = sparse.csr_matrix(layer_mat, dtype=np.float32)
+    layer_mat.sort_indices()
+    data.layers[key] = layer_mat
+    data.var[f"{key}{IN_MODEL_SUFFIX}"] = in_model
+    record = {
+        "method": method,
+        "target": module.target_name,
+        "baseline": "zeros",
+        "n_steps": int(n_steps) if method == "ig" else 0,
+        "integration": "gausslegendre" if method == "ig" else "none",
+        "target_sum": float(target_sum),
+        "input_layer": layer if layer is not None else "X",
+        "gene_symbols": gene_symbols if gene_symbols is not None else "var_names",
+        "engine": chosen,
+        "model": model.describe(),
+        "gene_order_hash": model.gene_order_hash,
+        "overlap": alignment.report(),
+        "scsig_version": __version__,
+    }
+    uns = data.uns.setdefault(UNS_KEY, {})
+    uns.setdefault("layers", {})[key] = record
+    logg.info(
+        f"    finished: added layers[{key!r}], var[{key + IN_MODEL_SUFFIX!r}], uns['scsig']['layers'][{key!r}]",
+        time=start,
+    )
+    return wrap_return(container, copy=copy)

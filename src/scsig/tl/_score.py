@@ -1,0 +1,232 @@
+"""``sg.tl.score``: signature scores from an attribution layer."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .. import _logging as logg
+from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
+from .._docs import doc_adata, doc_copy, doc_mod, doc_params
+from .._utils import resolve_adata, wrap_return
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["attribution_layer", "parse_signatures", "score", "score_matrix"]
+
+
+def attribution_layer(adata: AnnData, layer: str | None) -> str:
+    """The attribution layer to read: ``layer``, or the only one recorded in ``adata.uns["scsig"]``."""
+    if layer is not None:
+        if layer not in adata.layers:
+            msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Run sg.tl.attribute first."
+            raise KeyError(msg)
+        return layer
+    recorded = [k for k in adata.uns.get(UNS_KEY, {}).get("layers", {}) if k in adata.layers]
+    if len(recorded) == 1:
+        return recorded[0]
+    if not recorded:
+        msg = "No attribution layer found (adata.uns['scsig']['layers'] is empty). Run sg.tl.attribute first, or pass layer=."
+        raise KeyError(msg)
+    msg = f"Several attribution layers are present ({recorded}); pass layer= one of them."
+    raise ValueError(msg)
+
+
+def _is_weight_map(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(isinstance(v, Real) and not isinstance(v, bool) for v in obj.values())
+
+
+def _as_gene_list(genes: Any, *, name: str) -> tuple[list[str], np.ndarray | None]:
+    if isinstance(genes, Mapping):
+        if not _is_weight_map(genes):
+            msg = f"Signature {name!r}: a dict must map gene -> numeric weight."
+            raise TypeError(msg)
+        return [str(g) for g in genes], np.asarray(list(genes.values()), dtype=np.float64)
+    if isinstance(genes, str) or not isinstance(genes, Sequence | np.ndarray | pd.Index | pd.Series):
+        msg = f"Signature {name!r}: pass a list of genes, a dict gene -> weight, or a dict name -> list of genes."
+        raise TypeError(msg)
+    return [str(g) for g in genes], None
+
+
+def parse_signatures(
+    genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
+    weights: Sequence[float] | None = None,
+) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], bool]:
+    """Normalize the ``genes`` argument: ``({name: (genes, weights)}, several)``."""
+    several = isinstance(genes, Mapping) and len(genes) > 0 and not _is_weight_map(genes)
+    if several:
+        if weights is not None:
+            msg = "weights= goes with a single gene list; for several signatures give each a dict gene -> weight."
+            raise ValueError(msg)
+        sigs = {str(k): _as_gene_list(v, name=str(k)) for k, v in genes.items()}
+    else:
+        gl, w = _as_gene_list(genes, name="signature")
+        if weights is not None:
+            if w is not None:
+                msg = "Give weights either as a dict gene -> weight or as weights=, not both."
+                raise ValueError(msg)
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (len(gl),):
+                msg = f"weights has {w.size} values but the signature has {len(gl)} genes."
+                raise ValueError(msg)
+        sigs = {"signature": (gl, w)}
+    for name, (gl, w) in sigs.items():
+        if not gl:
+            msg = f"Signature {name!r} is empty."
+            raise ValueError(msg)
+        index = pd.Index(gl)
+        if not index.is_unique:
+            dup = index[index.duplicated()].unique().tolist()[:5]
+            msg = f"Signature {name!r} lists genes more than once ({dup}); remove the duplicates."
+            raise ValueError(msg)
+        if w is not None and (not np.all(np.isfinite(w)) or w.sum() == 0):
+            msg = f"Signature {name!r}: weights must be finite and must not sum to 0."
+            raise ValueError(msg)
+    return sigs, several
+
+
+def score_matrix(x: np.ndarray | sparse.spmatrix, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``x[:, cols] @ weights`` in float64 without densifying ``x`` (CSR reads only through one matvec)."""
+    if sparse.issparse(x):
+        if x.format == "csr":
+            w = np.zeros(x.shape[1], dtype=np.float64)
+            w[cols] = weights
+            return np.asarray(x @ w, dtype=np.float64).ravel()
+        sub = sparse.csc_matrix(x)[:, cols]
+        return np.asarray(sub @ weights, dtype=np.float64).ravel()
+    if (
+        hasattr(x, "shape")
+        and not isinstance(x, np.ndarray)
+        and hasattr(x, "__getitem__")
+        and not hasattr(x, "__array_function__")
+    ):
+        x = x[:, cols]  # backed datasets: read only the columns
+        return np.asarray(x, dtype=np.float64) @ weights
+    return np.asarray(x[:, cols], dtype=np.float64) @ weights
+
+
+@doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
+def score(
+    adata: Any,
+    genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
+    *,
+    layer: str | None = None,
+    weights: Sequence[float] | None = None,
+    aggregate: Literal["mean", "sum"] = "mean",
+    key_added: str = SCORE_KEY,
+    mod: str = "rna",
+    copy: bool = False,
+) -> Any:
+    r"""Score cells for a gene signature from an attribution layer.
+
+    A cell's score is the mean (``aggregate="mean"``) or sum (``"sum"``) of its normalized
+    attributions over the signature's genes; with weights :math:`w_g` the weighted mean is
+    :math:`\\sum_g w_g a_g / \\sum_g w_g` and the weighted sum :math:`\\sum_g w_g a_g`. With the
+    default ``target_sum=1000`` a score is in attribution units per gene: a mean of 1 means the
+    signature's genes carry, on average, 1/1000 of the cell's attribution each. Scores are
+    non-negative and do not depend on the order of the genes.
+
+    Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
+    a warning (and recorded); duplicates, an empty signature, or one with no usable gene are errors.
+
+    Parameters
+    ----------
+    {doc_adata}
+    genes
+        A list of genes, a dict gene -> weight, or a dict name -> list (or gene -> weight dict) to
+        score several signatures at once.
+    layer
+        Attribution layer; ``None`` takes the only one recorded by :func:`scsig.tl.attribute`.
+    weights
+        Weights for a gene list, in the same order.
+    aggregate
+        ``"mean"`` or ``"sum"``.
+    key_added
+        Name of the score column. For several signatures the columns are
+        ``f"{{key_added}}_{{name}}"`` and ``adata.obsm[key_added]`` holds them all.
+    {doc_mod}
+    {doc_copy}
+
+    Returns
+    -------
+    ``None``, or a copy when ``copy=True``, with
+
+    ``adata.obs[key_added]``
+        float64 scores (one signature), or ``adata.obs[f"{{key_added}}_{{name}}"]`` and
+        ``adata.obsm[key_added]`` (a DataFrame, one column per signature) for several.
+    ``adata.uns["scsig"]["scores"][key_added]``
+        The layer, aggregate, and per signature the genes used, their weights and the missing genes.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"])
+    >>> bool((adata.obs["score"] >= 0).all())
+    True
+    """
+    if aggregate not in ("mean", "sum"):
+        msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
+        raise ValueError(msg)
+    sigs, several = parse_signatures(genes, weights)
+    _, data_ro = resolve_adata(adata, mod=mod)
+    key = attribution_layer(data_ro, layer)
+    x = data_ro.layers[key]
+    var_index = pd.Index(data_ro.var_names)
+    in_model_col = f"{key}{IN_MODEL_SUFFIX}"
+    known = data_ro.var[in_model_col].to_numpy(bool) if in_model_col in data_ro.var else np.ones(len(var_index), bool)
+
+    start = logg.info(f"scoring {len(sigs)} signature(s) from layer {key!r}")
+    scores: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {"layer": key, "aggregate": aggregate, "signatures": {}}
+    for name, (gl, w) in sigs.items():
+        pos = var_index.get_indexer(gl)
+        usable = (pos >= 0) & known[np.maximum(pos, 0)]
+        missing = [g for g, ok in zip(gl, usable, strict=True) if not ok]
+        label = f"signature {name!r}" if several else "the signature"
+        if not usable.any():
+            msg = (
+                f"None of the {len(gl)} genes of {label} is in adata.var_names and known to the model "
+                f"(e.g. {gl[:5]}). Check the gene names (symbols vs Ensembl IDs) and the layer."
+            )
+            raise ValueError(msg)
+        if missing:
+            warnings.warn(
+                f"{len(missing)} of {len(gl)} genes of {label} are not in adata.var or unknown to the model and are "
+                f"left out: {missing[:10]}{' ...' if len(missing) > 10 else ''}",
+                UserWarning,
+                stacklevel=2,
+            )
+        cols = pos[usable]
+        wv = np.ones(cols.size) if w is None else w[usable]
+        if w is not None and wv.sum() == 0:
+            msg = f"The weights of the usable genes of {label} sum to 0."
+            raise ValueError(msg)
+        coef = wv / wv.sum() if aggregate == "mean" else wv
+        scores[name] = score_matrix(x, cols, coef)
+        record["signatures"][name] = {
+            "genes": [g for g, ok in zip(gl, usable, strict=True) if ok],
+            "weights": wv.tolist() if w is not None else "none",
+            "missing": missing,
+        }
+
+    container, data = resolve_adata(adata, mod=mod, copy=copy)
+    if several:
+        frame = pd.DataFrame(scores, index=data.obs_names, dtype=np.float64)
+        for name in scores:
+            data.obs[f"{key_added}_{name}"] = frame[name].to_numpy()
+        data.obsm[key_added] = frame
+    else:
+        data.obs[key_added] = scores["signature"]
+    uns = data.uns.setdefault(UNS_KEY, {})
+    uns.setdefault("scores", {})[key_added] = record
+    logg.info(f"    finished: added obs[{key_added!r}]", time=start)
+    return wrap_return(container, copy=copy)

@@ -1,0 +1,74 @@
+"""Shared fixtures: small seeded data and tiny CPU models, SCimilarity-format folders in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scsig as sg
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setattr(sg.settings, "progress", False)
+    monkeypatch.setattr(sg.settings, "autoshow", False)
+
+
+@pytest.fixture
+def toy():
+    """(adata, model) from sg.datasets.toy()."""
+    return sg.datasets.toy()
+
+
+def randomize_batchnorm(encoder: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
+
+
+def write_scimilarity_folder(folder: Path, genes: list[str], hidden=(32, 16), latent=8, seed=0, labels=True) -> Path:
+    """Write a SCimilarity-format model folder the way the published tool lays it out (not via scsig)."""
+    torch.manual_seed(seed)
+    layers = []
+    width = len(genes)
+    for h in hidden:
+        layers.append(
+            torch.nn.Sequential(
+                torch.nn.Dropout(0.4), torch.nn.Linear(width, h), torch.nn.BatchNorm1d(h), torch.nn.PReLU()
+            )
+        )
+        width = h
+    layers.append(torch.nn.Linear(width, latent))
+    net = torch.nn.Module()
+    net.network = torch.nn.ModuleList(layers)
+    randomize_batchnorm(net, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = net.state_dict()
+    torch.save({"state_dict": state}, folder / "encoder.ckpt")
+    (folder / "gene_order.tsv").write_text("\n".join(genes) + "\n")
+    (folder / "layer_sizes.json").write_text(json.dumps({k: list(v.shape) for k, v in state.items()}))
+    if labels:
+        (folder / "label_ints.csv").write_text(",0\n0,T cell\n1,B cell\n")
+    return folder
+
+
+@pytest.fixture
+def scim_folder(tmp_path, toy):
+    """A SCimilarity-format folder over the toy data's genes (plus genes the data lacks)."""
+    adata, _ = toy
+    rng = np.random.default_rng(1)
+    genes = list(rng.permutation(adata.var_names.tolist())) + ["MISSING1", "MISSING2", "MISSING3"]
+    return write_scimilarity_folder(tmp_path / "model", genes)
