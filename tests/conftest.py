@@ -72,3 +72,9 @@ def scim_folder(tmp_path, toy):
     rng = np.random.default_rng(1)
     genes = list(rng.permutation(adata.var_names.tolist())) + ["MISSING1", "MISSING2", "MISSING3"]
     return write_scimilarity_folder(tmp_path / "model", genes)
+
+
+@pytest.fixture
+def make_scim_folder():
+    """The folder writer, for tests that need other shapes."""
+    return write_scimilarity_folder

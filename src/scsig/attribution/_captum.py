@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,9 +48,11 @@ def captum_attributions(
             internal_batch_size=internal_batch_size,
         )
     elif method == "dl":
-        attr = DeepLift(module, multiply_by_inputs=True).attribute(
-            inputs, baselines=baselines, target=0, additional_forward_args=(reference,)
-        )
+        with warnings.catch_warnings():  # captum announces its temporary hooks on every call
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks", category=UserWarning)
+            attr = DeepLift(module, multiply_by_inputs=True).attribute(
+                inputs, baselines=baselines, target=0, additional_forward_args=(reference,)
+            )
     elif method == "ixg":
         attr = InputXGradient(module).attribute(inputs, target=0, additional_forward_args=(reference,))
     else:  # validated by the caller

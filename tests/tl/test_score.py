@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scsig as sg
+
+
+@pytest.fixture
+def attributed(toy):
+    adata, model = toy
+    sg.tl.attribute(adata, model)
+    return adata
+
+
+def _layer(adata):
+    return adata.layers["attr_ig"].toarray().astype(np.float64)
+
+
+def _cols(adata, genes):
+    return [adata.var_names.get_loc(g) for g in genes]
+
+
+GENES = ["g3", "g0", "g7", "g12"]
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+@pytest.mark.parametrize("aggregate", ["mean", "sum"])
+def test_matches_numpy(attributed, fmt, aggregate):
+    adata = attributed
+    dense = _layer(adata)
+    layer = adata.layers["attr_ig"]
+    adata.layers["attr_ig"] = {"csr": layer, "csc": layer.tocsc(), "dense": layer.toarray()}[fmt]
+    sg.tl.score(adata, GENES, aggregate=aggregate)
+    sub = dense[:, _cols(adata, GENES)]
+    expected = sub.mean(1) if aggregate == "mean" else sub.sum(1)
+    np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
+    assert adata.obs["score"].dtype == np.float64
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "sum"])
+def test_weighted(attributed, aggregate):
+    adata = attributed
+    w = np.array([0.5, 2.0, 1.0, 3.0])
+    sg.tl.score(adata, dict(zip(GENES, w, strict=True)), aggregate=aggregate, key_added="w")
+    sg.tl.score(adata, GENES, weights=w, aggregate=aggregate, key_added="w2")
+    sub = _layer(adata)[:, _cols(adata, GENES)]
+    expected = sub @ w / (w.sum() if aggregate == "mean" else 1)
+    np.testing.assert_allclose(adata.obs["w"], expected, rtol=1e-6)
+    np.testing.assert_allclose(adata.obs["w2"], expected, rtol=1e-6)
+
+
+def test_gene_order_does_not_matter(attributed):
+    adata = attributed
+    sg.tl.score(adata, GENES, key_added="a")
+    sg.tl.score(adata, GENES[::-1], key_added="b")
+    np.testing.assert_array_equal(adata.obs["a"].to_numpy(), adata.obs["b"].to_numpy())
+
+
+def test_several_signatures(attributed):
+    adata = attributed
+    sigs = {"up": ["g0", "g1", "g2"], "other": {"g10": 1.0, "g11": 3.0}}
+    sg.tl.score(adata, sigs, key_added="sig")
+    dense = _layer(adata)
+    np.testing.assert_allclose(adata.obs["sig_up"], dense[:, _cols(adata, sigs["up"])].mean(1), rtol=1e-6)
+    expected = dense[:, _cols(adata, ["g10", "g11"])] @ np.array([1.0, 3.0]) / 4
+    np.testing.assert_allclose(adata.obs["sig_other"], expected, rtol=1e-6)
+    assert list(adata.obsm["sig"].columns) == ["up", "other"]
+    np.testing.assert_array_equal(adata.obsm["sig"]["up"].to_numpy(), adata.obs["sig_up"].to_numpy())
+
+
+def test_missing_genes_warn_and_are_recorded(attributed):
+    adata = attributed
+    with pytest.warns(UserWarning, match="not in adata.var"):
+        sg.tl.score(adata, ["g0", "g1", "NOPE"])
+    rec = adata.uns["scsig"]["scores"]["score"]["signatures"]["signature"]
+    assert rec["missing"] == ["NOPE"]
+    assert rec["genes"] == ["g0", "g1"]
+    np.testing.assert_allclose(adata.obs["score"], _layer(adata)[:, _cols(adata, ["g0", "g1"])].mean(1))
+
+
+def test_gene_unknown_to_model_is_missing(toy):
+    adata, model = toy
+    extra = ad.AnnData(sparse.csr_matrix(np.ones((adata.n_obs, 1), dtype=np.int32)), obs=adata.obs)
+    extra.var_names = ["notinmodel"]
+    wide = ad.concat([adata, extra], axis=1, merge="first")
+    sg.tl.attribute(wide, model)
+    with pytest.warns(UserWarning, match="unknown to the model"):
+        sg.tl.score(wide, ["g0", "notinmodel"])
+    assert wide.uns["scsig"]["scores"]["score"]["signatures"]["signature"]["missing"] == ["notinmodel"]
+
+
+@pytest.mark.parametrize(
+    ("genes", "match"),
+    [
+        (["g0", "g0"], "more than once"),
+        ([], "empty"),
+        (["A", "B"], "None of the 2 genes"),
+        ("g0", "list of genes"),
+    ],
+)
+def test_bad_signatures(attributed, genes, match):
+    adata = attributed
+    before = adata.copy()
+    with pytest.raises((ValueError, TypeError), match=match):
+        sg.tl.score(adata, genes)
+    assert list(adata.obs.columns) == list(before.obs.columns)
+    assert "scores" not in adata.uns["scsig"]
+
+
+def test_layer_resolution(attributed, toy):
+    adata = attributed
+    _, model = toy
+    sg.tl.attribute(adata, model, method="ixg", target="embedding_distance")
+    with pytest.raises(ValueError, match="Several attribution layers"):
+        sg.tl.score(adata, GENES)
+    sg.tl.score(adata, GENES, layer="attr_ixg")
+    with pytest.raises(KeyError, match="not found"):
+        sg.tl.score(adata, GENES, layer="attr_dl")
+    raw, _ = sg.datasets.toy()
+    with pytest.raises(KeyError, match="Run sg.tl.attribute first"):
+        sg.tl.score(raw, GENES)
+
+
+def test_copy_view_and_h5ad(attributed, tmp_path):
+    adata = attributed
+    out = sg.tl.score(adata, GENES, copy=True)
+    assert "score" in out.obs
+    assert "score" not in adata.obs
+    view = adata[:10]
+    sg.tl.score(view, GENES)
+    np.testing.assert_allclose(view.obs["score"], out.obs["score"][:10])
+    sg.tl.score(adata, {"a": GENES, "b": ["g1"]})
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    back = ad.read_h5ad(tmp_path / "s.h5ad")
+    np.testing.assert_array_equal(back.obs["score_a"], adata.obs["score_a"])
+    assert list(back.uns["scsig"]["scores"]["score"]["signatures"]["a"]["genes"]) == GENES
+
+
+def test_never_densifies(attributed, monkeypatch):
+    """The CSR path must not call toarray/todense on the layer."""
+    adata = attributed
+
+    def boom(*args, **kwargs):
+        raise AssertionError("densified")
+
+    layer = adata.layers["attr_ig"]
+    monkeypatch.setattr(type(layer), "toarray", boom)
+    monkeypatch.setattr(type(layer), "todense", boom)
+    sg.tl.score(adata, GENES)
+    assert adata.obs["score"].notna().all()
