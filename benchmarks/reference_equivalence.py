@@ -61,7 +61,14 @@ def main() -> int:
         adata.write_h5ad(counts)
         out = Path(tmp) / "ref.npz"
         res = subprocess.run(
-            [args.ref_python, str(Path(__file__).with_name("_reference_ig.py")), str(folder), str(counts), str(out), args.method],
+            [
+                args.ref_python,
+                str(Path(__file__).with_name("_reference_ig.py")),
+                str(folder),
+                str(counts),
+                str(out),
+                args.method,
+            ],
             check=True,
             capture_output=True,
             text=True,
