@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._attributions import gene_attributions
+from ._scores import scores
+
+__all__ = ["gene_attributions", "scores"]

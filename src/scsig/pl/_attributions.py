@@ -1,0 +1,254 @@
+"""``sg.pl.gene_attributions``: which signature genes carry the attribution in which groups."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._constants import IN_MODEL_SUFFIX, UNS_KEY
+from .._docs import doc_mod, doc_params, doc_plot_common
+from .._utils import resolve_adata
+from ..tl._score import attribution_layer
+from ._utils import check_kind, finish, group_labels, new_axes
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+
+__all__ = ["gene_attributions", "group_attribution_stats"]
+
+_KINDS = ("heatmap", "dotplot")
+
+
+def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> list[str]:
+    """Gene list from a list, or from the genes a recorded score used (``genes`` = its ``key_added``)."""
+    if isinstance(genes, str):
+        record = adata.uns.get(UNS_KEY, {}).get("scores", {}).get(genes)
+        if record is None:
+            msg = (
+                f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
+                "(pass a list of genes, or the key_added of sg.tl.score)."
+            )
+            raise KeyError(msg)
+        seen: dict[str, None] = {}
+        for sig in record["signatures"].values():
+            seen.update(dict.fromkeys(sig["genes"]))
+        gene_list = list(seen)
+    else:
+        gene_list = [str(g) for g in genes]
+    if not gene_list:
+        msg = "genes is empty."
+        raise ValueError(msg)
+    index = pd.Index(gene_list)
+    if not index.is_unique:
+        msg = f"genes lists some genes more than once: {index[index.duplicated()].unique().tolist()[:5]}."
+        raise ValueError(msg)
+    absent = [g for g in gene_list if g not in adata.var_names]
+    if len(absent) == len(gene_list):
+        msg = f"None of the genes is in adata.var_names (e.g. {gene_list[:5]})."
+        raise KeyError(msg)
+    col = f"{layer}{IN_MODEL_SUFFIX}"
+    unknown = [g for g in gene_list if g not in absent and col in adata.var and not bool(adata.var.at[g, col])]
+    dropped = absent + unknown
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} of {len(gene_list)} genes are not in adata.var or unknown to the layer's model and are "
+            f"left out: {dropped[:10]}{' ...' if len(dropped) > 10 else ''}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [g for g in gene_list if g not in set(dropped)]
+
+
+def group_attribution_stats(
+    adata: AnnData, genes: Sequence[str], groups: pd.Series, layer: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per group (rows) and gene (columns): mean attribution over all cells, and fraction of cells with a nonzero one."""
+    cols = adata.var_names.get_indexer(genes)
+    x = adata.layers[layer]
+    sub = sparse.csc_matrix(x)[:, cols] if sparse.issparse(x) else np.asarray(x[:, cols])
+    codes = groups.cat.codes.to_numpy()
+    keep = codes >= 0
+    n_groups = len(groups.cat.categories)
+    indicator = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, adata.n_obs)
+    )
+    sums = indicator @ sub
+    nonzero = indicator @ (sub != 0).astype(np.float64)
+    counts = np.asarray(indicator.sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.asarray(sums.todense() if sparse.issparse(sums) else sums, dtype=np.float64) / counts[:, None]
+        frac = (
+            np.asarray(nonzero.todense() if sparse.issparse(nonzero) else nonzero, dtype=np.float64) / counts[:, None]
+        )
+    index = pd.Index([str(c) for c in groups.cat.categories], name=groups.name)
+    columns = pd.Index(list(genes), name="gene")
+    return pd.DataFrame(mean, index=index, columns=columns), pd.DataFrame(frac, index=index, columns=columns)
+
+
+def _scale(values: pd.DataFrame, standard_scale: str | None) -> pd.DataFrame:
+    if standard_scale is None:
+        return values
+    axis = 0 if standard_scale == "var" else 1
+    low = values.min(axis=axis)
+    span = values.max(axis=axis) - low
+    span = span.where(span > 0, 1.0)
+    return values.sub(low, axis=1 - axis).div(span, axis=1 - axis)
+
+
+@doc_params(doc_mod=doc_mod, doc_plot_common=doc_plot_common)
+def gene_attributions(
+    adata: Any,
+    genes: str | Sequence[str],
+    *,
+    groupby: str | Sequence[str],
+    layer: str | None = None,
+    kind: Literal["heatmap", "dotplot"] = "heatmap",
+    standard_scale: Literal["var", "group"] | None = None,
+    cmap: str = "Reds",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    largest_dot: float = 200.0,
+    swap_axes: bool = False,
+    figsize: tuple[float, float] | None = None,
+    mod: str = "rna",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    return_fig: bool = False,
+) -> Axes | Any | None:
+    """Show which signature genes drive the score in which groups of cells.
+
+    For every group of ``groupby`` and every gene, the colour is the mean normalized attribution
+    of the gene over all cells of the group (in the layer's units: with ``target_sum=1000`` a
+    value of 5 means the gene carries 0.5% of a cell's attribution on average). The dot plot
+    also shows, as the dot's area, the fraction of the group's cells in which the gene's
+    attribution is nonzero (for integrated gradients with a zero baseline, the cells that
+    express it). Groups are rows and genes columns, as in :func:`scanpy.pl.dotplot`.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with an attribution layer from :func:`scsig.tl.attribute`.
+    genes
+        Genes to show, or the ``key_added`` of a :func:`scsig.tl.score` call to show the genes that
+        score used. Genes missing from ``adata.var`` or unknown to the model are left out with a warning.
+    groupby
+        Column(s) of ``adata.obs`` with the groups; several columns are combined (e.g. cell type
+        and condition).
+    layer
+        Attribution layer; ``None`` takes the only one recorded by :func:`scsig.tl.attribute`.
+    kind
+        ``"heatmap"`` or ``"dotplot"``.
+    standard_scale
+        Rescale the colour to 0-1 per gene (``"var"``) or per group (``"group"``); ``None`` keeps
+        attribution units.
+    cmap
+        Colormap.
+    vmin, vmax
+        Colour limits.
+    largest_dot
+        Area of a dot for a fraction of 1, in points squared.
+    swap_axes
+        Genes as rows and groups as columns.
+    figsize
+        Size of the figure, in inches.
+    {doc_mod}
+    {doc_plot_common}
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` when ``show=False`` or ``ax`` is given, the
+    :class:`~matplotlib.figure.Figure` when ``return_fig=True``, else ``None``.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"])
+    >>> ax = sg.pl.gene_attributions(adata, "score", groupby="group", kind="dotplot", show=False)
+    """
+    from matplotlib.lines import Line2D
+
+    check_kind(kind, _KINDS)
+    if standard_scale not in (None, "var", "group"):
+        msg = f"standard_scale must be 'var', 'group' or None, not {standard_scale!r}."
+        raise ValueError(msg)
+    _, data = resolve_adata(adata, mod=mod)
+    key = attribution_layer(data, layer)
+    gene_list = _resolve_genes(data, genes, key)
+    groups = group_labels(data, groupby)
+    mean, frac = group_attribution_stats(data, gene_list, groups, key)
+    color = _scale(mean, standard_scale)
+    if swap_axes:
+        color, frac = color.T, frac.T
+    n_rows, n_cols = color.shape
+
+    if figsize is None:
+        figsize = (0.32 * n_cols + 2.8, 0.3 * n_rows + 1.3)
+    fig, a = new_axes(ax, figsize)
+    label = "mean attribution" if standard_scale is None else f"mean attribution\n(scaled per {standard_scale})"
+    if kind == "heatmap":
+        mappable = a.imshow(color.to_numpy(), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    else:
+        yy, xx = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+        areas = np.nan_to_num(frac.to_numpy()) ** 1.5 * largest_dot
+        mappable = a.scatter(
+            xx.ravel(),
+            yy.ravel(),
+            s=areas.ravel(),
+            c=color.to_numpy().ravel(),
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            edgecolors="0.4",
+            linewidths=0.4,
+        )
+        a.set_xlim(-0.6, n_cols - 0.4)
+        a.set_ylim(n_rows - 0.4, -0.6)
+        fmax = float(np.nanmax(frac.to_numpy())) if frac.size else 1.0
+        steps = [f for f in (0.2, 0.4, 0.6, 0.8, 1.0) if f <= max(fmax, 0.2) + 1e-9]
+        handles = [
+            Line2D(
+                [],
+                [],
+                linestyle="",
+                marker="o",
+                markersize=np.sqrt(f**1.5 * largest_dot),
+                markerfacecolor="0.6",
+                markeredgecolor="0.4",
+                markeredgewidth=0.4,
+            )
+            for f in steps
+        ]
+        a.legend(
+            handles,
+            [f"{round(100 * f)}" for f in steps],
+            title="% cells\nnonzero",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            labelspacing=1.0,
+            borderaxespad=0.0,
+            handletextpad=0.6,
+        )
+    a.set_xticks(np.arange(n_cols), [str(c) for c in color.columns], rotation=90)
+    a.set_yticks(np.arange(n_rows), [str(r) for r in color.index])
+    a.tick_params(length=2)
+    a.set_xlabel("")
+    a.set_ylabel("")
+    if kind == "dotplot":
+        cbar = fig.colorbar(mappable, ax=a, location="bottom", shrink=0.5, aspect=12, pad=0.25, anchor=(1.0, 1.0))
+    else:
+        cbar = fig.colorbar(mappable, ax=a, shrink=0.8, aspect=15, pad=0.03)
+    cbar.set_label(label)
+    cbar.outline.set_linewidth(0.4)
+    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig)

@@ -1,0 +1,132 @@
+"""Plumbing shared by the plots: axes, colours, group labels, and scanpy's show/save/return contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._settings import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["category_colors", "finish", "group_labels", "new_axes", "obs_categories"]
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new figure of ``figsize`` inches with one Axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def finish(
+    fig: Figure,
+    axes: Axes | list[Axes],
+    *,
+    ax_given: bool,
+    show: bool | None,
+    save: str | Path | None,
+    return_fig: bool,
+) -> Any:
+    """Save, show and return as scanpy does.
+
+    ``return_fig`` -> the Figure; otherwise, when the figure is shown (``show``, or
+    :attr:`scsig.settings.autoshow` when ``show=None``) -> ``None``, else the Axes. Never calls
+    :func:`matplotlib.pyplot.show` for a caller's ``ax``.
+    """
+    if save is not None:
+        fig.savefig(Path(save), bbox_inches="tight")
+    if return_fig:
+        return fig
+    if ax_given:
+        return axes
+    if settings.autoshow if show is None else show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        return None
+    return axes
+
+
+def obs_categories(adata: AnnData, key: str) -> pd.Series:
+    """``adata.obs[key]`` as a categorical Series, with an error naming the columns when it is missing."""
+    if key not in adata.obs:
+        msg = f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:20]})."
+        raise KeyError(msg)
+    col = adata.obs[key]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.remove_unused_categories()
+    if pd.api.types.is_float_dtype(col.dtype):
+        msg = f"adata.obs[{key!r}] holds floats; group by a categorical (or string/integer) column."
+        raise TypeError(msg)
+    return col.astype("category")
+
+
+def group_labels(adata: AnnData, groupby: str | Sequence[str]) -> pd.Series:
+    """One categorical label per cell; several columns are joined with ``"_"`` (categories in product order)."""
+    keys = [groupby] if isinstance(groupby, str) else list(groupby)
+    if not keys:
+        msg = "groupby must name at least one column of adata.obs."
+        raise ValueError(msg)
+    cols = [obs_categories(adata, k) for k in keys]
+    if len(cols) == 1:
+        return cols[0]
+    labels = cols[0].astype(str)
+    for col in cols[1:]:
+        labels = labels + "_" + col.astype(str)
+    order = [
+        "_".join(parts)
+        for parts in pd.MultiIndex.from_product([c.cat.categories.astype(str) for c in cols]).to_flat_index()
+    ]
+    present = set(labels)
+    cats = pd.Categorical(labels, categories=[o for o in order if o in present])
+    return pd.Series(cats, index=adata.obs_names, name="_".join(keys))
+
+
+def category_colors(adata: AnnData | None, key: str | None, categories: Sequence[Any]) -> list[str]:
+    """Colours for ``categories``: ``adata.uns[f"{key}_colors"]`` when it fits, else scanpy's default palettes.
+
+    Never writes into ``adata``.
+    """
+    from matplotlib.colors import to_hex
+    from scanpy.plotting import palettes
+
+    n = len(categories)
+    if adata is not None and key is not None:
+        stored = adata.uns.get(f"{key}_colors")
+        if stored is not None and len(stored) >= n:
+            return [to_hex(c) for c in list(stored)[:n]]
+    if n <= 20:
+        base = palettes.default_20
+    elif n <= 28:
+        base = palettes.default_28
+    else:
+        base = palettes.default_102
+    return [base[i % len(base)] for i in range(n)]
+
+
+def check_kind(kind: str, allowed: Sequence[str]) -> None:
+    """Raise a ValueError naming the allowed kinds."""
+    if kind not in allowed:
+        msg = f"kind must be one of {list(allowed)}, not {kind!r}."
+        raise ValueError(msg)
+
+
+def as_float_array(values: Any) -> np.ndarray:
+    """A dense float64 1-D or 2-D array from a numpy/sparse/matrix input."""
+    from scipy import sparse
+
+    if sparse.issparse(values):
+        values = values.toarray()
+    return np.asarray(values, dtype=np.float64)
