@@ -92,23 +92,49 @@ def parse_signatures(
     return sigs, several
 
 
+def _csr_kernel():
+    """A compiled CSR kernel: per row, sum of weight[col] * value over the stored entries with a weight."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def kernel(indptr, indices, data, lookup, out):  # pragma: no cover - compiled
+        for i in numba.prange(out.shape[0]):
+            acc = 0.0
+            for j in range(indptr[i], indptr[i + 1]):
+                w = lookup[indices[j]]
+                if w != 0.0:
+                    acc += w * data[j]
+            out[i] = acc
+
+    return kernel
+
+
+_KERNEL = None
+
+
+def _csr_weighted_rowsum(x: sparse.csr_matrix, lookup: np.ndarray) -> np.ndarray:
+    global _KERNEL  # noqa: PLW0603
+    if _KERNEL is None:
+        _KERNEL = _csr_kernel()
+    out = np.empty(x.shape[0], dtype=np.float64)
+    _KERNEL(x.indptr, x.indices, x.data, lookup, out)
+    return out
+
+
 def score_matrix(x: np.ndarray | sparse.spmatrix, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``x[:, cols] @ weights`` in float64 without densifying ``x`` (CSR reads only through one matvec)."""
+    """``x[:, cols] @ weights`` in float64 without densifying ``x``.
+
+    CSR layers are read in one compiled pass that touches the values of the signature's genes only;
+    CSC layers and dense arrays are sliced to the signature's columns first.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if sparse.issparse(x) and x.format == "csr":
+        lookup = np.zeros(x.shape[1], dtype=np.float64)
+        lookup[cols] = weights
+        return _csr_weighted_rowsum(x, lookup)
     if sparse.issparse(x):
-        if x.format == "csr":
-            w = np.zeros(x.shape[1], dtype=np.float64)
-            w[cols] = weights
-            return np.asarray(x @ w, dtype=np.float64).ravel()
         sub = sparse.csc_matrix(x)[:, cols]
         return np.asarray(sub @ weights, dtype=np.float64).ravel()
-    if (
-        hasattr(x, "shape")
-        and not isinstance(x, np.ndarray)
-        and hasattr(x, "__getitem__")
-        and not hasattr(x, "__array_function__")
-    ):
-        x = x[:, cols]  # backed datasets: read only the columns
-        return np.asarray(x, dtype=np.float64) @ weights
     return np.asarray(x[:, cols], dtype=np.float64) @ weights
 
 
