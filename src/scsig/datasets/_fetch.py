@@ -23,12 +23,12 @@ _HEX64 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A public file that :func:`fetch` can download by name.
+    """A public file that :func:`~scsig.datasets.fetch` can download by name.
 
     Attributes
     ----------
     name
-        The name :func:`fetch` takes; also the file name in the cache.
+        The name :func:`~scsig.datasets.fetch` takes; also the file name in the cache.
     url
         Where it is downloaded from.
     sha256
@@ -90,11 +90,11 @@ REGISTRY: dict[str, RemoteFile] = {
         ),
     )
 }
-"""Named public files :func:`fetch` knows."""
+"""Named public files :func:`~scsig.datasets.fetch` knows."""
 
 
 def registry() -> pd.DataFrame:
-    """The named files :func:`fetch` can download, one row per file.
+    """The named files :func:`~scsig.datasets.fetch` can download, one row per file.
 
     Returns
     -------

@@ -136,7 +136,7 @@ class FoundationModel:
 
     @property
     def gene_order_hash(self) -> str:
-        """:func:`gene_order_hash` of :attr:`gene_order`."""
+        """:func:`gene_order_hash` of ``gene_order``."""
         return gene_order_hash(self.gene_order)
 
     @property
@@ -151,7 +151,7 @@ class FoundationModel:
         return self._checksum
 
     def embed(self, x: np.ndarray | sparse.spmatrix, *, batch_size: int = 1024) -> np.ndarray:
-        """Embed already preprocessed cells (cells x :attr:`gene_order`).
+        """Embed already preprocessed cells (cells x ``gene_order``).
 
         Use :func:`scsig.pp.prepare` to get such a matrix from raw counts.
         """
@@ -202,7 +202,7 @@ def from_module(
     name: str | None = None,
     default_target: str = "self_similarity",
 ) -> FoundationModel:
-    """Wrap any torch module that embeds cells into a :class:`FoundationModel`.
+    """Wrap any torch module that embeds cells into a :class:`~scsig.models.FoundationModel`.
 
     Parameters
     ----------

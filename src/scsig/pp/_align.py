@@ -44,7 +44,7 @@ class GeneAlignment:
 
     @property
     def var_in_model(self) -> np.ndarray:
-        """Boolean mask over the data's genes: known to the model."""
+        """Boolean mask over the data's genes, true where the model knows the gene."""
         return self.var_to_model >= 0
 
     @property
@@ -54,7 +54,7 @@ class GeneAlignment:
 
     @property
     def projection(self) -> sparse.csr_matrix:
-        """0/1 matrix (data genes x model genes): ``counts @ projection`` aligns to the model."""
+        """0/1 matrix of data genes x model genes; ``counts @ projection`` aligns to the model."""
         if not hasattr(self, "_projection"):
             rows = np.flatnonzero(self.var_in_model)
             cols = self.var_to_model[rows]
