@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,30 +15,44 @@ if TYPE_CHECKING:
     from ..models import FoundationModel
     from ._targets import TargetModule
 
-__all__ = ["compute_batch", "pick_engine"]
+__all__ = ["compute_batch", "fast_path_applies", "pick_engine"]
 
 
-def fast_path_applies(model: FoundationModel, method: str, module: TargetModule) -> bool:
-    """Whether the exact fast path covers this model, method and target."""
+def fast_path_applies(
+    model: FoundationModel, method: str, module: TargetModule, device: Any = None, *, forced: bool = False
+) -> bool:
+    """Whether the exact fast path covers this model, method, target and device.
+
+    ``engine="auto"`` takes it for :class:`~scsig.models.SCimilarityEncoder` models only; a forced
+    ``engine="fast"`` also accepts plain :class:`torch.nn.Sequential` encoders that it covers.
+    """
     try:
         from ._fast import supports
-    except ImportError:  # pragma: no cover - the fast path is optional
+    except ImportError:  # pragma: no cover - the fast path needs numba
         return False
-    return supports(model, method, module)
+    if not forced:
+        from ..models import SCimilarityEncoder
+
+        if not isinstance(model.encoder, SCimilarityEncoder):
+            return False
+    return supports(model, method, module, device)
 
 
-def pick_engine(model: FoundationModel, method: str, module: TargetModule, engine: str) -> str:
+def pick_engine(model: FoundationModel, method: str, module: TargetModule, engine: str, device: Any = None) -> str:
     """Resolve ``engine="auto"`` and check that a forced engine applies."""
     if engine not in ("auto", "captum", "fast"):
         msg = f"engine must be 'auto', 'captum' or 'fast', not {engine!r}."
         raise ValueError(msg)
     if engine == "captum":
         return "captum"
-    applies = fast_path_applies(model, method, module)
+    applies = fast_path_applies(model, method, module, device, forced=engine == "fast")
     if engine == "fast" and not applies:
         msg = (
             f"The fast path does not cover this model/method/target ({type(model.encoder).__name__}, "
-            f"method={method!r}, target={module.target_name!r}). Use engine='auto' or 'captum'."
+            f"method={method!r}, target={module.target_name!r}, device={device or 'cpu'!r}): it needs a CPU "
+            "encoder that is a SCimilarityEncoder or an nn.Sequential of per-row layers in eval mode starting "
+            "with an affine layer, and for 'ixg'/'dl' a target other than 'self_similarity'. "
+            "Use engine='auto' or 'captum'."
         )
         raise ValueError(msg)
     return "fast" if applies else "captum"
@@ -53,12 +67,20 @@ def compute_batch(
     method: str,
     n_steps: int,
     device: torch.device,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw signed attributions (cells x model genes) and the target at input and baseline."""
+    sparse_output: bool = False,
+) -> tuple[np.ndarray | sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """Raw signed attributions (cells x model genes) and the target at input and baseline.
+
+    The attributions are a dense array, or with ``sparse_output=True`` whatever the engine makes
+    without densifying: CSR with the input's sparsity pattern from the fast path, a dense array
+    from captum.
+    """
     if engine == "fast":
         from ._fast import fast_attributions
 
-        return fast_attributions(module, model, x, method=method, n_steps=n_steps, device=device)
+        attr, t_in, t_base = fast_attributions(module, model, x, method=method, n_steps=n_steps, device=device)
+        return (attr if sparse_output else attr.toarray()), t_in, t_base
     inputs = torch.as_tensor(x.toarray(), dtype=torch.float32, device=device)
     attr, t_in, t_base = captum_attributions(module, inputs, method=method, n_steps=n_steps)
+    del inputs
     return attr.cpu().numpy(), t_in.cpu().numpy().astype(np.float64), t_base.cpu().numpy().astype(np.float64)

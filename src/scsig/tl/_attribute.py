@@ -38,30 +38,144 @@ class DegenerateAttributionError(ValueError):
     """The attributions carry no signal: the target's gradient at the input is (numerically) zero."""
 
 
-def _default_batch_size(model: FoundationModel, method: str, n_steps: int) -> int:
+def _default_batch_size(model: FoundationModel, method: str, n_steps: int, engine: str) -> int:
+    """Cells per batch from :attr:`scsig.settings.memory_budget_gb` (or ``settings.batch_size``)."""
     if settings.batch_size is not None:
         return int(settings.batch_size)
+    budget = settings.memory_budget_gb * 1e9
+    if engine == "fast":
+        from ..attribution._fast import bytes_per_cell
+
+        # the batch's input and output CSR and the dense per-cell work of the fast path
+        per_cell = bytes_per_cell(model, method, n_steps) + 64 * model.n_genes // 10
+        return int(np.clip(budget // max(per_cell, 1), 1, 2048))
     widths = [p.shape[0] for p in model.encoder.parameters() if p.ndim == 2]
     # floats per path point: input, its gradient and a dense copy, plus activations and their gradients
     per_row = 4 * (3 * model.n_genes + 4 * sum(widths))
-    rows = max(1, int(settings.memory_budget_gb * 1e9 // per_row))
+    rows = max(1, int(budget // per_row))
     steps = n_steps if method == "ig" else 2
     return int(np.clip(rows // steps, 1, 4096))
 
 
 @contextlib.contextmanager
-def _torch_threads(n_jobs: int | None) -> Iterator[None]:
+def _threads(n_jobs: int | None, *, numba: bool = False) -> Iterator[None]:
+    """Use ``n_jobs`` torch threads (and numba threads for the fast path) inside the block."""
     import torch
 
     if n_jobs is None:
         yield
         return
+    n = max(1, int(n_jobs))
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n_jobs)))
+    torch.set_num_threads(n)
+    numba_before = None
+    if numba:
+        import numba as nb
+
+        numba_before = nb.get_num_threads()
+        nb.set_num_threads(min(n, nb.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        if numba_before is not None:
+            import numba as nb
+
+            nb.set_num_threads(numba_before)
+
+
+def _in_memory(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or sparse.issparse(x)
+
+
+def _rows(counts: Any, lo: int, hi: int) -> np.ndarray | sparse.spmatrix:
+    """Rows ``lo:hi`` as an in-memory matrix: in-memory, h5py/zarr-backed (anndata) or dask arrays."""
+    chunk = counts[lo:hi]
+    if hasattr(chunk, "compute"):  # dask
+        chunk = chunk.compute()
+    if not (isinstance(chunk, np.ndarray) or sparse.issparse(chunk)):
+        chunk = np.asarray(chunk)
+    return chunk
+
+
+def _to_var_csr(mat: sparse.csr_matrix, model_to_var: np.ndarray, n_vars: int) -> sparse.csr_matrix:
+    """Re-index the columns of a CSR over model genes onto the data's genes (dropping genes it lacks)."""
+    cols = model_to_var[mat.indices]
+    keep = cols >= 0
+    if not keep.all():
+        mat = sparse.csr_matrix(
+            (mat.data[keep], cols[keep], np.r_[0, np.cumsum(keep)][mat.indptr]), shape=(mat.shape[0], n_vars)
+        )
+    else:
+        mat = sparse.csr_matrix((mat.data, cols, mat.indptr), shape=(mat.shape[0], n_vars))
+    mat.has_sorted_indices = False
+    mat.sort_indices()
+    return mat
+
+
+class _CSRBuilder:
+    """Append CSR row blocks; one copy at the end (or none when the capacity is known)."""
+
+    def __init__(self, n_cols: int, capacity: int | None) -> None:
+        self.n_cols = n_cols
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+        self.nnz = 0
+        self.n_rows = 0
+        self.capacity = capacity
+        if capacity is not None:
+            self.data = np.empty(capacity, dtype=np.float32)
+            self.indices = np.empty(capacity, dtype=np.int32)
+        else:
+            self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def append(self, block: sparse.csr_matrix) -> None:
+        k = block.nnz
+        if self.capacity is not None and self.nnz + k <= self.capacity:
+            self.data[self.nnz : self.nnz + k] = block.data
+            self.indices[self.nnz : self.nnz + k] = block.indices
+        else:
+            if self.capacity is not None:  # more entries than the input had: switch to parts
+                self.parts = [(self.data[: self.nnz].copy(), self.indices[: self.nnz].copy())]
+                self.capacity = None
+                del self.data, self.indices
+            self.parts.append((block.data.astype(np.float32, copy=False), block.indices.astype(np.int32, copy=False)))
+        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
+        self.nnz += k
+        self.n_rows += block.shape[0]
+
+    def build(self) -> sparse.csr_matrix:
+        if self.capacity is not None:
+            data, indices = self.data, self.indices
+            del self.data, self.indices
+            if self.nnz < self.capacity:  # shrink in place (no second copy of the layer)
+                data.resize(self.nnz, refcheck=False)
+                indices.resize(self.nnz, refcheck=False)
+        else:
+            data = np.concatenate([p[0] for p in self.parts]) if self.parts else np.zeros(0, np.float32)
+            indices = np.concatenate([p[1] for p in self.parts]) if self.parts else np.zeros(0, np.int32)
+        indptr = np.concatenate(self.indptr)
+        if self.nnz < np.iinfo(np.int32).max:
+            indptr = indptr.astype(np.int32)
+        out = sparse.csr_matrix((data, indices, indptr), shape=(self.n_rows, self.n_cols))
+        out.has_sorted_indices = True
+        return out
+
+
+def _nnz_bound(counts: Any) -> int | None:
+    """Stored entries of the input when known cheaply (the layer has at most as many)."""
+    if sparse.issparse(counts):
+        return int(counts.nnz)
+    for attr in ("nnz",):
+        try:
+            value = getattr(counts, attr)
+        except Exception:  # noqa: BLE001 - backed datasets may not know it
+            value = None
+        if isinstance(value, int | np.integer):
+            return int(value)
+    group = getattr(counts, "group", None)
+    if group is not None and "indptr" in group:
+        return int(group["indptr"][-1])
+    return None
 
 
 def _check_degenerate(raw_mass: np.ndarray, delta: np.ndarray, method: str, target: str) -> str | None:
@@ -195,48 +309,66 @@ def attribute(
     counts = get_matrix(data, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
-    if check_counts:
-        _check_counts(counts, where=where, require_integer=model.preprocessing.requires_counts)
+    in_memory = _in_memory(counts)
+    if in_memory:
+        if sparse.issparse(counts) and counts.format != "csr":
+            counts = sparse.csr_matrix(counts)
+        if check_counts:
+            _check_counts(counts, where=where, require_integer=model.preprocessing.requires_counts)
     in_model = alignment.var_in_model
-    totals = np.asarray(counts[:, np.flatnonzero(in_model)].sum(axis=1)).ravel()
-    warn_empty_cells(totals, data.obs_names, what="in the model's genes")
 
     key = key_added or f"{LAYER_PREFIX}{method}"
-    chosen = pick_engine(model, method, module, engine)
+    chosen = pick_engine(model, method, module, engine, device=settings.device)
     if batch_size is None:
-        batch_size = _default_batch_size(model, method, n_steps)
+        batch_size = _default_batch_size(model, method, n_steps, chosen)
+    batch_size = max(1, int(batch_size))
     show = settings.progress if progress is None else progress
-    start = logg.info(f"computing {method} attributions of {data.n_obs} cells with {model.name} ({chosen} engine)")
+    start = logg.info(
+        f"computing {method} attributions of {data.n_obs} cells with {model.name} ({chosen} engine, "
+        f"batches of {batch_size})"
+    )
 
     from tqdm.auto import tqdm
 
     device = torch.device(settings.device)
     module.to(device)
-    chunks: list[sparse.csr_matrix] = []
-    n_obs = data.n_obs
+    n_obs, n_vars = data.n_obs, data.n_vars
+    model_to_var = np.full(model.n_genes, -1, dtype=np.int64)
+    var_idx = np.flatnonzero(in_model)
+    model_to_var[alignment.var_to_model[var_idx]] = var_idx
+    builder = _CSRBuilder(n_vars, _nnz_bound(counts))
+    totals = np.zeros(n_obs, dtype=np.float64)
     with (
-        _torch_threads(settings.n_jobs),
+        _threads(settings.n_jobs, numba=chosen == "fast"),
         tqdm(total=n_obs, disable=not show, desc=f"attribute ({method})", unit="cells") as bar,
     ):
         for lo in range(0, n_obs, batch_size):
             hi = min(lo + batch_size, n_obs)
-            x, _ = model_input(counts[lo:hi], alignment, model, validate=False)
-            raw, t_in, t_base = compute_batch(chosen, module, model, x, method=method, n_steps=n_steps, device=device)
-            raw = np.abs(raw.astype(np.float64, copy=False))
+            chunk = _rows(counts, lo, hi)
+            if check_counts and not in_memory:
+                _check_counts(
+                    chunk, where=f"{where} (cells {lo}-{hi - 1})", require_integer=model.preprocessing.requires_counts
+                )
+            x, totals[lo:hi] = model_input(chunk, alignment, model, validate=False)
+            del chunk
+            raw, t_in, t_base = compute_batch(
+                chosen, module, model, x, method=method, n_steps=n_steps, device=device, sparse_output=True
+            )
+            del x
             if lo == 0:
-                problem = _check_degenerate(raw.sum(axis=1), np.abs(t_in - t_base), method, module.target_name)
+                mass = np.asarray(abs(raw).sum(axis=1), dtype=np.float64).ravel()
+                problem = _check_degenerate(mass, np.abs(t_in - t_base), method, module.target_name)
                 if problem is not None:
                     if on_degenerate == "raise":
                         raise DegenerateAttributionError(problem)
                     warnings.warn(problem, UserWarning, stacklevel=2)
-            normed = normalize_rows(raw, target_sum).toarray()
-            chunks.append(sparse.csr_matrix(alignment.to_var(normed)))
+            normed = normalize_rows(raw, target_sum)
+            del raw
+            builder.append(_to_var_csr(normed, model_to_var, n_vars))
             bar.update(hi - lo)
 
-    layer_mat = sparse.vstack(chunks, format="csr") if chunks else sparse.csr_matrix(data.shape, dtype=np.float32)
-    layer_mat = sparse.csr_matrix(layer_mat, dtype=np.float32)
-    layer_mat.sort_indices()
-    data.layers[key] = layer_mat
+    warn_empty_cells(totals, data.obs_names, what="in the model's genes")
+    data.layers[key] = builder.build()
     data.var[f"{key}{IN_MODEL_SUFFIX}"] = in_model
     record = {
         "method": method,
