@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._attributions import gene_attributions
+from ._compare import compare_scores
 from ._scores import scores
 
-__all__ = ["gene_attributions", "scores"]
+__all__ = ["compare_scores", "gene_attributions", "scores"]

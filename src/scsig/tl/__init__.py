@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._attribute import DegenerateAttributionError, attribute
+from ._compare import compare_scores
 from ._score import score
 
-__all__ = ["DegenerateAttributionError", "attribute", "score"]
+__all__ = ["DegenerateAttributionError", "attribute", "compare_scores", "score"]

@@ -1,0 +1,273 @@
+"""``sg.tl.compare_scores``: attribution scores against expression scores on the user's own data."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .. import _logging as logg
+from .._constants import UNS_KEY
+from .._docs import doc_mod, doc_params
+from .._utils import get_matrix, resolve_adata
+from ._score import attribution_layer, score
+
+__all__ = ["SCORERS", "compare_scores"]
+
+SCORERS = {
+    "attribution": None,
+    "score_genes": None,
+    "ucell": "pyucell",
+    "aucell": "decoupler",
+}
+"""Scoring methods and the optional package each needs."""
+
+
+def _auroc(values: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``values`` for ``positive`` (ties count half), NaN if a class is empty."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(values)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _abs_spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(abs(spearmanr(a, b).statistic))
+
+
+def _expression_scores(
+    counts: np.ndarray | sparse.spmatrix,
+    obs_names: pd.Index,
+    var_names: pd.Index,
+    genes: list[str],
+    method: str,
+    *,
+    seed: int,
+) -> np.ndarray:
+    """One expression-based score per cell, on a private AnnData (the user's is never touched)."""
+    import scanpy as sc
+
+    work = AnnData(
+        X=sparse.csr_matrix(counts, dtype=np.float32),
+        obs=pd.DataFrame(index=obs_names.astype(str)),
+        var=pd.DataFrame(index=var_names.astype(str)),
+    )
+    present = [g for g in genes if g in work.var_names]
+    if method == "score_genes":
+        sc.pp.normalize_total(work, target_sum=1e4)
+        sc.pp.log1p(work)
+        # scanpy's defaults (25 expression bins, 50 control genes each) need a genome-sized gene universe
+        n_other = max(1, work.n_vars - len(present))
+        sc.tl.score_genes(
+            work,
+            present,
+            random_state=seed,
+            score_name="_s",
+            n_bins=min(25, max(1, n_other // 10)),
+            ctrl_size=min(50, n_other),
+        )
+        return work.obs["_s"].to_numpy(np.float64)
+    if method == "ucell":
+        import pyucell
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pyucell.compute_ucell_scores(work, {"sig": present}, n_jobs=1)
+        col = next(c for c in work.obs.columns if c.startswith("sig"))
+        return work.obs[col].to_numpy(np.float64)
+    if method == "aucell":
+        import decoupler as dc
+
+        net = pd.DataFrame({"source": "sig", "target": present, "weight": 1.0})
+        sc.pp.normalize_total(work, target_sum=1e4)
+        sc.pp.log1p(work)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dc.mt.aucell(work, net, tmin=1, verbose=False)
+        return work.obsm["score_aucell"]["sig"].to_numpy(np.float64)
+    msg = f"Unknown scoring method {method!r}; use some of {list(SCORERS)}."
+    raise ValueError(msg)
+
+
+@doc_params(doc_mod=doc_mod)
+def compare_scores(
+    adata: Any,
+    genes: Sequence[str],
+    *,
+    contrast: str,
+    positive: str | Sequence[str],
+    negative: str | Sequence[str] | None = None,
+    groupby: str | None = None,
+    methods: Sequence[str] | None = None,
+    layer: str | None = None,
+    counts_layer: str | None = None,
+    min_cells: int = 10,
+    seed: int = 0,
+    key_added: str = "compare",
+    mod: str = "rna",
+) -> pd.DataFrame:
+    """Compare the attribution score with expression scores for a signature and a labelled contrast.
+
+    Every method scores the same cells for ``genes``: ``"attribution"`` is :func:`scsig.tl.score`
+    on the attribution layer; ``"score_genes"`` is :func:`scanpy.tl.score_genes` on log1p(CP10k)
+    expression; ``"ucell"`` (pyucell) and ``"aucell"`` (decoupler) are rank-based scores, run when
+    those packages are installed (``pip install 'scsig[compare]'``).
+
+    For each method it reports, pooled and within each ``groupby`` group:
+
+    ``auroc``
+        Area under the ROC curve separating ``positive`` from ``negative`` cells of ``contrast``
+        by the score (0.5 = chance, 1 = perfect).
+    ``depth_rho``
+        The absolute Spearman correlation of the score with the cell's total counts, computed
+        within each contrast level (so the biology of the contrast does not count as a depth effect)
+        and averaged over the levels. Lower means less confounded by sequencing depth. The pooled
+        row averages the within-group values when ``groupby`` is given.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with raw counts (``counts_layer`` or ``X``) and an attribution layer from
+        :func:`scsig.tl.attribute`.
+    genes
+        The signature.
+    contrast
+        Column of ``adata.obs`` holding the labels to separate.
+    positive
+        Label(s) of ``contrast`` counted as positive.
+    negative
+        Label(s) counted as negative; ``None`` takes every other cell.
+    groupby
+        Column of ``adata.obs`` (e.g. cell type) to report within as well as pooled.
+    methods
+        Methods to compare; ``None`` takes every one whose package is installed.
+    layer
+        Attribution layer; ``None`` takes the only one recorded.
+    counts_layer
+        Layer with raw counts for the expression scores and totals; ``None`` reads ``X``.
+    min_cells
+        Groups with fewer positive or negative cells than this are reported with NaN AUROC.
+    seed
+        Seed of :func:`scanpy.tl.score_genes`' control genes.
+    key_added
+        The scores are written to ``adata.obs[f"{{key_added}}_{{method}}"]``.
+    {doc_mod}
+
+    Returns
+    -------
+    A tidy DataFrame with columns ``method``, ``group`` (``"all"`` for pooled), ``auroc``,
+    ``depth_rho``, ``n_positive``, ``n_negative``. It is also stored in
+    ``adata.uns["scsig"]["compare"][key_added]`` (as a dict of columns), and each method's score in
+    ``adata.obs[f"{{key_added}}_{{method}}"]``.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> res = sg.tl.compare_scores(
+    ...     adata, ["g0", "g1", "g2", "g3", "g4"], contrast="group", positive="b", methods=["attribution", "score_genes"]
+    ... )
+    >>> sorted(res["method"].unique())
+    ['attribution', 'score_genes']
+    """
+    _, data = resolve_adata(adata, mod=mod)
+    if contrast not in data.obs:
+        msg = f"contrast={contrast!r} is not a column of adata.obs (columns: {list(data.obs.columns)})."
+        raise KeyError(msg)
+    if groupby is not None and groupby not in data.obs:
+        msg = f"groupby={groupby!r} is not a column of adata.obs."
+        raise KeyError(msg)
+    labels = data.obs[contrast].astype(str)
+    pos_set = {positive} if isinstance(positive, str) else {str(p) for p in positive}
+    unknown = pos_set - set(labels.unique())
+    if unknown:
+        msg = f"positive label(s) {sorted(unknown)} not found in adata.obs[{contrast!r}] (labels: {sorted(labels.unique())[:10]})."
+        raise ValueError(msg)
+    is_pos = labels.isin(pos_set).to_numpy()
+    if negative is None:
+        is_neg = ~is_pos
+    else:
+        neg_set = {negative} if isinstance(negative, str) else {str(n) for n in negative}
+        is_neg = labels.isin(neg_set).to_numpy()
+    keep = is_pos | is_neg
+
+    if methods is None:
+        methods = [m for m, pkg in SCORERS.items() if pkg is None or importlib.util.find_spec(pkg) is not None]
+    for m in methods:
+        if m not in SCORERS:
+            msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
+            raise ValueError(msg)
+        pkg = SCORERS[m]
+        if pkg is not None and importlib.util.find_spec(pkg) is None:
+            msg = f"method {m!r} needs the package {pkg!r}: pip install 'scsig[compare]'"
+            raise ImportError(msg)
+
+    counts = get_matrix(data, counts_layer)
+    totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    start = logg.info(f"comparing {len(methods)} scoring methods on {int(keep.sum())} cells")
+    results: dict[str, np.ndarray] = {}
+    for m in methods:
+        if m == "attribution":
+            key = attribution_layer(data, layer)
+            tmp = AnnData(obs=pd.DataFrame(index=data.obs_names), var=data.var.copy())
+            tmp.layers[key] = data.layers[key]
+            tmp.uns[UNS_KEY] = {"layers": {key: {}}}
+            score(tmp, list(genes), layer=key, key_added="_s")
+            results[m] = tmp.obs["_s"].to_numpy(np.float64)
+        else:
+            results[m] = _expression_scores(counts, data.obs_names, data.var_names, list(genes), m, seed=seed)
+
+    groups: list[tuple[str, np.ndarray]] = [("all", keep)]
+    if groupby is not None:
+        for g in data.obs[groupby].astype(str).unique():
+            groups.append((g, keep & (data.obs[groupby].astype(str) == g).to_numpy()))
+    level_masks = [(labels == lv).to_numpy() for lv in labels[keep].unique()]
+
+    rows = []
+    for m, values in results.items():
+        within = []
+        for name, mask in groups:
+            n_p, n_n = int((mask & is_pos).sum()), int((mask & is_neg).sum())
+            auc = _auroc(values[mask], is_pos[mask]) if min(n_p, n_n) >= min_cells else float("nan")
+            rhos = [
+                _abs_spearman(values[mask & lv], totals[mask & lv])
+                for lv in level_masks
+                if (mask & lv).sum() >= min_cells
+            ]
+            rho = float(np.nanmean(rhos)) if rhos and not np.all(np.isnan(rhos)) else float("nan")
+            if name != "all":
+                within.append(rho)
+            rows.append(
+                {"method": m, "group": name, "auroc": auc, "depth_rho": rho, "n_positive": n_p, "n_negative": n_n}
+            )
+        if groupby is not None and within and not np.all(np.isnan(within)):
+            rows[-len(groups)]["depth_rho"] = float(np.nanmean(within))
+    table = pd.DataFrame(rows)
+
+    for m, values in results.items():
+        data.obs[f"{key_added}_{m}"] = values
+    uns = data.uns.setdefault(UNS_KEY, {})
+    uns.setdefault("compare", {})[key_added] = {
+        "table": {c: table[c].tolist() for c in table.columns},
+        "genes": list(map(str, genes)),
+        "contrast": contrast,
+        "positive": sorted(pos_set),
+        "groupby": groupby if groupby is not None else "none",
+    }
+    logg.info(f"    finished: added obs['{key_added}_<method>'] for {list(results)}", time=start)
+    return table
