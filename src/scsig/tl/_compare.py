@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,9 @@ from .._constants import UNS_KEY
 from .._docs import doc_mod, doc_params
 from .._utils import get_matrix, resolve_adata
 from ._score import attribution_layer, score
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["SCORERS", "compare_scores"]
 
