@@ -282,6 +282,7 @@ def test_model_path(toy, scim_folder):
 def test_mudata(toy):
     mudata = pytest.importorskip("mudata")
     adata, model = toy
+    mudata.set_options(pull_on_update=False)
     mdata = mudata.MuData({"rna": adata})
     sg.tl.attribute(mdata, model)
     assert "attr_ig" in mdata.mod["rna"].layers

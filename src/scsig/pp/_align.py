@@ -24,6 +24,11 @@ def _looks_ensembl(names: pd.Index) -> bool:
     return len(sample) > 0 and float(np.mean(sample.str.match(r"^ENS[A-Z]*G\d{6,}"))) > 0.5
 
 
+def default_min_overlap(n_model_genes: int) -> int:
+    """10 % of the model's genes, at least 1 and at most 500."""
+    return int(min(500, max(1, np.ceil(0.1 * n_model_genes))))
+
+
 @dataclass
 class GeneAlignment:
     """Where each of the data's genes sits in a model's gene order.
@@ -106,8 +111,8 @@ def align_genes(
         Column of ``adata.var`` holding the names the model uses (e.g. symbols when ``var_names`` are
         Ensembl IDs). ``None`` uses ``var_names``.
     min_overlap
-        Fewest model genes that must be found. Default: 500, or half the model's genes for models
-        with fewer than 1,000 genes.
+        Fewest model genes that must be found. Default: 10 % of the model's genes, at most 500
+        (500 for SCimilarity's 28,231 genes).
 
     Returns
     -------
@@ -132,7 +137,7 @@ def align_genes(
 
     n_model = model.n_genes
     if min_overlap is None:
-        min_overlap = 500 if n_model >= 1000 else max(1, n_model // 2)
+        min_overlap = default_min_overlap(n_model)
     overlap = alignment.n_overlap
     if overlap < min_overlap:
         hint = ""

@@ -66,7 +66,7 @@ def prepare(
         Column of ``adata.var`` with the gene names the model uses, when ``var_names`` differ
         (e.g. Ensembl IDs).
     min_overlap
-        Fewest model genes that must be found in the data (default: 500, or half of a small model's genes).
+        Fewest model genes that must be found in the data (default: 10 % of the model's genes, at most 500).
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf, non-integer values).
     {doc_mod}
