@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._registry import BUNDLED, SAFETENSORS_FILE, bundled_path, load_safetensors_folder
 from ._scimilarity import load_scimilarity
 
 if TYPE_CHECKING:
@@ -13,16 +14,34 @@ if TYPE_CHECKING:
 __all__ = ["load"]
 
 
+def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> FoundationModel:
+    if (path / "encoder.ckpt").is_file():
+        return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
+    if (path / SAFETENSORS_FILE).is_file():
+        return load_safetensors_folder(path, name=name)
+    msg = (
+        f"{str(path)!r} holds neither encoder.ckpt nor {SAFETENSORS_FILE}. A model folder holds one of them "
+        "together with gene_order.tsv (and layer_sizes.json)."
+    )
+    raise FileNotFoundError(msg)
+
+
 def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> FoundationModel:
-    """Load a foundation model.
+    """Load a foundation model from a folder or by name.
 
     Parameters
     ----------
     path
-        A SCimilarity model folder as published (``encoder.ckpt``, ``gene_order.tsv``,
-        ``layer_sizes.json``, optional ``label_ints.csv``).
+        One of
+
+        - a SCimilarity model folder as published (``encoder.ckpt``, ``gene_order.tsv``,
+          ``layer_sizes.json``, optional ``label_ints.csv``);
+        - a folder written by :func:`scsig.models.save_safetensors` (``encoder.safetensors`` in
+          place of ``encoder.ckpt``);
+        - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
+          ``"pbmc-demo"``). An existing folder of the same name takes precedence.
     name
-        Identifier recorded in provenance; defaults to the folder name.
+        Identifier recorded in provenance; defaults to the folder or model name.
     allow_pickle
         Permit checkpoints that need arbitrary unpickling. Off by default: checkpoints are read
         with ``torch.load(..., weights_only=True)``.
@@ -34,10 +53,24 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
     Examples
     --------
     >>> import scsig as sg
+    >>> model = sg.models.load("pbmc-demo")
+    >>> model.name, model.n_genes
+    ('pbmc-demo', 7111)
     >>> model = sg.models.load("path/to/scimilarity_model_v1_1")  # doctest: +SKIP
     """
-    path = Path(path)
-    if path.is_dir():
-        return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
-    msg = f"{str(path)!r} is not a model folder. Pass the folder holding encoder.ckpt and gene_order.tsv."
+    folder = Path(path)
+    if folder.is_dir():
+        return _load_folder(folder, name=name, allow_pickle=allow_pickle)
+    key = str(path)
+    if key in BUNDLED:
+        bundled = bundled_path(key)
+        if not bundled.is_dir():
+            msg = f"The bundled model {key!r} is not installed (expected at {bundled}); reinstall scsig."
+            raise FileNotFoundError(msg)
+        return _load_folder(bundled, name=name or key, allow_pickle=False)
+    known = ", ".join(repr(k) for k in sorted(BUNDLED))
+    msg = (
+        f"{key!r} is not a model folder and not a known model name. Known names: {known}. "
+        "Otherwise pass the folder holding encoder.ckpt (or encoder.safetensors) and gene_order.tsv."
+    )
     raise FileNotFoundError(msg)

@@ -1,0 +1,203 @@
+"""Named models bundled with the package, and model folders stored as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ._base import FoundationModel
+
+__all__ = ["BUNDLED", "BundledModel", "load_safetensors_folder", "registry", "save_safetensors"]
+
+SAFETENSORS_FILE = "encoder.safetensors"
+"""Weights file of a safetensors model folder (the SCimilarity layout with safetensors for ``encoder.ckpt``)."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside the package and loads by name.
+
+    Attributes
+    ----------
+    name
+        The name :func:`scsig.models.load` takes.
+    folder
+        Folder under ``scsig/models/_data``.
+    description
+        What it is (and is not).
+    """
+
+    name: str
+    folder: str
+    description: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m
+    for m in (
+        BundledModel(
+            name="pbmc-demo",
+            folder="pbmc-demo",
+            description=(
+                "Demonstration SCimilarity-architecture encoder trained on 2,700 PBMCs (10x pbmc3k) with "
+                "marker-derived cell-type labels; 7,111 genes. For tutorials and tests, not a foundation model."
+            ),
+        ),
+    )
+}
+"""Models :func:`scsig.models.load` finds by name."""
+
+
+def bundled_path(name: str) -> Path:
+    """Folder of a bundled model inside the installed package."""
+    entry = BUNDLED[name]
+    return Path(str(resources.files("scsig.models") / "_data" / entry.folder))
+
+
+def registry() -> pd.DataFrame:
+    """The models :func:`scsig.models.load` knows by name.
+
+    Returns
+    -------
+    A DataFrame indexed by name with columns ``description``, ``path`` (where the files are) and
+    ``installed`` (whether the files are present).
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> "pbmc-demo" in sg.models.registry().index
+    True
+    """
+    rows = []
+    for entry in BUNDLED.values():
+        path = bundled_path(entry.name)
+        rows.append(
+            {
+                **asdict(entry),
+                "path": str(path),
+                "installed": (path / SAFETENSORS_FILE).is_file() or (path / "encoder.ckpt").is_file(),
+            }
+        )
+    return pd.DataFrame(rows).drop(columns="folder").set_index("name")
+
+
+def save_safetensors(
+    model: FoundationModel,
+    folder: str | Path,
+    *,
+    dtype: Literal["float32", "float16"] = "float32",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a SCimilarity-architecture model as a folder with safetensors weights.
+
+    The folder holds ``encoder.safetensors`` (the encoder's state dict; floating tensors stored as
+    ``dtype``), ``gene_order.tsv``, ``layer_sizes.json`` and, when the model has labels,
+    ``label_ints.csv`` -- SCimilarity's layout with safetensors in place of the pickled
+    ``encoder.ckpt``. :func:`scsig.models.load` reads it back (as float32).
+
+    Parameters
+    ----------
+    model
+        A model whose encoder is a :class:`~scsig.models.SCimilarityEncoder`.
+    folder
+        Where to write; created when missing.
+    dtype
+        Storage type of the weights. ``"float16"`` halves the size; the values are rounded to
+        half precision (about 3 significant digits).
+    metadata
+        Extra string key/values stored in the safetensors header.
+
+    Returns
+    -------
+    The folder.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> _, model = sg.datasets.toy()
+    >>> folder = sg.models.save_safetensors(model, "toy_model")  # doctest: +SKIP
+    >>> sg.models.load("toy_model").n_genes  # doctest: +SKIP
+    42
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from ._scimilarity import SCimilarityEncoder
+
+    if not isinstance(model.encoder, SCimilarityEncoder):
+        msg = f"Only SCimilarityEncoder models can be saved this way, not {type(model.encoder).__name__}."
+        raise TypeError(msg)
+    if dtype not in ("float32", "float16"):
+        msg = f"dtype must be 'float32' or 'float16', not {dtype!r}."
+        raise ValueError(msg)
+    store = getattr(torch, dtype)
+    state = {}
+    for key, value in model.encoder.state_dict().items():
+        value = value.detach().cpu()
+        state[key] = (value.to(store) if value.is_floating_point() else value).contiguous()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"format": "scsig-scimilarity", "dtype": dtype, "name": model.name}
+    header.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    tmp = folder / (SAFETENSORS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata=header)
+    tmp.replace(folder / SAFETENSORS_FILE)
+    (folder / "gene_order.tsv").write_text("\n".join(model.gene_order) + "\n")
+    (folder / "layer_sizes.json").write_text(json.dumps({k: list(v.shape) for k, v in state.items()}, indent=1))
+    if model.labels:
+        pd.DataFrame({"0": pd.Series(model.labels)}).to_csv(folder / "label_ints.csv")
+    return folder
+
+
+def load_safetensors_folder(folder: str | Path, *, name: str | None = None) -> FoundationModel:
+    """Read a folder written by :func:`save_safetensors` (weights are cast to float32)."""
+    import torch
+    from safetensors import safe_open
+
+    from ._base import SCIMILARITY_PREPROCESSING, FoundationModel
+    from ._scimilarity import SCimilarityEncoder, _linear_shapes
+
+    folder = Path(folder)
+    weights = folder / SAFETENSORS_FILE
+    order_path = folder / "gene_order.tsv"
+    if not order_path.is_file():
+        msg = f"{order_path} not found: a model folder holds {SAFETENSORS_FILE} (or encoder.ckpt) and gene_order.tsv."
+        raise FileNotFoundError(msg)
+    gene_order = [line.strip() for line in order_path.read_text().splitlines() if line.strip()]
+    with safe_open(str(weights), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    linears = _linear_shapes({k: tuple(v.shape) for k, v in state.items()})
+    if len(linears) < 2:
+        msg = f"{weights} does not hold a SCimilarity-architecture encoder ({len(linears)} Linear layers found)."
+        raise ValueError(msg)
+    if linears[0][1] != len(gene_order):
+        msg = (
+            f"The first layer takes {linears[0][1]} genes but gene_order.tsv lists {len(gene_order)}; "
+            "the folder's files do not belong together."
+        )
+        raise ValueError(msg)
+    encoder = SCimilarityEncoder(len(gene_order), [out for out, _ in linears[:-1]], linears[-1][0])
+    encoder.load_state_dict(state, strict=True)
+    labels = None
+    label_path = folder / "label_ints.csv"
+    if label_path.is_file():
+        frame = pd.read_csv(label_path, index_col=0)
+        labels = {int(k): str(v) for k, v in frame.iloc[:, 0].items()}
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return FoundationModel(
+        encoder,
+        gene_order,
+        preprocessing=SCIMILARITY_PREPROCESSING,
+        name=name or folder.name,
+        labels=labels,
+        source=str(folder),
+        checksum=digest,
+    )
