@@ -67,3 +67,13 @@ def test_rank_methods(attributed):
     assert set(res["method"]) == {"ucell", "aucell"}
     # the toy's group b over-expresses g0..g4, so a rank score separates it
     assert (res["auroc"] > 0.7).all()
+
+
+def test_signature_unknown_to_model_gives_nan(attributed):
+    attributed.var.loc[["g0", "g1"], "attr_ig_in_model"] = False  # as if the model lacked them
+    with pytest.warns(UserWarning, match="attribution score not computed"):
+        res = sg.tl.compare_scores(
+            attributed, ["g0", "g1"], contrast="group", positive="b", methods=["attribution", "score_genes"]
+        )
+    assert res.loc[res.method == "attribution", "auroc"].isna().all()
+    assert res.loc[res.method == "score_genes", "auroc"].notna().all()

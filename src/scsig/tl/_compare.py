@@ -35,6 +35,8 @@ def _auroc(values: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``values`` for ``positive`` (ties count half), NaN if a class is empty."""
     from scipy.stats import rankdata
 
+    if np.isnan(values).any():
+        return float("nan")
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -46,7 +48,7 @@ def _auroc(values: np.ndarray, positive: np.ndarray) -> float:
 def _abs_spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if a.size < 3 or np.isnan(a).any() or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(abs(spearmanr(a, b).statistic))
 
@@ -229,7 +231,12 @@ def compare_scores(
             tmp = AnnData(obs=pd.DataFrame(index=data.obs_names), var=data.var.copy())
             tmp.layers[key] = data.layers[key]
             tmp.uns[UNS_KEY] = {"layers": {key: {}}}
-            score(tmp, list(genes), layer=key, key_added="_s")
+            try:
+                score(tmp, list(genes), layer=key, key_added="_s")
+            except ValueError as err:  # no signature gene is known to the model
+                warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=2)
+                results[m] = np.full(data.n_obs, np.nan)
+                continue
             results[m] = tmp.obs["_s"].to_numpy(np.float64)
         else:
             results[m] = _expression_scores(counts, data.obs_names, data.var_names, list(genes), m, seed=seed)
