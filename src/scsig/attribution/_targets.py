@@ -1,13 +1,13 @@
 r"""Attribution targets: the scalar per cell whose gradient is attributed to the genes.
 
 ``self_similarity`` (the published SIGnature target)
-    :math:`t(x') = \\sum_k |z_k \\, f(x')_k|` with :math:`z = f(x)` held fixed. It is maximal at
+    :math:`t(x') = \sum_k |z_k \, f(x')_k|` with :math:`z = f(x)` held fixed. It is maximal at
     :math:`x' = x` for L2-normalized encoders, so methods that read the gradient *at* the input
     (input x gradient; DeepLIFT on encoders whose activations it does not model) get an
     analytically zero gradient there: their attributions are float noise (degenerate).
     Integrated gradients integrates along the path from the baseline and is not affected.
 ``embedding_distance``
-    :math:`t(x') = \\lVert f(x') - f(x_0) \\rVert_2`, the distance of the embedding from the
+    :math:`t(x') = \lVert f(x') - f(x_0) \rVert_2`, the distance of the embedding from the
     baseline's embedding :math:`f(x_0)` (:math:`x_0 = 0`). Its gradient at the input is not zero,
     so it is the target to use with ``"ixg"`` and ``"dl"``.
 """

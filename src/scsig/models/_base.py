@@ -43,7 +43,7 @@ class Preprocessing:
     target_sum
         Total each cell is scaled to, or ``None`` for no total-count scaling.
     log1p
-        Apply :math:`\\log(1 + x)` after scaling.
+        Apply :math:`\log(1 + x)` after scaling.
     requires_counts
         The input must be raw counts (non-negative integers); checked before normalizing.
     """

@@ -221,7 +221,7 @@ def attribute(
 
     For each cell :math:`x` (raw counts, normalized by the model's recipe in its gene order),
     the attribution method explains the scalar target :math:`t` -- by default the published
-    self-similarity :math:`t(x') = \\sum_k |z_k f(x')_k|` with :math:`z = f(x)` fixed -- against a zero
+    self-similarity :math:`t(x') = \sum_k |z_k f(x')_k|` with :math:`z = f(x)` fixed -- against a zero
     baseline. Integrated gradients (``"ig"``) uses captum's defaults (Gauss-Legendre, ``n_steps``
     points); ``"dl"`` is DeepLIFT and ``"ixg"`` input x gradient. The attributions' absolute
     values are rescaled so that each cell sums to ``target_sum`` (cells with no counts stay 0).
@@ -237,7 +237,7 @@ def attribute(
     {doc_layer_counts}
     target
         What is attributed. ``None`` uses the model's default (``"self_similarity"``).
-        ``"embedding_distance"`` is :math:`\\lVert f(x') - f(0) \\rVert_2`, which ``"dl"`` and ``"ixg"``
+        ``"embedding_distance"`` is :math:`\lVert f(x') - f(0) \rVert_2`, which ``"dl"`` and ``"ixg"``
         need: under self-similarity their attributions are degenerate (see ``on_degenerate``).
         A callable ``(embedding, reference) -> (n,)`` tensor is used as is.
     n_steps

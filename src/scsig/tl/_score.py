@@ -154,7 +154,7 @@ def score(
 
     A cell's score is the mean (``aggregate="mean"``) or sum (``"sum"``) of its normalized
     attributions over the signature's genes; with weights :math:`w_g` the weighted mean is
-    :math:`\\sum_g w_g a_g / \\sum_g w_g` and the weighted sum :math:`\\sum_g w_g a_g`. With the
+    :math:`\sum_g w_g a_g / \sum_g w_g` and the weighted sum :math:`\sum_g w_g a_g`. With the
     default ``target_sum=1000`` a score is in attribution units per gene: a mean of 1 means the
     signature's genes carry, on average, 1/1000 of the cell's attribution each. Scores are
     non-negative and do not depend on the order of the genes.
