@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._hits import hit_fractions
+
+__all__ = ["hit_fractions"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._attribute import DegenerateAttributionError, attribute
 from ._compare import compare_scores
+from ._hits import hits
 from ._score import score
 
-__all__ = ["DegenerateAttributionError", "attribute", "compare_scores", "score"]
+__all__ = ["DegenerateAttributionError", "attribute", "compare_scores", "hits", "score"]
