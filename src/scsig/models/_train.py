@@ -304,7 +304,7 @@ def train_encoder(
     weight_decay
         AdamW weight decay.
     temperature
-        Temperature :math:`\\tau` of the contrastive loss.
+        Temperature :math:`\tau` of the contrastive loss.
     thinning
         Range of the fraction of counts each view keeps; ``(1.0, 1.0)`` turns thinning off.
     gene_dropout
