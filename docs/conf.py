@@ -44,7 +44,7 @@ extensions = [
 ]
 
 templates_path = ["_templates"]
-html_static_path = ["_static"]
+html_static_path: list[str] = []
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "generated/tutorials/.*"]
 source_suffix = {
     ".rst": "restructuredtext",

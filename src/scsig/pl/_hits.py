@@ -1,0 +1,218 @@
+"""``sg.pl.hit_fractions``: per-sample (or per-group) fractions of hit cells across conditions."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._docs import doc_params, doc_plot_common
+from ._utils import category_colors, finish, new_axes
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from matplotlib.axes import Axes
+
+__all__ = ["hit_fractions"]
+
+
+def _categories(frame: pd.DataFrame, col: str, order: Sequence[str] | None) -> list[str]:
+    values = frame[col]
+    if order is not None:
+        present = {str(v) for v in values.unique()}
+        unknown = [o for o in order if str(o) not in present]
+        if unknown:
+            msg = f"Order for {col!r} names values that are not in the data: {unknown[:5]}."
+            raise ValueError(msg)
+        return [str(o) for o in order]
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return [str(c) for c in values.cat.categories if (values == c).any()]
+    return sorted({str(v) for v in values.unique()})
+
+
+@doc_params(doc_plot_common=doc_plot_common)
+def hit_fractions(
+    data: Any,
+    hits_key: str | None = None,
+    *,
+    x: str,
+    hue: str | None = None,
+    sample_key: str | None = None,
+    y: str = "fraction",
+    order: Sequence[str] | None = None,
+    hue_order: Sequence[str] | None = None,
+    palette: Sequence[str] | dict[str, str] | None = None,
+    points: bool = True,
+    size: float = 4.0,
+    percent: bool = True,
+    rotation: float | None = None,
+    ylabel: str | None = None,
+    figsize: tuple[float, float] | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    return_fig: bool = False,
+    **kwargs: Any,
+) -> Axes | Any | None:
+    """Compare the fraction of hit cells across conditions, one dot per sample (or group).
+
+    Each dot is one unit -- a sample with ``sample_key``, otherwise a group of cells -- and its
+    height is the fraction of that unit's cells called hits by :func:`scsig.tl.hits`. Boxes
+    summarize the units of each condition on the x axis (``x``), optionally split by ``hue``
+    (e.g. the cell type). This is the figure for comparing conditions or diseases: with samples,
+    the spread of the dots is the between-sample variation the comparison has to beat.
+
+    Parameters
+    ----------
+    data
+        The tidy DataFrame of :func:`scsig.get.hit_fractions` (any DataFrame with columns ``x``,
+        ``y`` and optionally ``hue``), or an AnnData with a hit column ``hits_key``, from which the
+        fractions are computed with :func:`scsig.get.hit_fractions` over ``x``, ``hue`` and
+        ``sample_key``.
+    hits_key
+        Boolean column of ``adata.obs`` written by :func:`scsig.tl.hits`; only with an AnnData.
+    x
+        Column with the conditions on the x axis.
+    hue
+        Column that splits each condition (e.g. cell type).
+    sample_key
+        Column of ``adata.obs`` with the samples (donors); only with an AnnData.
+    y
+        Column with the fractions (0-1).
+    order, hue_order
+        Order of the conditions and of the ``hue`` levels.
+    palette
+        Colours of the ``hue`` levels (of the conditions without ``hue``): a list or a dict.
+    points
+        Draw one dot per unit on top of the boxes.
+    size
+        Dot size, in points.
+    percent
+        Show the fraction in percent.
+    rotation
+        Rotation of the x labels; ``None`` rotates long labels by 90 degrees.
+    ylabel
+        Y-axis label.
+    figsize
+        Size of the figure, in inches.
+    {doc_plot_common}
+    **kwargs
+        Passed to :func:`seaborn.boxplot`.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` when ``show=False`` or ``ax`` is given, the
+    :class:`~matplotlib.figure.Figure` when ``return_fig=True``, else ``None``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import scsig as sg
+    >>> frame = pd.DataFrame(
+    ...     {
+    ...         "condition": ["ctrl", "ctrl", "ctrl", "stim", "stim", "stim"],
+    ...         "sample": ["d1", "d2", "d3", "d4", "d5", "d6"],
+    ...         "fraction": [0.02, 0.05, 0.04, 0.41, 0.35, 0.52],
+    ...     }
+    ... )
+    >>> ax = sg.pl.hit_fractions(frame, x="condition", show=False)
+    """
+    import seaborn as sns
+
+    if isinstance(data, pd.DataFrame):
+        if hits_key is not None or sample_key is not None:
+            msg = "hits_key= and sample_key= go with an AnnData; a DataFrame already holds the fractions."
+            raise ValueError(msg)
+        frame = data
+    else:
+        from .. import get
+
+        if hits_key is None:
+            msg = "Pass hits_key=, the hit column written by sg.tl.hits, together with an AnnData."
+            raise ValueError(msg)
+        by = [x] if hue is None or hue == x else [x, hue]
+        frame = get.hit_fractions(data, hits_key, groupby=by, sample_key=sample_key)
+        # keep the AnnData's own order of the levels (the table orders them by decreasing fraction)
+        for col in by:
+            if isinstance(data.obs[col].dtype, pd.CategoricalDtype):
+                cats = [c for c in data.obs[col].cat.categories if c in set(frame[col].astype(object))]
+                frame[col] = pd.Categorical(frame[col].astype(object), categories=cats)
+    missing = [c for c in (x, y, hue) if c is not None and c not in frame.columns]
+    if missing:
+        msg = f"Column(s) {missing} not in the hit-fraction table (columns: {list(frame.columns)})."
+        raise KeyError(msg)
+
+    frame = frame.loc[frame[y].notna()].copy()
+    x_order = _categories(frame, x, order)
+    frame[x] = frame[x].astype(str)
+    frame["_value"] = frame[y].to_numpy(dtype=np.float64) * (100.0 if percent else 1.0)
+    if hue is not None:
+        h_order = _categories(frame, hue, hue_order)
+        frame[hue] = frame[hue].astype(str)
+        color_levels, color_col = h_order, hue
+    else:
+        h_order = None
+        color_levels, color_col = x_order, x
+    if palette is None:
+        adata = None if isinstance(data, pd.DataFrame) else data
+        palette = dict(zip(color_levels, category_colors(adata, color_col, color_levels), strict=True))
+    elif not isinstance(palette, dict):
+        palette = dict(zip(color_levels, list(palette), strict=False))
+
+    n_hue = len(h_order) if h_order is not None else 1
+    if figsize is None:
+        figsize = (max(2.2, 0.45 * len(x_order) * (1 + 0.45 * (n_hue - 1)) + 1.2), 3.2)
+    fig, a = new_axes(ax, figsize)
+    hue_col = hue if hue is not None else x
+    box_opts = {
+        "linewidth": 0.8,
+        "width": 0.7,
+        "showfliers": not points,
+        "saturation": 1.0,
+        "boxprops": {"alpha": 0.45},
+    }
+    with warnings.catch_warnings():
+        # seaborn 0.13 passes matplotlib's deprecated ``vert``; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
+        sns.boxplot(
+            data=frame,
+            x=x,
+            y="_value",
+            hue=hue_col,
+            order=x_order,
+            hue_order=h_order if hue is not None else x_order,
+            palette=palette,
+            ax=a,
+            legend=hue is not None,
+            **(box_opts | kwargs),
+        )
+    if points:
+        sns.stripplot(
+            data=frame,
+            x=x,
+            y="_value",
+            hue=hue_col,
+            order=x_order,
+            hue_order=h_order if hue is not None else x_order,
+            palette=palette,
+            dodge=hue is not None,
+            jitter=0.15 / n_hue,
+            size=size,
+            linewidth=0.5,
+            edgecolor="0.2",
+            legend=False,
+            ax=a,
+        )
+    a.set_xlabel(x)
+    a.set_ylabel(ylabel if ylabel is not None else ("hit cells (%)" if percent else "hit fraction"))
+    a.set_ylim(bottom=0)
+    rot = (90.0 if sum(len(s) for s in x_order) > 24 else 0.0) if rotation is None else rotation
+    if rot:
+        a.tick_params(axis="x", labelrotation=rot)
+    if hue is not None and a.get_legend() is not None:
+        sns.move_legend(a, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=hue)
+    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig)
