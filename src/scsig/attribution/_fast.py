@@ -165,7 +165,9 @@ class _Plan:
     # the second affine layer after a piecewise-linear activation (event path), else None
     neg1: np.ndarray | None = None  # (h1,) float64
     w2: torch.Tensor | None = None  # (h2, h1) float32
+    w2_64: torch.Tensor | None = None  # (h2, h1) float64
     w2t: np.ndarray | None = None  # (h1, h2) float32
+    w2t_64: np.ndarray | None = None  # (h1, h2) float64
     c2: np.ndarray | None = None  # (h2,) float64
     tail: list[nn.Module] | None = None  # modules after the second affine map (generic tail)
     # a tail of exactly [piecewise-linear activation, affine] handled without autograd
@@ -204,7 +206,9 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
             w2, b2, j = second
             plan.neg1 = _negative_slope(modules[i], plan.width)
             plan.w2 = w2.float().contiguous()
+            plan.w2_64 = w2.contiguous()
             plan.w2t = np.ascontiguousarray(w2.T.float().cpu().numpy())
+            plan.w2t_64 = np.ascontiguousarray(w2.T.cpu().numpy())
             plan.c2 = b2.cpu().numpy()
             plan.tail = modules[j:]
             k = _skip_pass(modules, j)
@@ -330,10 +334,12 @@ def _kernels() -> dict[str, Any]:
         """``X @ wt`` with X (n_rows, n_cols) given column-major; wt (n_cols, h) C-contiguous.
 
         Gene-major order reads each used row of ``wt`` once per batch; threads own column chunks of
-        the output, so no two threads write the same memory.
+        the output, so no two threads write the same memory. Sums are kept in float64: the signs of
+        the first pre-activation along the path (which decide the activation's slope) then do not
+        depend on the order of summation.
         """
         n_cols, h = wt.shape
-        out = np.zeros((n_rows, h), np.float32)
+        out = np.zeros((n_rows, h), np.float64)
         n_chunks = (h + chunk - 1) // chunk
         for b in prange(n_chunks):
             lo = b * chunk
@@ -346,7 +352,7 @@ def _kernels() -> dict[str, Any]:
                 w = wt[j, lo:hi]
                 for q in range(p0, p1):
                     o = out[rows[q], lo:hi]
-                    val = data[pos[q]]
+                    val = np.float64(data[pos[q]])
                     for k in range(hi - lo):
                         o[k] += val * w[k]
         return out
@@ -369,13 +375,17 @@ def _kernels() -> dict[str, Any]:
                 out[pos[q]] = data[pos[q]] * acc
 
     @njit(parallel=True, cache=True)
-    def events_forward(v, c1, neg, alphas, w2t, a0, b0, c2, pre2, ev_unit, ev_step, ev_count):  # pragma: no cover
+    def events_forward(
+        v, c1, neg, alphas, w2t, a0, b0, c2, act, neg2, out, mask, ev_unit, ev_step, ev_count
+    ):  # pragma: no cover
         """Second-layer pre-activation at every path point, from running sums updated per sign change.
 
         ``v`` (n, h1) the first layer's input term, ``c1`` its bias; the first pre-activation at
         point k is ``alphas[k] * v + c1``. ``a0``/``b0`` (n, h2) are the second layer applied to
         ``slope_0 * v`` and ``slope_0 * c1`` with the activation's slopes at the first point.
-        Writes ``pre2`` (n, S, h2) and each cell's events (unit, step) sorted by step.
+        Writes ``out`` (n, S, h2): the pre-activation, or with ``act`` the piecewise-linear
+        activation of it (negative slopes ``neg2``) and ``mask`` whether it was positive; and each
+        cell's events (unit, step) sorted by step.
         """
         n, h1 = v.shape
         h2 = w2t.shape[1]
@@ -385,7 +395,7 @@ def _kernels() -> dict[str, Any]:
             steps = np.empty(h1, np.int32)
             cnt = 0
             for i in range(h1):
-                vi = np.float64(v[c, i])
+                vi = v[c, i]
                 first = alphas[0] * vi + c1[i] > 0.0
                 last = alphas[n_steps - 1] * vi + c1[i] > 0.0
                 if first != last:
@@ -421,7 +431,7 @@ def _kernels() -> dict[str, Any]:
             for k in range(n_steps):
                 while e < cnt and ev_step[c, e] == k:
                     i = ev_unit[c, e]
-                    vi = np.float64(v[c, i])
+                    vi = v[c, i]
                     d = (1.0 - neg[i]) if alphas[k] * vi + c1[i] > 0.0 else (neg[i] - 1.0)
                     dv = d * vi
                     dc = d * c1[i]
@@ -431,17 +441,30 @@ def _kernels() -> dict[str, Any]:
                         b[h] += dc * row[h]
                     e += 1
                 al = alphas[k]
-                for h in range(h2):
-                    pre2[c, k, h] = al * a[h] + b[h] + c2[h]
+                o = out[c, k]
+                if act:
+                    m = mask[c, k]
+                    for h in range(h2):
+                        p = np.float32(al * a[h] + b[h] + c2[h])
+                        if p > 0:
+                            o[h] = p
+                            m[h] = 1
+                        else:
+                            o[h] = p * neg2[h]
+                            m[h] = 0
+                else:
+                    for h in range(h2):
+                        o[h] = al * a[h] + b[h] + c2[h]
 
     @njit(parallel=True, cache=True)
     def events_backward(
-        g2, weights, v, c1, neg, alphas, w2t, ev_unit, ev_step, ev_count, g1, r_out
+        g2, act, neg2, mask, weights, v, c1, neg, alphas, w2t, ev_unit, ev_step, ev_count, g1, r_out
     ):  # pragma: no cover
         """Backward through the second layer with suffix sums of the weighted gradients.
 
-        ``g2`` (n, S, h2) is the gradient at the second pre-activation. Writes ``r_out`` (n, h2), the
-        weighted sum over points, and adds each event's correction to ``g1`` (n, h1).
+        ``g2`` (n, S, h2) is the gradient at the second pre-activation, or with ``act`` at the
+        activation's output (``mask``/``neg2`` as written by ``events_forward``). Writes ``r_out``
+        (n, h2), the weighted sum over points, and adds each event's correction to ``g1`` (n, h1).
         """
         n, n_steps, h2 = g2.shape
         for c in prange(n):
@@ -449,11 +472,20 @@ def _kernels() -> dict[str, Any]:
             e = ev_count[c] - 1
             for k in range(n_steps - 1, -1, -1):
                 wk = weights[k]
-                for h in range(h2):
-                    r[h] += wk * g2[c, k, h]
+                gk = g2[c, k]
+                if act:
+                    m = mask[c, k]
+                    for h in range(h2):
+                        if m[h]:
+                            r[h] += wk * gk[h]
+                        else:
+                            r[h] += wk * (gk[h] * neg2[h])
+                else:
+                    for h in range(h2):
+                        r[h] += wk * gk[h]
                 while e >= 0 and ev_step[c, e] == k:
                     i = ev_unit[c, e]
-                    vi = np.float64(v[c, i])
+                    vi = v[c, i]
                     d = (1.0 - neg[i]) if alphas[k] * vi + c1[i] > 0.0 else (neg[i] - 1.0)
                     row = w2t[i]
                     acc = 0.0
@@ -464,12 +496,57 @@ def _kernels() -> dict[str, Any]:
             for h in range(h2):
                 r_out[c, h] = r[h]
 
+    @njit(parallel=True, fastmath=False, cache=True)
+    def target_grad(out, ref, per_cell, n_points, normalize, kind, grad):  # pragma: no cover - numba
+        """Gradient of the named target with respect to the encoder output before L2 normalization.
+
+        ``kind`` 0: self-similarity ``sum_k |ref_k y_k|``; 1: distance ``||y - ref||``. Row ``i`` of
+        ``out`` belongs to cell ``i // n_points`` (``ref`` per cell when ``per_cell``, else one row).
+        """
+        n_rows, d = out.shape
+        for i in prange(n_rows):
+            rr = ref[i // n_points] if per_cell else ref[0]
+            o = out[i]
+            norm = 1.0
+            if normalize:
+                sq = 0.0
+                for k in range(d):
+                    sq += np.float64(o[k]) * o[k]
+                norm = max(np.sqrt(sq), 1e-12)
+            gy = np.empty(d, np.float64)
+            if kind == 0:
+                for k in range(d):
+                    prod = rr[k] * (o[k] / norm)
+                    gy[k] = rr[k] if prod > 0 else (-rr[k] if prod < 0 else 0.0)
+            else:
+                dist = 0.0
+                for k in range(d):
+                    diff = o[k] / norm - rr[k]
+                    gy[k] = diff
+                    dist += diff * diff
+                dist = np.sqrt(dist)
+                for k in range(d):
+                    gy[k] = gy[k] / dist if dist > 0 else 0.0
+            if normalize and norm > 1e-12:
+                dot = 0.0
+                for k in range(d):
+                    dot += (o[k] / norm) * gy[k]
+                for k in range(d):
+                    grad[i, k] = (gy[k] - (o[k] / norm) * dot) / norm
+            elif normalize:
+                for k in range(d):
+                    grad[i, k] = gy[k] / 1e-12
+            else:
+                for k in range(d):
+                    grad[i, k] = gy[k]
+
     _KERNELS.update(
         csr_to_csc=csr_to_csc,
         sparse_times_dense=sparse_times_dense,
         sampled_rows_dot=sampled_rows_dot,
         events_forward=events_forward,
         events_backward=events_backward,
+        target_grad=target_grad,
     )
     return _KERNELS
 
@@ -501,9 +578,23 @@ def _embed(plan: _Plan, pre1: torch.Tensor) -> torch.Tensor:
 
 
 def _target_grad(
-    plan: _Plan, fn: Any, out: torch.Tensor, ref: torch.Tensor, n_cells: int, n_points: int
+    plan: _Plan, module: TargetModule, out: torch.Tensor, ref: torch.Tensor, n_cells: int, n_points: int
 ) -> torch.Tensor:
     """Gradient of the summed target with respect to the encoder's last pre-normalization output."""
+    if module.target in ("self_similarity", "embedding_distance"):
+        grad = torch.empty_like(out)
+        ref32 = np.ascontiguousarray(ref.float().numpy())
+        _kernels()["target_grad"](
+            out.numpy(),
+            ref32,
+            ref.shape[0] == n_cells,
+            n_points,
+            plan.normalize,
+            0 if module.target == "self_similarity" else 1,
+            grad.numpy(),
+        )
+        return grad
+    fn = module._fn
     out = out.detach().requires_grad_(requires_grad=True)
     with torch.enable_grad():
         emb = F.normalize(out, p=2, dim=1) if plan.normalize else out
@@ -525,43 +616,51 @@ def _grad_generic(plan: _Plan, fn: Any, modules: list[nn.Module], h: torch.Tenso
 
 
 def _first_layer_grad_events(
-    plan: _Plan, fn: Any, v: np.ndarray, ref: torch.Tensor, alphas: np.ndarray, weights: np.ndarray
+    plan: _Plan, module: TargetModule, v: np.ndarray, ref: torch.Tensor, alphas: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
-    """sum_k w_k dt/dp_k at the first pre-activation, through the event path (n, h1) float32."""
+    """sum_k w_k dt/dp_k at the first pre-activation, through the event path (n, h1) float32.
+
+    ``v`` (n, h1) float64 is the first layer's input term (its pre-activation at point k is
+    ``alphas[k] * v + c1``).
+    """
     k = _kernels()
     n, h1 = v.shape
     s = alphas.size
     h2 = plan.width2
     neg1 = plan.neg1
-    slope0 = np.where(alphas[0] * v.astype(np.float64) + plan.c1 > 0.0, 1.0, neg1).astype(np.float32)
-    stacked = torch.from_numpy(np.concatenate([slope0 * v, slope0 * plan.c1.astype(np.float32)], axis=0))
-    ab = (stacked @ plan.w2.T).numpy()
-    pre2 = np.empty((n, s, h2), dtype=np.float32)
+    # the second pre-activation is computed in float64 so that its signs along the path are exact
+    slope0 = np.where(alphas[0] * v + plan.c1 > 0.0, 1.0, neg1)
+    stacked = torch.from_numpy(np.concatenate([slope0 * v, slope0 * plan.c1], axis=0))
+    ab = (stacked @ plan.w2_64.T).numpy()
+    act = plan.w3 is not None
+    out = np.empty((n, s, h2), dtype=np.float32)
+    mask = np.empty((n, s, h2) if act else (1, 1, 1), dtype=np.uint8)
+    neg2 = plan.neg2.numpy() if act else np.zeros(1, dtype=np.float32)
     ev_unit = np.empty((n, h1), dtype=np.int32)
     ev_step = np.empty((n, h1), dtype=np.int32)
     ev_count = np.empty(n, dtype=np.int64)
-    k["events_forward"](v, plan.c1, neg1, alphas, plan.w2t, ab[:n], ab[n:], plan.c2, pre2, ev_unit, ev_step, ev_count)
+    k["events_forward"](
+        v, plan.c1, neg1, alphas, plan.w2t_64, ab[:n], ab[n:], plan.c2, act, neg2, out, mask, ev_unit, ev_step, ev_count
+    )
     del ab, stacked
-    p2 = torch.from_numpy(pre2).view(n * s, h2)
-    if plan.w3 is not None:
-        positive = p2 > 0
-        h = torch.where(positive, p2, p2 * plan.neg2)
-        out = torch.addmm(plan.c3, h, plan.w3.T)
-        del h
-        grad_out = _target_grad(plan, fn, out, ref, n, s)
-        del out
+    hidden = torch.from_numpy(out).view(n * s, h2)
+    if act:
+        emb = torch.addmm(plan.c3, hidden, plan.w3.T)
+        del hidden, out
+        grad_out = _target_grad(plan, module, emb, ref, n, s)
+        del emb
         g = grad_out @ plan.w3
-        g = torch.where(positive, g, g * plan.neg2)
-        del positive
     else:
-        g = _grad_generic(plan, fn, plan.tail, p2, ref, n, s)
-    del p2, pre2
+        g = _grad_generic(plan, module._fn, plan.tail, hidden, ref, n, s)
+        del hidden, out
     g2 = np.ascontiguousarray(g.view(n, s, h2).numpy())
     del g
     g1 = np.zeros((n, h1), dtype=np.float64)
     r = np.empty((n, h2), dtype=np.float32)
-    k["events_backward"](g2, weights, v, plan.c1, neg1, alphas, plan.w2t, ev_unit, ev_step, ev_count, g1, r)
-    del g2
+    k["events_backward"](
+        g2, act, neg2, mask, weights, v, plan.c1, neg1, alphas, plan.w2t, ev_unit, ev_step, ev_count, g1, r
+    )
+    del g2, mask
     dense = (torch.from_numpy(r) @ plan.w2).numpy()
     return (g1 + slope0 * dense).astype(np.float32)
 
@@ -572,7 +671,7 @@ def _first_layer_grad_generic(
     """sum_k w_k dt/dp_k at the first pre-activation, with autograd through the upper layers."""
     n, h1 = v.shape
     s = alphas.size
-    vt = torch.from_numpy(v).double()
+    vt = torch.from_numpy(v)
     pre1 = (torch.from_numpy(alphas)[None, :, None] * vt[:, None, :] + torch.from_numpy(plan.c1)).float()
     g = _grad_generic(plan, fn, plan.upper, pre1.view(n * s, h1), ref, n, s).view(n, s, h1)
     return torch.einsum("nsh,s->nh", g.double(), torch.from_numpy(weights)).float().numpy()
@@ -630,7 +729,7 @@ def fast_attributions(
     fn = module._fn
     with torch.no_grad():
         c1 = torch.from_numpy(plan.c1)
-        emb_x = _embed(plan, (torch.from_numpy(v).double() + c1).float())
+        emb_x = _embed(plan, (torch.from_numpy(v) + c1).float())
         emb_0 = _embed(plan, c1.float()[None, :])
         ref = emb_0 if module.target == "embedding_distance" else emb_x
         if module.target != "self_similarity" and module.target != "embedding_distance":
@@ -643,7 +742,7 @@ def fast_attributions(
     alphas, weights = _path(method, n_steps)
     with torch.no_grad():
         if plan.w2 is not None:
-            g = _first_layer_grad_events(plan, fn, v, ref, alphas, weights)
+            g = _first_layer_grad_events(plan, module, v, ref, alphas, weights)
         else:
             g = _first_layer_grad_generic(plan, fn, v, ref, alphas, weights)
     out = np.empty_like(data)
