@@ -129,6 +129,8 @@ INVENTORIES = {
     "torch": "https://docs.pytorch.org/docs/stable/",
     "captum": "https://captum.ai/api/",
     "pooch": "https://www.fatiando.org/pooch/latest/",
+    "dask": "https://docs.dask.org/en/stable/",
+    "distributed": "https://distributed.dask.org/en/stable/",
 }
 """Project -> documentation root (``objects.inv`` lives there)."""
 
@@ -146,6 +148,8 @@ EXTERNAL_NAMES = {
     "torch": r"torch\..*",
     "captum": r"captum\..*",
     "pooch": r"pooch(\..*)?",
+    "dask": r"dask(\..*)?",
+    "distributed": r"distributed(\..*)?",
 }
 """Per project, the reference targets to excuse from nitpicky when its inventory is unavailable."""
 
@@ -177,8 +181,26 @@ with ThreadPoolExecutor(max_workers=len(INVENTORIES)) as _pool:
 intersphinx_mapping = {name: (INVENTORIES[name], str(path)) for name, path in _found.items() if path is not None}
 missing_inventories = sorted(name for name, path in _found.items() if path is None)
 nitpick_ignore_regex = [(r"py:.*", EXTERNAL_NAMES[name]) for name in missing_inventories]
-# Names that no inventory documents (private typing helpers and type variables).
-nitpick_ignore_regex += [(r"py:.*", r"scsig\._.*|F|T"), (r"py:class", r"optional")]
+# Private modules and names (never documented, so references to them cannot resolve) and type variables.
+nitpick_ignore_regex += [(r"py:.*", r"scsig(\.[a-z]\w*)*\._.*|F|T"), (r"py:class", r"optional")]
+
+
+def _undo_returns_colon(app, what, name, obj, options, lines) -> None:
+    """Drop the ``:`` line sphinx-autodoc-typehints puts under "Returns" for napoleon's type parsing.
+
+    Our "Returns" sections are rendered as written (see ``napoleon_custom_sections``), where that
+    line would show up as a stray colon.
+    """
+    for i in range(len(lines) - 2):
+        if lines[i].strip().lower() == "returns" and set(lines[i + 1].strip()) == {"-"} and lines[i + 2] == ":":
+            del lines[i + 2]
+            return
+
+
+def setup(app) -> None:
+    """Connect the docstring fix-up after sphinx-autodoc-typehints' own step (same priority, later)."""
+    app.connect("autodoc-process-docstring", _undo_returns_colon, priority=499)
+
 
 # -- html --------------------------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"

@@ -37,7 +37,11 @@ return_fig
 
 
 def doc_params(**kwds: str) -> Callable[[F], F]:
-    """Replace ``{name}`` placeholder lines of a docstring with shared text, keeping indentation."""
+    """Replace ``{name}`` placeholder lines of a docstring with shared text, keeping indentation.
+
+    As with :meth:`str.format` (scanpy's ``_doc_params``), literal braces in a decorated docstring
+    are written doubled (``f"{{key}}_hit"``) and come out single.
+    """
 
     def dec(obj: F) -> F:
         doc = obj.__doc__
@@ -45,7 +49,7 @@ def doc_params(**kwds: str) -> Callable[[F], F]:
             for name, text in kwds.items():
                 pattern = re.compile(rf"^([ \t]*)\{{{name}\}}[ \t]*$", re.MULTILINE)
                 doc = pattern.sub(lambda m, t=text: _indent(t, m.group(1)), doc)
-            obj.__doc__ = doc
+            obj.__doc__ = doc.replace("{{", "{").replace("}}", "}")
         return obj
 
     return dec

@@ -259,7 +259,7 @@ def train_encoder(
     binomial thinning to a random fraction of its depth (drawn uniformly from ``thinning``, per
     cell) and random gene dropout (each count set to 0 with probability ``gene_dropout``). The
     views are normalized and embedded, and a supervised contrastive loss
-    (:func:`contrastive_loss`, temperature ``temperature``) pulls together
+    (``contrastive_loss``, temperature ``temperature``) pulls together
 
     - with ``labels``: all cells sharing a label (metric learning on cell types, as SCimilarity);
     - without: only the two views of the same cell (self-supervised, as SimCLR).
@@ -278,7 +278,7 @@ def train_encoder(
     {doc_layer_counts}
     gene_order
         The model's input genes, in order. Genes the data lacks are allowed (their input is
-        always 0). ``None`` selects genes with :func:`select_genes` (``min_cells``, ``n_top_genes``).
+        always 0). ``None`` selects genes with ``select_genes`` (``min_cells``, ``n_top_genes``).
     n_top_genes
         With ``gene_order=None``: keep this many highly variable genes; ``None`` keeps every gene
         detected in ``min_cells`` cells.
