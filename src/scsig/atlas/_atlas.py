@@ -1,0 +1,784 @@
+"""``sg.Atlas``: attribution layers of many datasets on disk, gene-major, queried by signature."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .. import _logging as logg
+from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
+from .._settings import settings
+from ..models import gene_order_hash
+from ..tl._score import parse_signatures
+from . import _manifest as mf
+from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
+from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anndata import AnnData
+
+__all__ = ["Atlas"]
+
+ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class Atlas:
+    """Attributions of many datasets on disk, stored gene-major and queried by signature.
+
+    An atlas holds one gene order (its model's) and one *shard* per dataset: the dataset's
+    attribution layer (cells x genes, stored by gene so a signature reads only its genes) and its
+    cell metadata. Build it with :meth:`create` and :meth:`add` (or import the reference tool's
+    published atlases with :meth:`from_signature`), reopen it with :meth:`open`, and query it with
+    :meth:`score` or :meth:`to_anndata`.
+
+    On disk an atlas is a folder: ``manifest.json`` lists the visible shards, ``gene_order.txt`` the
+    genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
+    :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
+    arrays are Blosc-compressed, sharded zarr v3 arrays). Adding a dataset is atomic: a writer that
+    dies leaves the atlas as it was, and readers can query while a writer adds.
+
+    Examples
+    --------
+    >>> import tempfile, scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
+    >>> atlas.add(adata, name="toy", progress=False)
+    >>> atlas.score(["g0", "g1", "g2"], progress=False).shape
+    (60, 3)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._root = Path(path)
+        self._manifest = mf.read_manifest(self._root)
+        self._stamp = mf.manifest_stamp(self._root)
+        genes = (self._root / mf.GENE_ORDER).read_text().split("\n")
+        self._genes = pd.Index(genes[:-1] if genes and genes[-1] == "" else genes, dtype=object)
+        if gene_order_hash(self._genes) != self._manifest["gene_order_hash"]:
+            msg = f"{self._root / mf.GENE_ORDER} does not match the gene order hash in the manifest; the atlas is damaged."
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, path: str | Path, *, gene_order: Sequence[str]) -> Atlas:
+        """Create an empty atlas at ``path`` for one model's gene order.
+
+        Parameters
+        ----------
+        path
+            A folder that does not exist yet (or is empty).
+        gene_order
+            The model's genes, in the model's order (e.g. ``model.gene_order``); every dataset added
+            must come from a model with this gene order.
+
+        Returns
+        -------
+        The new, empty :class:`Atlas`.
+        """
+        root = Path(path)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            msg = f"{root} already exists and is not an empty folder; open an existing atlas with sg.Atlas.open."
+            raise FileExistsError(msg)
+        genes = [str(g) for g in gene_order]
+        if not genes:
+            msg = "gene_order is empty."
+            raise ValueError(msg)
+        index = pd.Index(genes)
+        if not index.is_unique:
+            dup = index[index.duplicated()].unique().tolist()[:5]
+            msg = f"gene_order lists genes more than once ({dup})."
+            raise ValueError(msg)
+        if any("\n" in g for g in genes):
+            msg = "Gene names must not contain newlines."
+            raise ValueError(msg)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / mf.SHARDS).mkdir()
+        (root / mf.TMP).mkdir()
+        mf.atomic_write_text(root / mf.GENE_ORDER, "\n".join(genes) + "\n")
+        manifest = {
+            "format": mf.FORMAT,
+            "format_version": mf.FORMAT_VERSION,
+            "gene_order_hash": gene_order_hash(genes),
+            "n_genes": len(genes),
+            "created": _now(),
+            "shards": [],
+        }
+        mf.write_manifest(root, manifest)
+        return cls(root)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Atlas:
+        """Open an existing atlas.
+
+        Parameters
+        ----------
+        path
+            The atlas folder.
+
+        Returns
+        -------
+        The :class:`Atlas`; it sees shards that writers add later (the manifest is re-read when it changes).
+        """
+        return cls(path)
+
+    # ------------------------------------------------------------------ state
+
+    def _refresh(self) -> None:
+        stamp = mf.manifest_stamp(self._root)
+        if stamp != self._stamp:
+            self._manifest = mf.read_manifest(self._root)
+            self._stamp = stamp
+
+    @property
+    def path(self) -> Path:
+        """The atlas folder."""
+        return self._root
+
+    @property
+    def gene_order(self) -> pd.Index:
+        """The atlas's genes, in the model's order."""
+        return self._genes
+
+    @property
+    def gene_order_hash(self) -> str:
+        """:func:`scsig.models.gene_order_hash` of :attr:`gene_order`."""
+        return self._manifest["gene_order_hash"]
+
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the datasets (shards), in the order they were added."""
+        self._refresh()
+        return [s["name"] for s in self._manifest["shards"]]
+
+    @property
+    def n_obs(self) -> int:
+        """Cells in all datasets."""
+        self._refresh()
+        return int(sum(s["n_obs"] for s in self._manifest["shards"]))
+
+    def summary(self) -> pd.DataFrame:
+        """One row per dataset: cells, stored values, layer, model, attribution method, when added."""
+        self._refresh()
+        rows = []
+        for s in self._manifest["shards"]:
+            prov = s.get("provenance") or {}
+            rows.append(
+                {
+                    "n_obs": s["n_obs"],
+                    "nnz": s["nnz"],
+                    "layer": s["layer"],
+                    "model": (prov.get("model") or {}).get("name", "unknown") if isinstance(prov, dict) else "unknown",
+                    "method": prov.get("method", "unknown") if isinstance(prov, dict) else "unknown",
+                    "source": s.get("source", "anndata"),
+                    "added": s["added"],
+                }
+            )
+        return pd.DataFrame(rows, index=pd.Index(self.datasets, name=DATASET_KEY))
+
+    def __repr__(self) -> str:
+        self._refresh()
+        n = len(self._manifest["shards"])
+        return f"Atlas at {str(self._root)!r}: {n} dataset{'s' if n != 1 else ''}, {self.n_obs:,} cells, {len(self._genes):,} genes"
+
+    def _specs(self, datasets: Sequence[str] | str | None) -> list[ShardSpec]:
+        self._refresh()
+        shards = {s["name"]: s for s in self._manifest["shards"]}
+        if datasets is None:
+            names = list(shards)
+        else:
+            names = [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+            unknown = [d for d in names if d not in shards]
+            if unknown:
+                msg = f"Datasets {unknown} are not in the atlas (it has {list(shards)[:10]}{' ...' if len(shards) > 10 else ''})."
+                raise KeyError(msg)
+        return [
+            ShardSpec(
+                name=n,
+                path=str(self._root / mf.SHARDS / shards[n]["dir"]),
+                layer=shards[n]["layer"],
+                n_obs=int(shards[n]["n_obs"]),
+            )
+            for n in names
+        ]
+
+    def obs(self, *, datasets: Sequence[str] | str | None = None) -> pd.DataFrame:
+        """Cell metadata of the datasets (all by default), with a ``dataset`` column."""
+        specs = self._specs(datasets)
+        cats = [s.name for s in specs]
+        frames = [
+            shard_obs(s).assign(**{DATASET_KEY: pd.Categorical([s.name] * s.n_obs, categories=cats)}) for s in specs
+        ]
+        return _concat(frames, cats, columns=[DATASET_KEY])
+
+    # ------------------------------------------------------------------ writing
+
+    def add(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = "attr_ig",
+        name: str,
+        obs_columns: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        """Add one dataset (a shard): its attribution layer and its cell metadata.
+
+        The layer's columns are mapped onto the atlas's gene order by gene name (through the
+        ``gene_symbols`` column recorded by :func:`scsig.tl.attribute`, if one was used); columns
+        outside the model must hold zeros and are not stored. A layer whose provenance
+        (``adata.uns["scsig"]["layers"][layer]``) names another gene order is refused. A layer
+        without provenance is accepted when its ``var_names`` are all genes of the atlas.
+
+        The write is atomic: the shard is built in the atlas's ``tmp/`` folder, renamed into
+        ``shards/``, and only then listed in the manifest. Memory stays bounded (about 1 GB beyond
+        the input) whatever the dataset's size: the layer is read in row blocks, transposed through
+        scratch files and written gene range by gene range.
+
+        Parameters
+        ----------
+        adata
+            Annotated data matrix with an attribution layer. Its layer may be in memory (CSR, CSC,
+            dense) or a backed sparse dataset (``anndata.io.sparse_dataset``).
+        layer
+            The attribution layer; ``None`` reads ``adata.X``.
+        name
+            The dataset's name in the atlas (unique).
+        obs_columns
+            Columns of ``adata.obs`` to keep (all by default). ``"dataset"`` is reserved for the
+            dataset's name in query results.
+        progress
+            Show progress bars (``None`` follows :attr:`scsig.settings.progress`).
+
+        Returns
+        -------
+        ``None``; the atlas lists the new dataset.
+        """
+        from anndata import AnnData
+
+        if not isinstance(adata, AnnData):
+            msg = (
+                f"Expected an AnnData, got {type(adata).__name__} (for a MuData, pass its modality, e.g. mdata['rna'])."
+            )
+            raise TypeError(msg)
+        name = str(name)
+        if not name:
+            msg = "name must be a non-empty string."
+            raise ValueError(msg)
+        if name in self.datasets:
+            msg = f"The atlas already has a dataset named {name!r}; choose another name."
+            raise ValueError(msg)
+        x = _layer_matrix(adata, layer)
+        prov = adata.uns.get(UNS_KEY, {}).get("layers", {}).get(layer) if layer is not None else None
+        lut = self._var_lookup(adata, layer, prov, name)
+        obs = _shard_obs_frame(adata.obs, obs_columns, name)
+        layer_key = layer if layer is not None else "attributions"
+        start = logg.info(f"adding dataset {name!r} ({adata.n_obs} cells) to the atlas")
+        show = settings.progress if progress is None else progress
+        record = prov if prov is not None else {"provenance": "none", "gene_order_hash": self.gene_order_hash}
+        self._write_shard(
+            name,
+            layer_key,
+            obs,
+            record,
+            lambda path, scratch: _build(path, scratch, x, lut, obs, self._genes, layer_key, record, name, show=show),
+            source="anndata",
+        )
+        logg.info(f"    finished: dataset {name!r} added", time=start)
+
+    def _write_shard(
+        self,
+        name: str,
+        layer: str,
+        obs: pd.DataFrame,
+        provenance: dict | None,
+        build: Callable[[Path, Path], int],
+        *,
+        source: str,
+    ) -> None:
+        with mf.writer_lock(self._root):
+            self._manifest = mf.read_manifest(self._root)
+            self._stamp = mf.manifest_stamp(self._root)
+            if name in [s["name"] for s in self._manifest["shards"]]:
+                msg = f"The atlas already has a dataset named {name!r}; choose another name."
+                raise ValueError(msg)
+            self._clean_leftovers()
+            self._warn_mixed(name, provenance)
+            uid = uuid.uuid4().hex
+            tmp = self._root / mf.TMP / uid
+            try:
+                nnz = build(tmp / "shard", tmp / "scratch")
+                mf.pause_point("written")
+                (self._root / mf.SHARDS / uid).parent.mkdir(exist_ok=True)
+                (tmp / "shard").rename(self._root / mf.SHARDS / uid)
+            finally:
+                remove_tree(tmp)
+            mf.pause_point("renamed")
+            entry = {
+                "name": name,
+                "dir": uid,
+                "n_obs": int(len(obs)),
+                "nnz": int(nnz),
+                "layer": layer,
+                "obs_columns": [str(c) for c in obs.columns],
+                "provenance": mf.jsonable(provenance) if provenance is not None else None,
+                "source": source,
+                "added": _now(),
+            }
+            manifest = dict(self._manifest)
+            manifest["shards"] = [*self._manifest["shards"], entry]
+            mf.write_manifest(self._root, manifest)
+            self._manifest = manifest
+            self._stamp = mf.manifest_stamp(self._root)
+
+    def _clean_leftovers(self) -> None:
+        """Remove what killed writers left (called with the writer lock held)."""
+        listed = {s["dir"] for s in self._manifest["shards"]}
+        for folder in (self._root / mf.TMP, self._root / mf.SHARDS):
+            folder.mkdir(exist_ok=True)
+            for child in folder.iterdir():
+                if folder.name == mf.TMP or child.name not in listed:
+                    remove_tree(child)
+
+    def _warn_mixed(self, name: str, provenance: dict | None) -> None:
+        if not isinstance(provenance, Mapping) or "method" not in provenance:
+            return
+        for s in self._manifest["shards"]:
+            prov = s.get("provenance")
+            if not isinstance(prov, Mapping) or "method" not in prov:
+                continue
+            for key in ("method", "target", "target_sum"):
+                if key in prov and key in provenance and str(prov[key]) != str(provenance[key]):
+                    warnings.warn(
+                        f"Dataset {name!r} has {key}={provenance[key]!r} but dataset {s['name']!r} has {prov[key]!r}; "
+                        "scores across these datasets are not comparable.",
+                        UserWarning,
+                        stacklevel=4,
+                    )
+                    return
+
+    def _var_lookup(self, adata: AnnData, layer: str | None, prov: Mapping | None, name: str) -> np.ndarray:
+        """For each column of the layer, its position in the atlas gene order, or -1 (not stored)."""
+        genes = self._genes
+        if prov is not None:
+            recorded = prov.get("gene_order_hash") or (prov.get("model") or {}).get("gene_order_hash")
+            if recorded != self.gene_order_hash:
+                model = prov.get("model") or {}
+                msg = (
+                    f"Dataset {name!r}: layer {layer!r} was attributed with model {model.get('name', 'unknown')!r} "
+                    f"(source {model.get('source', 'unknown')!r}, {model.get('n_genes', '?')} genes, gene order hash "
+                    f"{str(recorded)[:12]}), but this atlas expects gene order hash {self.gene_order_hash[:12]} "
+                    f"({len(genes)} genes). An atlas holds one model's attributions: build one atlas per model, or "
+                    "attribute this dataset with the atlas's model."
+                )
+                raise ValueError(msg)
+            symbols = prov.get("gene_symbols", "var_names")
+            names = (
+                adata.var[symbols].astype(str)
+                if symbols not in (None, "var_names") and symbols in adata.var
+                else adata.var_names
+            )
+            pos = genes.get_indexer(pd.Index(names, dtype=object))
+            in_model_col = f"{layer}{IN_MODEL_SUFFIX}"
+            if in_model_col in adata.var:
+                in_model = adata.var[in_model_col].to_numpy(bool)
+                lost = np.flatnonzero(in_model & (pos < 0))
+                if lost.size:
+                    msg = f"Dataset {name!r}: {lost.size} genes marked as in the model are not in the atlas gene order (e.g. {list(adata.var_names[lost[:5]])})."
+                    raise ValueError(msg)
+                pos = np.where(in_model, pos, -1)
+        else:
+            pos = genes.get_indexer(pd.Index(adata.var_names, dtype=object))
+            outside = np.flatnonzero(pos < 0)
+            if outside.size:
+                where = f"layer {layer!r}" if layer is not None else "adata.X"
+                msg = (
+                    f"Dataset {name!r}: {where} has no scsig provenance (adata.uns['scsig']['layers'][{layer!r}]), so its "
+                    f"columns must all be genes of the atlas gene order, but {outside.size} of {adata.n_vars} var names "
+                    f"are not (e.g. {list(adata.var_names[outside[:5]])}). Attribute the data with sg.tl.attribute, "
+                    "or subset it to the atlas's genes."
+                )
+                raise ValueError(msg)
+        mapped = pos[pos >= 0]
+        if np.unique(mapped).size != mapped.size:
+            dup_pos = pd.Index(mapped)[pd.Index(mapped).duplicated()].unique()[:5]
+            msg = f"Dataset {name!r}: several columns map to the same atlas genes ({list(genes[dup_pos])}); make the gene names unique."
+            raise ValueError(msg)
+        return pos.astype(np.int64)
+
+    @classmethod
+    def from_signature(
+        cls,
+        folder: str | Path,
+        path: str | Path,
+        *,
+        gene_order: Sequence[str],
+        cell_types: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> Atlas:
+        """Import a published attribution atlas of the reference tool (SIGnature) into a new atlas.
+
+        The folder holds one subfolder per cell type with ``attributions`` (a 2-D sparse TileDB array,
+        dimension ``x`` = cell, ``y`` = gene position in the model's gene order, attribute ``vals``)
+        and ``cell_metadata.csv.gz`` (first column = cell name, in the order of ``x``). Each cell type
+        becomes one dataset. The number of cells is taken from the metadata: cells at the end of
+        the array whose attributions are all zero are kept (they score 0), which the reference's
+        ``query_attributions`` silently drops.
+
+        Parameters
+        ----------
+        folder
+            The published folder.
+        path
+            Where to create the new atlas.
+        gene_order
+            The model's gene order (the array's ``y`` indexes it).
+        cell_types
+            Subfolders to import (all that have an ``attributions`` array by default).
+        progress
+            Show progress bars (``None`` follows :attr:`scsig.settings.progress`).
+
+        Returns
+        -------
+        The new :class:`Atlas`.
+        """
+        from ._tiledb import find_cell_types, read_gene_ranges
+
+        folder = Path(folder)
+        names = find_cell_types(folder, cell_types)
+        atlas = cls.create(path, gene_order=gene_order)
+        show = settings.progress if progress is None else progress
+        from tqdm.auto import tqdm
+
+        for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
+            sub = folder / ct
+            meta = pd.read_csv(sub / "cell_metadata.csv.gz", index_col=0)
+            meta.index = meta.index.astype(str)
+            for col in meta.columns:
+                if meta[col].dtype == object:
+                    meta[col] = meta[col].astype("category")
+            obs = _shard_obs_frame(meta, None, ct)
+            record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
+            start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
+
+            def build(shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct) -> int:
+                ranges = read_gene_ranges(
+                    sub / "attributions", n_obs=len(obs), n_genes=len(atlas.gene_order), name=ct, progress=show
+                )
+                uns = {UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}}
+                return build_shard_from_columns(
+                    shard,
+                    ranges,
+                    n_obs=len(obs),
+                    n_genes=len(atlas.gene_order),
+                    obs=obs,
+                    var=_shard_var(atlas.gene_order, "attr_ig"),
+                    uns=uns,
+                    layer="attr_ig",
+                )
+
+            atlas._write_shard(ct, "attr_ig", obs, record, build, source="signature")
+            logg.info(f"    finished: imported {ct!r}", time=start)
+        return atlas
+
+    # ------------------------------------------------------------------ queries
+
+    def _signature_columns(
+        self, genes: Any, weights: Sequence[float] | None, aggregate: str
+    ) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+        if aggregate not in ("mean", "sum"):
+            msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
+            raise ValueError(msg)
+        sigs, several = parse_signatures(genes, weights)
+        positions, coefs, record = [], [], {}
+        for name, (gl, w) in sigs.items():
+            pos = self._genes.get_indexer(pd.Index(gl, dtype=object))
+            usable = pos >= 0
+            label = f"signature {name!r}" if several else "the signature"
+            missing = [g for g, ok in zip(gl, usable, strict=True) if not ok]
+            if not usable.any():
+                msg = f"None of the {len(gl)} genes of {label} is in the atlas gene order (e.g. {gl[:5]}). Check the gene names (symbols vs Ensembl IDs)."
+                raise ValueError(msg)
+            if missing:
+                warnings.warn(
+                    f"{len(missing)} of {len(gl)} genes of {label} are not in the atlas gene order and are left out: "
+                    f"{missing[:10]}{' ...' if len(missing) > 10 else ''}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            wv = np.ones(int(usable.sum())) if w is None else w[usable]
+            if w is not None and wv.sum() == 0:
+                msg = f"The weights of the usable genes of {label} sum to 0."
+                raise ValueError(msg)
+            positions.append(pos[usable])
+            coefs.append(wv / wv.sum() if aggregate == "mean" else wv)
+            record[name] = {"genes": [g for g, ok in zip(gl, usable, strict=True) if ok], "missing": missing}
+        cols = np.unique(np.concatenate(positions))
+        coef = np.zeros((cols.size, len(sigs)))
+        for k, (pos, c) in enumerate(zip(positions, coefs, strict=True)):
+            coef[np.searchsorted(cols, pos), k] = c
+        return cols, coef, list(sigs) if several else [], record
+
+    def score(
+        self,
+        genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
+        *,
+        weights: Sequence[float] | None = None,
+        aggregate: Literal["mean", "sum"] = "mean",
+        datasets: Sequence[str] | str | None = None,
+        obs_filter: ObsFilter = None,
+        key_added: str = SCORE_KEY,
+        client: Any = None,
+        progress: bool | None = None,
+    ) -> pd.DataFrame:
+        r"""Score every matching cell of the atlas for a gene signature.
+
+        A cell's score is what :func:`scsig.tl.score` gives on its dataset's layer: the mean
+        (``aggregate="mean"``) or sum of its normalized attributions over the signature's genes, or
+        with weights :math:`w_g` the weighted mean :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum
+        :math:`\sum_g w_g a_g`). Genes outside the atlas gene order are left out with a warning;
+        a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
+        Only the signature's genes are read, shard by shard, in parallel with dask.
+
+        Parameters
+        ----------
+        genes
+            A list of genes, a dict gene -> weight, or a dict name -> list (or gene -> weight dict)
+            for several signatures at once.
+        weights
+            Weights for a gene list, in the same order.
+        aggregate
+            ``"mean"`` or ``"sum"``.
+        datasets
+            Datasets to query (all by default).
+        obs_filter
+            Cells to keep: a :meth:`pandas.DataFrame.eval` expression over the metadata
+            (``"cell_type == 'T cell'"``; the ``dataset`` column is available), a dict
+            column -> value or list of values, or a callable taking a dataset's metadata and
+            returning a boolean mask. Datasets that lack a column the filter names contribute no cells.
+        key_added
+            Name of the score column; for several signatures ``f"{{key_added}}_{{name}}"``.
+        client
+            A :class:`distributed.Client`: run the per-dataset tasks on its cluster (the atlas
+            folder must be readable by the workers at the same path). Default: local threads.
+        progress
+            Show a progress bar across datasets (``None`` follows :attr:`scsig.settings.progress`).
+
+        Returns
+        -------
+        A DataFrame indexed by cell, one row per matching cell in dataset order: ``dataset``
+        (categorical), the datasets' metadata columns, and the float64 score column(s).
+        ``frame.attrs["scsig"]`` records the genes used and missing.
+        """
+        cols, coef, names, record = self._signature_columns(genes, weights, aggregate)
+        keys = [f"{key_added}_{n}" for n in names] if names else [key_added]
+        specs = self._specs(datasets)
+        cats = [s.name for s in specs]
+        start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets")
+        tasks = [(s, cols, coef, keys, obs_filter, cats) for s in specs]
+        results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
+        _check_filter(obs_filter, [ok for _, ok in results])
+        frame = _concat([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
+        frame.attrs[UNS_KEY] = {"aggregate": aggregate, "signatures": record}
+        logg.info(f"    finished: {len(frame)} cells scored", time=start)
+        return frame
+
+    def to_anndata(
+        self,
+        genes: Sequence[str] | None = None,
+        *,
+        datasets: Sequence[str] | str | None = None,
+        obs_filter: ObsFilter = None,
+        client: Any = None,
+        progress: bool | None = None,
+    ) -> AnnData:
+        """The attributions of a subset of the atlas as an AnnData.
+
+        Parameters
+        ----------
+        genes
+            Genes to read (all genes of the atlas by default; reading all genes reads whole shards).
+            Genes outside the atlas gene order are left out with a warning.
+        datasets
+            Datasets to read (all by default).
+        obs_filter
+            Cells to keep, as in :meth:`score`.
+        client
+            A :class:`distributed.Client` to read on (see :meth:`score`).
+        progress
+            Show a progress bar across datasets.
+
+        Returns
+        -------
+        An AnnData (cells x genes) with ``obs`` = the metadata plus ``dataset``,
+        ``layers[<layer>]`` = the attributions (CSR float32), ``var[f"{layer}_in_model"]`` = True and
+        ``uns["scsig"]["layers"][<layer>]`` = the first dataset's provenance, so that
+        :func:`scsig.tl.score` works on it; ``uns["scsig"]["atlas"]`` names the atlas and datasets.
+        """
+        import anndata as ad
+
+        if genes is None:
+            cols = np.arange(len(self._genes))
+        else:
+            cols, _, _, _ = self._signature_columns(list(genes), None, "sum")
+        specs = self._specs(datasets)
+        cats = [s.name for s in specs]
+        tasks = [(s, cols, obs_filter, cats) for s in specs]
+        results = run_tasks(matrix_shard, tasks, client=client, progress=progress, desc="read")
+        _check_filter(obs_filter, [ok for *_, ok in results])
+        kept = [(f, m) for f, m, _ in results if f is not None]
+        obs = _concat([f for f, _ in kept], cats, columns=[DATASET_KEY])
+        mat = (
+            sparse.vstack([m for _, m in kept], format="csr", dtype=np.float32)
+            if kept
+            else sparse.csr_matrix((0, cols.size), dtype=np.float32)
+        )
+        layers = {s.layer for s in specs}
+        layer = layers.pop() if len(layers) == 1 else "attributions"
+        var = _shard_var(self._genes[cols], layer)
+        shards = {s["name"]: s for s in self._manifest["shards"]}
+        first = shards[specs[0].name].get("provenance") if specs else None
+        uns = {UNS_KEY: {"atlas": {"path": str(self._root), "datasets": cats, "gene_order_hash": self.gene_order_hash}}}
+        uns[UNS_KEY]["layers"] = {
+            layer: dict(first) if isinstance(first, dict) else {"gene_order_hash": self.gene_order_hash}
+        }
+        out = ad.AnnData(obs=obs, var=var, uns=uns)
+        out.layers[layer] = mat
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_filter(obs_filter: Any, applied: list[bool]) -> None:
+    if obs_filter is not None and applied and not any(applied):
+        msg = f"obs_filter {obs_filter!r} names a column that no queried dataset has."
+        raise KeyError(msg)
+
+
+def _concat(frames: list[pd.DataFrame], categories: list[str], *, columns: list[str]) -> pd.DataFrame:
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns})
+        empty[DATASET_KEY] = pd.Categorical([], categories=categories)
+        return empty
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(frames, axis=0, join="outer", sort=False)
+    for col in frame.columns:
+        if col == DATASET_KEY or isinstance(frame[col].dtype, pd.CategoricalDtype):
+            continue
+        parts = [f[col] for f in frames if col in f]
+        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):  # categories differed across datasets
+            frame[col] = frame[col].astype("category")
+    if not isinstance(frame[DATASET_KEY].dtype, pd.CategoricalDtype):
+        frame[DATASET_KEY] = pd.Categorical(frame[DATASET_KEY].astype(str), categories=categories)
+    last = [c for c in columns if c != DATASET_KEY]
+    middle = [c for c in frame.columns if c != DATASET_KEY and c not in last]
+    return frame[[DATASET_KEY, *middle, *last]]
+
+
+def _layer_matrix(adata: AnnData, layer: str | None) -> Any:
+    if layer is None:
+        if adata.X is None:
+            msg = "adata.X is empty; pass layer= the attribution layer."
+            raise ValueError(msg)
+        return adata.X
+    if layer not in adata.layers:
+        msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Run sg.tl.attribute first, or pass layer=."
+        raise KeyError(msg)
+    return adata.layers[layer]
+
+
+def _shard_obs_frame(obs: pd.DataFrame, obs_columns: Sequence[str] | None, name: str) -> pd.DataFrame:
+    if obs_columns is not None:
+        cols = [str(c) for c in obs_columns]
+        missing = [c for c in cols if c not in obs.columns]
+        if missing:
+            msg = f"obs_columns {missing} are not in adata.obs (it has {list(obs.columns)[:10]})."
+            raise KeyError(msg)
+        obs = obs[cols]
+    if DATASET_KEY in obs.columns:
+        msg = (
+            f"Dataset {name!r}: obs column {DATASET_KEY!r} is reserved for the dataset's name in query results; "
+            "rename it, or leave it out with obs_columns=."
+        )
+        raise ValueError(msg)
+    obs = obs.copy()
+    obs.index = pd.Index(obs.index.astype(str), name=obs.index.name)
+    return obs
+
+
+def _shard_var(genes: pd.Index, layer: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {f"{layer}{IN_MODEL_SUFFIX}": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes, dtype=object, name=None)
+    )
+
+
+def _row_blocks(x: Any) -> Iterator[Any]:
+    """Row blocks of a row-sliceable matrix, about :data:`BLOCK_NNZ` values each (views of a CSR)."""
+    n = x.shape[0]
+    if sparse.issparse(x) and x.format == "csr":
+        bounds = np.searchsorted(x.indptr, np.arange(0, x.nnz + BLOCK_NNZ, BLOCK_NNZ), side="left")
+        bounds = np.unique(np.clip(np.append(bounds, n), 0, n))
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            a, b = x.indptr[lo], x.indptr[hi]
+            yield (x.indptr[lo : hi + 1] - a, x.indices[a:b], x.data[a:b])  # views: no copy of the block
+        return
+    lo, rows = 0, 1024
+    while lo < n:
+        hi = min(n, lo + rows)
+        blk = x[lo:hi]
+        yield blk
+        nnz = blk.nnz if sparse.issparse(blk) else np.count_nonzero(blk)
+        rows = int(min(max(BLOCK_NNZ / max(nnz / (hi - lo), 1.0), 64), 1 << 20))
+        lo = hi
+
+
+def _build(
+    path: Path,
+    scratch: Path,
+    x: Any,
+    lut: np.ndarray,
+    obs: pd.DataFrame,
+    genes: pd.Index,
+    layer: str,
+    provenance: dict,
+    name: str,
+    *,
+    show: bool,
+) -> int:
+    from tqdm.auto import tqdm
+
+    uns = {UNS_KEY: {"layers": {layer: provenance}, "atlas": {"name": name}}}
+    n_genes = len(genes)
+    common = {"n_genes": n_genes, "obs": obs, "var": _shard_var(genes, layer), "uns": uns, "layer": layer, "name": name}
+    with tqdm(total=n_genes, disable=not show, desc=f"add {name}", unit="genes") as bar:
+        done = [0]
+
+        def on_range(g1: int, _n: int) -> None:
+            bar.update(g1 - done[0])
+            if done[0] == 0:
+                mf.pause_point("writing")
+            done[0] = g1
+
+        if sparse.issparse(x) and x.format != "csr":
+            x = sparse.csr_matrix(x)  # row blocks of CSC/COO are slow to cut: one conversion
+        if sparse.issparse(x) and x.nnz <= BLOCK_NNZ:  # one gene range: gather straight from the CSR
+            return build_shard_from_csr(path, sparse.csr_matrix(x), lut, on_range=on_range, **common)
+        return build_shard_from_rows(
+            path, _row_blocks(x), lut, n_obs=len(obs), scratch=scratch, on_range=on_range, **common
+        )

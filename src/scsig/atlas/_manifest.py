@@ -1,0 +1,132 @@
+"""The atlas manifest (which shards are visible), the writer lock, and atomic file replacement.
+
+Readers only ever see shards listed in ``manifest.json``. A writer builds a shard in ``tmp/``,
+renames the finished folder into ``shards/`` and only then replaces the manifest (write a temporary
+file, flush it to disk, :func:`os.replace`). A writer killed at any point therefore leaves the
+previous manifest, and every shard it lists, untouched; the leftovers (a folder in ``tmp/`` or an
+unlisted folder in ``shards/``) are removed by the next writer while it holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["FORMAT", "MANIFEST", "jsonable", "pause_point", "read_manifest", "write_manifest", "writer_lock"]
+
+FORMAT = "scsig-atlas"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GENE_ORDER = "gene_order.txt"
+LOCK = ".lock"
+SHARDS = "shards"
+TMP = "tmp"
+
+PAUSE_ENV = "SCSIG_ATLAS_TEST_PAUSE"
+"""Test hook: ``"<stage>:<file>"`` makes a writer that reaches ``stage`` create ``<file>`` and wait
+(up to 120 s) until ``<file>.continue`` exists. The tests use it to kill a writer at a known point."""
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-safe copy of a provenance record (numpy scalars and arrays become Python values)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest at ``root``, checked to be an atlas manifest."""
+    path = root / MANIFEST
+    if not path.is_file():
+        msg = f"{root} is not an scsig atlas (no {MANIFEST}). Create one with sg.Atlas.create(path, gene_order=...)."
+        raise FileNotFoundError(msg)
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        msg = f"{path} is not an scsig atlas manifest (format {manifest.get('format')!r})."
+        raise ValueError(msg)
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        msg = f"The atlas at {root} has format version {manifest['format_version']}; this scsig reads up to {FORMAT_VERSION}. Upgrade scsig."
+        raise ValueError(msg)
+    return manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # pragma: no cover
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace the manifest."""
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def manifest_stamp(root: Path) -> tuple[int, int, int]:
+    """Changes whenever the manifest is replaced (inode, size, mtime)."""
+    st = (root / MANIFEST).stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """Hold the atlas's writer lock (one writer at a time; readers never wait).
+
+    The lock is an OS file lock, released by the OS when a writer dies. Where ``fcntl`` is missing
+    (Windows), writers are not serialized: add shards from one process at a time there.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with (root / LOCK).open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def pause_point(stage: str) -> None:
+    """Test hook, see :data:`PAUSE_ENV`; does nothing unless the variable names ``stage``."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec or not spec.startswith(f"{stage}:"):
+        return
+    flag = Path(spec.split(":", 1)[1])
+    flag.touch()
+    go = flag.with_name(flag.name + ".continue")
+    deadline = time.monotonic() + 120
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -1,0 +1,233 @@
+"""Per-shard query tasks (plain functions of picklable arguments) and the dask runner.
+
+A task opens its shard itself, so the same function runs in a local thread pool or on the workers
+of a :class:`distributed.Client`; opened shards and their cell metadata are cached per process
+(shards never change once written).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._settings import settings
+from ._store import BLOCK_NNZ, ShardReader
+
+__all__ = ["DATASET_KEY", "ShardSpec", "matrix_shard", "run_tasks", "score_shard", "shard_obs"]
+
+DATASET_KEY = "dataset"
+"""Column of a query's result that names each cell's dataset (shard)."""
+
+OBS_CACHE_ROWS = 10_000_000
+"""Cells whose metadata a process keeps in memory between queries."""
+
+_LOCK = threading.Lock()
+_READERS: OrderedDict[tuple[str, str], ShardReader] = OrderedDict()
+_OBS: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a task needs to find one shard."""
+
+    name: str
+    path: str
+    layer: str
+    n_obs: int
+
+
+def _reader(spec: ShardSpec) -> ShardReader:
+    key = (spec.path, spec.layer)
+    with _LOCK:
+        reader = _READERS.get(key)
+        if reader is not None:
+            _READERS.move_to_end(key)
+            return reader
+    reader = ShardReader(Path(spec.path), spec.layer)
+    with _LOCK:
+        _READERS[key] = reader
+        while len(_READERS) > 1024:
+            _READERS.popitem(last=False)
+    return reader
+
+
+def shard_obs(spec: ShardSpec) -> pd.DataFrame:
+    """The shard's cell metadata (cached; do not modify the returned frame)."""
+    with _LOCK:
+        obs = _OBS.get(spec.path)
+        if obs is not None:
+            _OBS.move_to_end(spec.path)
+            return obs
+    import anndata as ad
+    import zarr
+
+    group = zarr.open_group(str(Path(spec.path) / "obs"), mode="r")
+    obs = ad.io.read_elem(group) if hasattr(ad, "io") else ad.experimental.read_elem(group)
+    if obs.shape[0] != spec.n_obs:  # pragma: no cover - a corrupted shard
+        msg = f"Dataset {spec.name!r}: metadata has {obs.shape[0]} cells, the manifest says {spec.n_obs}."
+        raise RuntimeError(msg)
+    with _LOCK:
+        _OBS[spec.path] = obs
+        while len(_OBS) > 1 and sum(len(o) for o in _OBS.values()) > OBS_CACHE_ROWS:
+            _OBS.popitem(last=False)
+    return obs
+
+
+class FilterMissingColumnError(KeyError):
+    """An obs filter names a column this shard lacks."""
+
+
+def _filter_mask(obs: pd.DataFrame, name: str, obs_filter: Any) -> np.ndarray | None:
+    """Boolean mask of the cells that pass ``obs_filter`` (``None``: all cells)."""
+    if obs_filter is None:
+        return None
+    frame = obs.assign(**{DATASET_KEY: name}) if DATASET_KEY not in obs else obs
+    if isinstance(obs_filter, str):
+        try:
+            mask = frame.eval(obs_filter)
+        except NameError as err:  # pandas' UndefinedVariableError: a column this dataset lacks
+            raise FilterMissingColumnError(str(err)) from err
+    elif isinstance(obs_filter, Mapping):
+        mask = np.ones(len(frame), dtype=bool)
+        for col, value in obs_filter.items():
+            if col not in frame:
+                raise FilterMissingColumnError(col)
+            values = (
+                list(value)
+                if isinstance(value, Sequence | set | np.ndarray | pd.Index) and not isinstance(value, str)
+                else [value]
+            )
+            mask &= frame[col].isin(values).to_numpy()
+    elif callable(obs_filter):
+        mask = obs_filter(frame)
+    else:
+        msg = f"obs_filter must be a query string, a dict column -> value(s) or a callable, not {type(obs_filter).__name__}."
+        raise TypeError(msg)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (len(frame),):
+        msg = f"obs_filter must select cells with one boolean per cell; got dtype {mask.dtype}, shape {mask.shape}."
+        raise ValueError(msg)
+    return mask
+
+
+def _with_dataset(obs: pd.DataFrame, name: str, categories: Sequence[str]) -> pd.DataFrame:
+    codes = np.full(len(obs), list(categories).index(name), dtype=np.int32)
+    frame = obs.copy()
+    frame.insert(0, DATASET_KEY, pd.Categorical.from_codes(codes, categories=list(categories)))
+    return frame
+
+
+def score_shard(
+    spec: ShardSpec,
+    cols: np.ndarray,
+    coef: np.ndarray,
+    keys: Sequence[str],
+    obs_filter: Any,
+    categories: Sequence[str],
+) -> tuple[pd.DataFrame | None, bool]:
+    """Scores of one shard's cells that pass the filter: ``(frame, filter_applied)``.
+
+    ``coef`` is genes x signatures; a cell's score is ``sum_g a[cell, g] * coef[g, k]``.
+    ``filter_applied`` is ``False`` when the filter names a column this dataset lacks (no cell matches).
+    """
+    obs = shard_obs(spec)
+    try:
+        mask = _filter_mask(obs, spec.name, obs_filter)
+    except FilterMissingColumnError:
+        return None, False
+    if mask is not None and not mask.any():
+        return None, True
+    reader = _reader(spec)
+    data, indices, indptr = reader.columns(cols)
+    mat = sparse.csc_matrix((data, indices, indptr), shape=(spec.n_obs, cols.size))
+    product = mat @ coef[:, 0] if coef.shape[1] == 1 else mat @ coef  # scipy's 1-D matvec is the fastest
+    scores = np.asarray(product, dtype=np.float64).reshape(spec.n_obs, len(keys))
+    frame = _with_dataset(obs if mask is None else obs[mask], spec.name, categories)
+    rows = scores if mask is None else scores[mask]
+    for k, key in enumerate(keys):
+        frame[key] = rows[:, k]
+    return frame, True
+
+
+def matrix_shard(
+    spec: ShardSpec, cols: np.ndarray, obs_filter: Any, categories: Sequence[str]
+) -> tuple[pd.DataFrame | None, sparse.csr_matrix | None, bool]:
+    """Attributions of the selected genes for one shard's filtered cells: ``(obs, CSR, filter_applied)``."""
+    obs = shard_obs(spec)
+    try:
+        mask = _filter_mask(obs, spec.name, obs_filter)
+    except FilterMissingColumnError:
+        return None, None, False
+    if mask is not None and not mask.any():
+        return None, None, True
+    reader = _reader(spec)
+    rows = None if mask is None else np.flatnonzero(mask)
+    nnz = reader.indptr[cols + 1] - reader.indptr[cols]
+    parts = []
+    lo = 0
+    csum = np.cumsum(nnz)
+    while lo < cols.size:  # gene blocks of about BLOCK_NNZ values keep the working set bounded
+        base = csum[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(csum, base + BLOCK_NNZ, side="right")))
+        hi = min(hi, cols.size)
+        data, indices, indptr = reader.columns(cols[lo:hi])
+        part = sparse.csc_matrix((data, indices, indptr), shape=(spec.n_obs, hi - lo))
+        parts.append(part if rows is None else part[rows])
+        lo = hi
+    if parts:
+        mat = sparse.hstack(parts, format="csr", dtype=np.float32)
+    else:
+        mat = sparse.csr_matrix((spec.n_obs if rows is None else rows.size, 0), dtype=np.float32)
+    frame = _with_dataset(obs if mask is None else obs[mask], spec.name, categories)
+    return frame, mat, True
+
+
+def run_tasks(
+    func: Callable[..., Any], tasks: Sequence[tuple], *, client: Any = None, progress: bool | None = None, desc: str
+) -> list[Any]:
+    """Run ``func(*args)`` for every task: on ``client`` (dask.distributed), else dask's thread pool.
+
+    A single task runs inline (nothing to parallelize). Results come back in task order.
+    """
+    from tqdm.auto import tqdm
+
+    show = settings.progress if progress is None else progress
+    with tqdm(total=len(tasks), disable=not show, desc=desc, unit="dataset") as bar:
+        if client is not None:
+            try:
+                from distributed import as_completed
+            except ImportError as err:  # pragma: no cover - depends on the environment
+                msg = "Querying on a cluster needs dask.distributed: pip install 'scsig[distributed]'"
+                raise ImportError(msg) from err
+            futures = [client.submit(func, *args, pure=False) for args in tasks]
+            for _ in as_completed(futures):
+                bar.update(1)
+            return client.gather(futures)
+        if len(tasks) <= 1:
+            out = [func(*args) for args in tasks]
+            bar.update(len(tasks))
+            return out
+        try:
+            import dask
+            from dask.callbacks import Callback
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            msg = "Querying several datasets in parallel needs dask: pip install 'scsig[atlas]'"
+            raise ImportError(msg) from err
+        delayed = [dask.delayed(func, pure=False)(*args) for args in tasks]
+        keys = {d.key for d in delayed}
+
+        class _Progress(Callback):
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+                if key in keys:
+                    bar.update(1)
+
+        with _Progress():
+            return list(dask.compute(*delayed, scheduler="threads", num_workers=settings.n_jobs))

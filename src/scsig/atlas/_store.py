@@ -1,0 +1,452 @@
+"""One shard on disk: an AnnData zarr (v3) store whose attribution layer is a CSC matrix.
+
+A shard is a folder that :func:`anndata.read_zarr` opens as an AnnData: ``obs`` (the dataset's cell
+metadata), ``var`` (the atlas gene order), ``uns["scsig"]`` (provenance) and
+``layers[<layer>]``, anndata's ``csc_matrix`` encoding (``data``, ``indices``, ``indptr``). The
+matrix is cells x genes stored by column, so one gene's attributions across the shard's cells are
+contiguous; ``data`` and ``indices`` are sharded, Blosc-compressed zarr arrays written and read with
+TensorStore, which reads only the chunks a gene range needs and decodes them in parallel.
+
+The transposition from the cell-major input (what :func:`scsig.tl.attribute` writes) to gene-major
+storage streams through scratch files: row blocks are turned into CSC blocks and spilled, then merged
+gene range by gene range, so memory is bounded by the block size rather than by the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from pathlib import Path
+
+    import pandas as pd
+
+__all__ = [
+    "BLOCK_NNZ",
+    "ShardReader",
+    "build_shard_from_columns",
+    "build_shard_from_csr",
+    "build_shard_from_rows",
+    "require_tensorstore",
+]
+
+BLOCK_NNZ = 1 << 24
+"""Nonzeros per working block while building a shard (about 130 MB of values and indices)."""
+
+CHUNK = 1 << 14
+"""Elements per compressed chunk of ``data`` / ``indices`` (64 kB): the read granularity."""
+
+SHARD = 1 << 21
+"""Elements per zarr shard file (128 chunks, 8 MB before compression)."""
+
+DATA_SHUFFLE = "noshuffle"
+"""Blosc shuffle of the attribution values (byte shuffle: about 7% smaller than raw float32)."""
+
+ENCODING_VERSION = "0.1.0"
+
+
+def require_tensorstore() -> Any:
+    """Import :mod:`tensorstore`, or raise an ImportError naming the extra."""
+    try:
+        import tensorstore as ts
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        msg = "sg.Atlas needs tensorstore and zarr: pip install 'scsig[atlas]'"
+        raise ImportError(msg) from err
+    return ts
+
+
+def _context() -> Any:
+    ts = require_tensorstore()
+    global _CONTEXT
+    if _CONTEXT is None:
+        # no decoded-chunk cache: a query's memory is what its genes need; the OS caches the files
+        _CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+    return _CONTEXT
+
+
+_CONTEXT: Any = None
+
+
+def _blosc(shuffle: str, typesize: int, clevel: int) -> dict[str, Any]:
+    cfg = {"cname": "lz4", "clevel": clevel, "shuffle": shuffle, "typesize": typesize, "blocksize": 0}
+    return {"name": "blosc", "configuration": cfg}
+
+
+def _array_spec(path: Path, dtype: str, shape: int, *, chunk: int, shard: int | None, blosc: dict) -> dict[str, Any]:
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc]
+    if shard is None:
+        codecs, grid = inner, chunk
+    else:
+        index_codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+        sharding = {"chunk_shape": [chunk], "codecs": inner, "index_codecs": index_codecs}
+        codecs, grid = [{"name": "sharding_indexed", "configuration": sharding}], shard
+    metadata = {
+        "shape": [shape],
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [grid]}},
+        "chunk_key_encoding": {"name": "default"},
+        "fill_value": 0,
+        "codecs": codecs,
+    }
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}, "metadata": metadata}
+
+
+class _Appender:
+    """Append to a 1-D zarr array, writing whole zarr shards only (a partial shard is rewritten whole)."""
+
+    def __init__(self, path: Path, dtype: str, blosc: dict) -> None:
+        ts = require_tensorstore()
+        spec = _array_spec(path, dtype, 0, chunk=CHUNK, shard=SHARD, blosc=blosc)
+        self._arr = ts.open(spec, create=True, context=_context()).result()
+        self._dtype = np.dtype(dtype)
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
+        self._written = 0
+        self._inflight: Any = None
+
+    def append(self, values: np.ndarray) -> None:
+        if values.size:
+            self._pending.append(np.asarray(values, dtype=self._dtype))
+            self._n_pending += values.size
+        if self._n_pending >= SHARD:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._n_pending:
+            return
+        buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n = buf.size if final else (buf.size // SHARD) * SHARD
+        rest = buf[n:]
+        self._pending, self._n_pending = ([rest.copy()] if rest.size else []), rest.size
+        self._wait()
+        lo, hi = self._written, self._written + n
+        self._arr = self._arr.resize(exclusive_max=[hi], expand_only=True).result()
+        self._inflight = self._arr[lo:hi].write(buf[:n])  # overlaps compression with the next block's work
+        self._written = hi
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            self._inflight.result()
+            self._inflight = None
+
+    def close(self) -> int:
+        self._flush(final=True)
+        self._wait()
+        return self._written
+
+
+def _write_small(path: Path, values: np.ndarray, dtype: str) -> None:
+    ts = require_tensorstore()
+    n = int(values.size)
+    spec = _array_spec(
+        path, dtype, n, chunk=max(n, 1), shard=None, blosc=_blosc("shuffle", np.dtype(dtype).itemsize, 5)
+    )
+    arr = ts.open(spec, create=True, context=_context()).result()
+    if n:
+        arr.write(values.astype(dtype, copy=False)).result()
+
+
+def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: dict, layer: str, shape: tuple) -> Path:
+    """The AnnData zarr store without its matrix; returns the folder the matrix arrays go into."""
+    import anndata as ad
+    import zarr
+
+    with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
+        ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(path)
+    root = zarr.open_group(path, mode="a", zarr_format=3)
+    layers = root.require_group("layers")
+    layers.attrs.update({"encoding-type": "dict", "encoding-version": ENCODING_VERSION})
+    group = layers.create_group(layer)
+    group.attrs.update({"encoding-type": "csc_matrix", "encoding-version": ENCODING_VERSION, "shape": list(shape)})
+    return path / "layers" / layer
+
+
+def _finish(path: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+class _ColumnSink:
+    """Receives gene ranges of the CSC matrix in gene order and writes the three arrays."""
+
+    def __init__(self, folder: Path, n_genes: int) -> None:
+        self.folder = folder
+        self.data = _Appender(folder / "data", "float32", _blosc(DATA_SHUFFLE, 4, 1))
+        self.indices = _Appender(folder / "indices", "int32", _blosc("shuffle", 4, 5))
+        self.counts = np.zeros(n_genes, dtype=np.int64)
+        self.next_gene = 0
+
+    def add(self, g0: int, counts: np.ndarray, data: np.ndarray, indices: np.ndarray) -> None:
+        if g0 != self.next_gene:
+            msg = f"gene ranges out of order: expected {self.next_gene}, got {g0}"
+            raise RuntimeError(msg)
+        self.counts[g0 : g0 + counts.size] = counts
+        self.next_gene = g0 + counts.size
+        self.data.append(data)
+        self.indices.append(indices)
+
+    def close(self) -> int:
+        nnz = self.data.close()
+        self.indices.close()
+        indptr = np.zeros(self.counts.size + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=indptr[1:])
+        if indptr[-1] != nnz:  # pragma: no cover - internal consistency
+            msg = f"wrote {nnz} values but the gene counts add up to {indptr[-1]}"
+            raise RuntimeError(msg)
+        _write_small(self.folder / "indptr", indptr, "int64")
+        return nnz
+
+
+def _gene_ranges(col_nnz: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """Consecutive gene ranges whose nonzeros add up to about ``budget`` (at least one gene each)."""
+    csum = np.concatenate([[0], np.cumsum(col_nnz)])
+    g0, n = 0, col_nnz.size
+    while g0 < n:
+        g1 = int(np.searchsorted(csum, csum[g0] + budget, side="right")) - 1
+        g1 = min(max(g1, g0 + 1), n)
+        yield g0, g1
+        g0 = g1
+
+
+def _n_parts() -> int:
+    import numba
+
+    return max(1, int(numba.get_num_threads()))
+
+
+def _gene_major(
+    x: tuple[np.ndarray, np.ndarray, np.ndarray], lut: np.ndarray, n_genes: int, name: str, row0: int
+) -> tuple[np.ndarray, Callable[[int], Iterator[tuple[int, int, np.ndarray, np.ndarray]]]]:
+    """Per-gene counts of CSR arrays ``(indptr, indices, data)``, and a generator of its gene ranges (CSC)."""
+    from ._kernels import count_parts, extract_range, part_bounds
+
+    indptr, indices, data = x
+    bounds = part_bounds(indptr, _n_parts())
+    counts = np.zeros((bounds.size - 1, n_genes), dtype=np.int64)
+    dropped, bad = count_parts(indptr, indices, data, lut, bounds, counts)
+    if bad:
+        msg = f"Dataset {name!r}: the layer holds {bad} NaN or infinite values (in cells {row0}-{row0 + indptr.size - 1})."
+        raise ValueError(msg)
+    if dropped:
+        msg = f"Dataset {name!r}: the layer has {dropped} nonzero values in columns that are not genes of the atlas; they would be lost."
+        raise ValueError(msg)
+    col_nnz = counts.sum(axis=0)
+
+    def ranges(budget: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        for g0, g1 in _gene_ranges(col_nnz, budget):
+            c = counts[:, g0:g1]
+            gene_start = np.concatenate([[0], np.cumsum(col_nnz[g0:g1])[:-1]])
+            starts = gene_start[None, :] + np.cumsum(c, axis=0) - c
+            n = int(col_nnz[g0:g1].sum())
+            out_data = np.empty(n, dtype=np.float32)
+            out_idx = np.empty(n, dtype=np.int32)
+            extract_range(indptr, indices, data, lut, bounds, starts, g0, g1, out_data, out_idx)
+            yield g0, g1, out_data, out_idx
+
+    return col_nnz, ranges
+
+
+def _csr_arrays(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indptr, indices, float32 data)`` of a row block: CSR arrays as they are, else converted."""
+    if isinstance(block, tuple):
+        indptr, indices, data = block
+    else:
+        if not sparse.issparse(block):
+            block = sparse.csr_matrix(np.asarray(block, dtype=np.float32))
+        block = sparse.csr_matrix(block)
+        indptr, indices, data = block.indptr, block.indices, block.data
+    return indptr, indices, data.astype(np.float32, copy=False)
+
+
+def build_shard_from_csr(
+    path: Path,
+    x: sparse.csr_matrix,
+    lut: np.ndarray,
+    *,
+    n_genes: int,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    uns: dict,
+    layer: str,
+    name: str,
+    on_range: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write a shard from an in-memory CSR matrix (columns mapped by ``lut``); returns nnz.
+
+    Each gene range is gathered straight from the CSR arrays by a compiled, row-parallel kernel,
+    so no copy of the whole matrix is made.
+    """
+    folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(x.shape[0], n_genes))
+    col_nnz, ranges = _gene_major(_csr_arrays(x), lut, n_genes, name, 0)
+    sink = _ColumnSink(folder, n_genes)
+    for g0, g1, data, indices in ranges(BLOCK_NNZ):
+        sink.add(g0, col_nnz[g0:g1], data, indices)
+        if on_range is not None:
+            on_range(g1, n_genes)
+    nnz = sink.close()
+    _finish(path)
+    return nnz
+
+
+def build_shard_from_rows(
+    path: Path,
+    blocks: Iterable[Any],
+    lut: np.ndarray,
+    *,
+    n_obs: int,
+    n_genes: int,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    uns: dict,
+    layer: str,
+    name: str,
+    scratch: Path,
+    on_block: Callable[[int], None] | None = None,
+    on_range: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write a shard from row blocks (sparse, dense, or CSR arrays ``(indptr, indices, data)``); returns nnz.
+
+    Pass 1 turns each block into gene-major order and spills it to ``scratch``; pass 2 merges the
+    blocks gene range by gene range. Memory is bounded by the block size, not by the dataset.
+    """
+    from ._kernels import merge_blocks
+
+    folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(n_obs, n_genes))
+    scratch.mkdir(parents=True, exist_ok=True)
+    segs: list[np.ndarray] = []
+    rows: list[int] = []
+    col_nnz = np.zeros(n_genes, dtype=np.int64)
+    with (scratch / "data.bin").open("wb") as fd, (scratch / "indices.bin").open("wb") as fi:
+        for raw in blocks:
+            block = _csr_arrays(raw)
+            counts, ranges = _gene_major(block, lut, n_genes, name, sum(rows))
+            for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
+                data.tofile(fd)
+                indices.tofile(fi)
+            seg = np.zeros(n_genes + 1, dtype=np.int64)
+            np.cumsum(counts, out=seg[1:])
+            segs.append(seg)
+            rows.append(block[0].size - 1)
+            col_nnz += counts
+            if on_block is not None:
+                on_block(rows[-1])
+    if sum(rows) != n_obs:  # pragma: no cover - internal consistency
+        msg = f"row blocks hold {sum(rows)} cells, expected {n_obs}"
+        raise RuntimeError(msg)
+    seg_all = np.stack(segs) if segs else np.zeros((0, n_genes + 1), np.int64)
+    file_base = np.concatenate([[0], np.cumsum(seg_all[:, -1])]).astype(np.int64)
+    row_off = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    sink = _ColumnSink(folder, n_genes)
+    with (scratch / "data.bin").open("rb") as fd, (scratch / "indices.bin").open("rb") as fi:
+        for g0, g1 in _gene_ranges(col_nnz, BLOCK_NNZ):
+            lens = seg_all[:, g1] - seg_all[:, g0]
+            base = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            buf_data = np.empty(int(base[-1]), dtype=np.float32)
+            buf_idx = np.empty(int(base[-1]), dtype=np.int32)
+            for b in range(seg_all.shape[0]):
+                if lens[b]:
+                    off = 4 * int(file_base[b] + seg_all[b, g0])
+                    fd.seek(off)
+                    fi.seek(off)
+                    fd.readinto(memoryview(buf_data[base[b] : base[b + 1]]).cast("B"))
+                    fi.readinto(memoryview(buf_idx[base[b] : base[b + 1]]).cast("B"))
+            seg = seg_all[:, g0 : g1 + 1] - seg_all[:, g0 : g0 + 1]
+            out_data = np.empty_like(buf_data)
+            out_idx = np.empty_like(buf_idx)
+            merge_blocks(seg, base[:-1], row_off[:-1], buf_data, buf_idx, out_data, out_idx)
+            del buf_data, buf_idx
+            sink.add(g0, col_nnz[g0:g1], out_data, out_idx)
+            if on_range is not None:
+                on_range(g1, n_genes)
+    shutil.rmtree(scratch, ignore_errors=True)
+    nnz = sink.close()
+    _finish(path)
+    return nnz
+
+
+def build_shard_from_columns(
+    path: Path,
+    ranges: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    n_obs: int,
+    n_genes: int,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    uns: dict,
+    layer: str,
+) -> int:
+    """Write a shard from gene ranges already in gene-major order: ``(g0, counts, data, row_indices)``."""
+    folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(n_obs, n_genes))
+    sink = _ColumnSink(folder, n_genes)
+    for g0, counts, data, indices in ranges:
+        if counts.size and g0 > sink.next_gene:  # genes the source skipped have no values
+            sink.add(sink.next_gene, np.zeros(g0 - sink.next_gene, np.int64), data[:0], indices[:0])
+        sink.add(g0, counts, data, indices)
+    if sink.next_gene < n_genes:
+        sink.add(
+            sink.next_gene, np.zeros(n_genes - sink.next_gene, np.int64), np.empty(0, np.float32), np.empty(0, np.int32)
+        )
+    nnz = sink.close()
+    _finish(path)
+    return nnz
+
+
+class ShardReader:
+    """Read gene columns of one shard's attribution layer (opened once, shards never change)."""
+
+    def __init__(self, path: Path, layer: str) -> None:
+        ts = require_tensorstore()
+        ctx = _context()
+        folder = path / "layers" / layer
+
+        def open_(name: str) -> Any:
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(folder / name)}}
+            return ts.open(spec, read=True, context=ctx).result()
+
+        self.data = open_("data")
+        self.indices = open_("indices")
+        self.indptr = np.asarray(open_("indptr").read().result(), dtype=np.int64)
+        self.path = path
+        self.n_genes = self.indptr.size - 1
+
+    def columns(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""
+        ts = require_tensorstore()
+        starts, stops = self.indptr[cols], self.indptr[cols + 1]
+        indptr = np.zeros(cols.size + 1, dtype=np.int64)
+        np.cumsum(stops - starts, out=indptr[1:])
+        nonempty = [(int(a), int(b)) for a, b in zip(starts, stops, strict=True) if b > a]
+        if not nonempty:
+            return np.empty(0, np.float32), np.empty(0, np.int32), indptr
+        # merge adjacent ranges, then one virtual concatenation per array: one parallel read each
+        merged = [list(nonempty[0])]
+        for a, b in nonempty[1:]:
+            if a == merged[-1][1]:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        if len(merged) == 1:
+            ((a, b),) = merged
+            fd, fi = self.data[a:b].read(), self.indices[a:b].read()
+        else:
+            fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
+            fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+        return np.asarray(fd.result()), np.asarray(fi.result()), indptr
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that tolerates a missing folder."""
+    if os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)

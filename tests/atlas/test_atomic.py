@@ -1,0 +1,117 @@
+"""Atomic adds: a writer killed mid-add leaves the atlas intact; readers query while a writer adds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import scsig as sg
+from scsig.atlas._manifest import PAUSE_ENV
+
+from .conftest import synthetic_adata
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="kills a subprocess with SIGKILL")
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, pandas as pd
+    from anndata import AnnData
+    from scipy import sparse
+    import scsig as sg
+    from scsig.atlas import _store
+
+    _store.SHARD = 64  # several writes, so that 'writing' pauses with a half-written shard
+    _store.CHUNK = 16
+    _store.BLOCK_NNZ = 200
+    import scsig.atlas._atlas as _a
+    _a.BLOCK_NNZ = 200
+    atlas = sg.Atlas.open(sys.argv[1])
+    genes = list(atlas.gene_order)
+    rng = np.random.default_rng(7)
+    x = sparse.random(80, len(genes), density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    adata = AnnData(obs=pd.DataFrame(index=[f"n{i}" for i in range(80)]), var=pd.DataFrame(index=genes))
+    adata.layers["attr_ig"] = x
+    atlas.add(adata, name="new", progress=False)
+    """
+)
+
+
+def _start_writer(root, stage, flag):
+    env = dict(os.environ, **{PAUSE_ENV: f"{stage}:{flag}", "SCSIG_PROGRESS": "0"})
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root)], env=env)
+
+
+def _wait_for(flag, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not flag.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the writer exited with {proc.returncode} before reaching the pause point")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the writer did not reach the pause point")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def old_atlas(tmp_path, genes):
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=genes)
+    atlas.add(synthetic_adata(30, genes, seed=1), name="old")
+    return atlas
+
+
+@pytest.mark.parametrize("stage", ["writing", "renamed"])
+def test_killed_writer_leaves_atlas_intact(tmp_path, old_atlas, genes, stage):
+    sig = ["G1", "G2", "G40"]
+    before = old_atlas.score(sig)
+    flag = tmp_path / "paused"
+    proc = _start_writer(old_atlas.path, stage, flag)
+    _wait_for(flag, proc)
+    # the writer is in the middle of add: half a shard in tmp/ ('writing'), or a finished but unlisted one
+    leftovers = list((old_atlas.path / ("tmp" if stage == "writing" else "shards")).iterdir())
+    assert len(leftovers) == (1 if stage == "writing" else 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    reopened = sg.Atlas.open(old_atlas.path)
+    assert reopened.datasets == ["old"]
+    after = reopened.score(sig)
+    np.testing.assert_array_equal(after["score"], before["score"])
+    # the next writer removes what the killed one left
+    reopened.add(synthetic_adata(5, genes, seed=2), name="next")
+    assert list((old_atlas.path / "tmp").iterdir()) == []
+    listed = {s["dir"] for s in reopened._manifest["shards"]}
+    assert {p.name for p in (old_atlas.path / "shards").iterdir()} == listed
+    assert reopened.datasets == ["old", "next"]
+
+
+def test_reader_queries_while_writer_adds(tmp_path, old_atlas):
+    sig = ["G3", "G5"]
+    reader = sg.Atlas.open(old_atlas.path)
+    before = reader.score(sig)
+    flag = tmp_path / "paused"
+    proc = _start_writer(old_atlas.path, "renamed", flag)
+    try:
+        _wait_for(flag, proc)
+        # the new shard's folder is in place but not listed: readers see the old atlas only
+        during = reader.score(sig)
+        assert reader.datasets == ["old"]
+        np.testing.assert_array_equal(during["score"], before["score"])
+        (tmp_path / "paused.continue").touch()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = reader.score(sig)  # the same reader object sees the new dataset
+    assert reader.datasets == ["old", "new"]
+    assert len(after) == 30 + 80
+    np.testing.assert_array_equal(after.loc[before.index, "score"], before["score"])
+    assert (after.loc[after["dataset"] == "new", "score"] >= 0).all()
