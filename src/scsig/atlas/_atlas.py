@@ -571,7 +571,7 @@ class Atlas:
             column -> value or list of values, or a callable taking a dataset's metadata and
             returning a boolean mask. Datasets that lack a column the filter names contribute no cells.
         key_added
-            Name of the score column; for several signatures ``f"{{key_added}}_{{name}}"``.
+            Name of the score column; for several signatures ``f"{key_added}_{name}"``.
         client
             A :class:`distributed.Client`: run the per-dataset tasks on its cluster (the atlas
             folder must be readable by the workers at the same path). Default: local threads.
