@@ -10,7 +10,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import scsig as sg
-from scsig.models._registry import BUNDLED, SAFETENSORS_FILE
+from scsig.models._registry import BUNDLED, SAFETENSORS_FILE, bundled_path
 from scsig.models._train import _normalize, contrastive_loss, select_genes
 
 FAST = {"hidden": (16,), "latent": 8, "epochs": 3, "batch_size": 32, "progress": False}
@@ -211,3 +211,44 @@ def test_registry_lists_bundled_models():
     frame = sg.models.registry()
     assert set(frame.index) == set(BUNDLED)
     assert {"description", "path", "installed"} <= set(frame.columns)
+
+
+DEMO = bundled_path("pbmc-demo")
+needs_demo = pytest.mark.skipif(not (DEMO / SAFETENSORS_FILE).is_file(), reason="bundled demo model not built")
+KANG_ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
+
+
+@needs_demo
+def test_demo_model_files_and_provenance():
+    import hashlib
+
+    model = sg.models.load("pbmc-demo")
+    assert model.name == "pbmc-demo"
+    assert model.source == str(DEMO)
+    assert model.n_genes == len((DEMO / "gene_order.tsv").read_text().split("\n")) - 1
+    assert set(model.labels.values()) >= {"CD4 T", "CD14 Mono", "B", "CD8 T", "NK"}
+    assert sum(f.stat().st_size for f in DEMO.iterdir()) < 5e6
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    weights = (DEMO / SAFETENSORS_FILE).read_bytes()
+    assert prov["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert prov["gene_order"]["n_genes"] == model.n_genes
+    assert prov["seed"] == 0
+    assert prov["script"] == "scripts/train_demo_model.py"
+    assert (DEMO / "README.md").is_file()
+    assert sg.models.registry().loc["pbmc-demo", "installed"]
+
+
+@needs_demo
+def test_demo_model_scores_interferon_response_on_kang():
+    """The promise of the shipped model: IG scores of 12 ISGs separate IFN-beta stimulated from control cells."""
+    from sklearn.metrics import roc_auc_score
+
+    adata = sg.datasets.kang_ifnb()
+    sg.tl.attribute(adata, "pbmc-demo", progress=False)
+    assert adata.uns["scsig"]["layers"]["attr_ig"]["model"]["name"] == "pbmc-demo"
+    sg.tl.score(adata, KANG_ISGS)
+    stim = (adata.obs["stim"] == "STIM").to_numpy()
+    assert roc_auc_score(stim, adata.obs["score"]) >= 0.9
+    for cell_type in adata.obs["seurat_annotations"].cat.categories:
+        m = (adata.obs["seurat_annotations"] == cell_type).to_numpy()
+        assert roc_auc_score(stim[m], adata.obs["score"][m]) >= 0.8, cell_type

@@ -55,7 +55,7 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
     >>> import scsig as sg
     >>> model = sg.models.load("pbmc-demo")
     >>> model.name, model.n_genes
-    ('pbmc-demo', 7111)
+    ('pbmc-demo', 4692)
     >>> model = sg.models.load("path/to/scimilarity_model_v1_1")  # doctest: +SKIP
     """
     folder = Path(path)

@@ -47,7 +47,7 @@ BUNDLED: dict[str, BundledModel] = {
             folder="pbmc-demo",
             description=(
                 "Demonstration SCimilarity-architecture encoder trained on 2,700 PBMCs (10x pbmc3k) with "
-                "marker-derived cell-type labels; 7,111 genes. For tutorials and tests, not a foundation model."
+                "marker-derived cell-type labels; 4,692 genes. For tutorials and tests, not a foundation model."
             ),
         ),
     )
