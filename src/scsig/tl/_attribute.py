@@ -243,7 +243,8 @@ def attribute(
     n_steps
         Integration points for ``"ig"``.
     batch_size
-        Cells per batch. ``None`` derives it from :attr:`scsig.settings.memory_budget_gb`.
+        Cells per batch. ``None`` uses :attr:`scsig.settings.batch_size`, or derives it from
+        :attr:`scsig.settings.memory_budget_gb` (the working memory of one batch).
     target_sum
         Each cell's attributions sum to this.
     gene_symbols
@@ -253,8 +254,14 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the exact fast path when the model allows it and captum otherwise;
-        ``"captum"`` forces captum; ``"fast"`` requires the fast path.
+        ``"auto"`` takes the exact fast path for SCimilarity-architecture encoders on the CPU
+        (integrated gradients with any target; input x gradient and DeepLIFT with a target other
+        than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
+        the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
+        affine layer). The fast path computes the same quantity as captum -- integrated gradients
+        with captum's Gauss-Legendre points and weights -- using that the first layer is affine and
+        the input sparse (see :mod:`scsig.attribution._fast`); its results equal captum's to
+        float32 rounding (relative differences around ``1e-6``). Threads: :attr:`scsig.settings.n_jobs`.
     on_degenerate
         What to do when the attributions are float noise (raw mass below ``1e-3`` of
         :math:`|t(x) - t(0)|`): ``"raise"`` a :class:`DegenerateAttributionError`, or ``"warn"`` and
@@ -277,6 +284,16 @@ def attribute(
     ``adata.uns["scsig"]["layers"][key_added]``
         Provenance: model (name, checksum, gene-order hash), method, target, baseline, ``n_steps``,
         ``target_sum``, the input layer, the gene overlap and the package version.
+
+    Notes
+    -----
+    The cells are read, normalized and attributed one batch at a time, so ``adata`` may be opened
+    with ``anndata.read_h5ad(path, backed="r")`` or hold a dask array in ``X`` / ``layer``: only
+    one batch of counts is in memory at once, and for such input the counts checks (and the
+    zero-count warning) run batch by batch. The result is held in memory as a CSR layer with at
+    most as many entries as the input (attributions are zero where a cell has no counts); with a
+    backed AnnData it is not written to the file: call ``adata.write_h5ad(...)`` or
+    :func:`anndata.io.write_elem` to store it.
 
     Examples
     --------
