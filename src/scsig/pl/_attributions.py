@@ -215,7 +215,7 @@ def gene_attributions(
         a.set_xlim(-0.6, n_cols - 0.4)
         a.set_ylim(n_rows - 0.4, -0.6)
         fmax = float(np.nanmax(frac.to_numpy())) if frac.size else 1.0
-        steps = [f for f in (0.2, 0.4, 0.6, 0.8, 1.0) if f <= max(fmax, 0.2) + 1e-9]
+        steps = [f for f in (0.25, 0.5, 0.75, 1.0) if f <= max(fmax, 0.25) + 1e-9]
         handles = [
             Line2D(
                 [],
@@ -236,7 +236,7 @@ def gene_attributions(
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
             frameon=False,
-            labelspacing=1.0,
+            labelspacing=0.8,
             borderaxespad=0.0,
             handletextpad=0.6,
         )
@@ -246,7 +246,20 @@ def gene_attributions(
     a.set_xlabel("")
     a.set_ylabel("")
     if kind == "dotplot":
-        cbar = fig.colorbar(mappable, ax=a, location="bottom", shrink=0.5, aspect=12, pad=0.25, anchor=(1.0, 1.0))
+        # a fixed-size colorbar right of the size legend, so the dots' axes keep their size
+        from matplotlib.transforms import ScaledTranslation
+        from mpl_toolkits.axes_grid1.inset_locator import inset_axes
+
+        cax = inset_axes(
+            a,
+            width=0.1,
+            height=1.2,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            bbox_transform=a.transAxes + ScaledTranslation(1.05, 0.0, fig.dpi_scale_trans),
+            borderpad=0,
+        )
+        cbar = fig.colorbar(mappable, cax=cax)
     else:
         cbar = fig.colorbar(mappable, ax=a, shrink=0.8, aspect=15, pad=0.03)
     cbar.set_label(label)

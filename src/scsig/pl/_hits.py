@@ -63,8 +63,9 @@ def hit_fractions(
     Each dot is one unit -- a sample with ``sample_key``, otherwise a group of cells -- and its
     height is the fraction of that unit's cells called hits by :func:`scsig.tl.hits`. Boxes
     summarize the units of each condition on the x axis (``x``), optionally split by ``hue``
-    (e.g. the cell type). This is the figure for comparing conditions or diseases: with samples,
-    the spread of the dots is the between-sample variation the comparison has to beat.
+    (e.g. the cell type); when every box would hold a single unit (groups without samples), only
+    the dots are drawn. This is the figure for comparing conditions or diseases: with samples, the
+    spread of the dots is the between-sample variation the comparison has to beat.
 
     Parameters
     ----------
@@ -175,22 +176,26 @@ def hit_fractions(
         "saturation": 1.0,
         "boxprops": {"alpha": 0.45},
     }
+    # one unit per box (groups without samples): a box would be a flat line, so draw the dots alone
+    units = frame.groupby([x] if hue is None else [x, hue], observed=True).size()
+    boxes = bool((units > 1).any())
     with warnings.catch_warnings():
         # seaborn 0.13 passes matplotlib's deprecated ``vert``; nothing the user can act on
         warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
-        sns.boxplot(
-            data=frame,
-            x=x,
-            y="_value",
-            hue=hue_col,
-            order=x_order,
-            hue_order=h_order if hue is not None else x_order,
-            palette=palette,
-            ax=a,
-            legend=hue is not None,
-            **(box_opts | kwargs),
-        )
-    if points:
+        if boxes:
+            sns.boxplot(
+                data=frame,
+                x=x,
+                y="_value",
+                hue=hue_col,
+                order=x_order,
+                hue_order=h_order if hue is not None else x_order,
+                palette=palette,
+                ax=a,
+                legend=hue is not None,
+                **(box_opts | kwargs),
+            )
+    if points or not boxes:
         sns.stripplot(
             data=frame,
             x=x,
@@ -200,11 +205,11 @@ def hit_fractions(
             hue_order=h_order if hue is not None else x_order,
             palette=palette,
             dodge=hue is not None,
-            jitter=0.15 / n_hue,
-            size=size,
+            jitter=0.15 / n_hue if boxes else False,
+            size=size if boxes else 1.5 * size,
             linewidth=0.5,
             edgecolor="0.2",
-            legend=False,
+            legend=hue is not None and not boxes,
             ax=a,
         )
     a.set_xlabel(x)
