@@ -136,7 +136,7 @@ def generate(n_cells: int, workdir: Path, *, npz: bool) -> dict:
                 chunk = synthetic_chunk(1 + lo, p, min(CHUNK_CELLS, n_cells - lo))
                 nnz += chunk.nnz
                 if lo == 0:
-                    ad.io.write_elem(f, "X", chunk, dataset_kwargs={"maxshape": (None,), "chunks": (1 << 20,)})
+                    ad.io.write_elem(f, "X", chunk, dataset_kwargs={"chunks": (1 << 20,)})
                 else:
                     ad.io.sparse_dataset(f["X"]).append(chunk)
     return {"seconds": time.perf_counter() - start, "nnz": nnz, "nnz_per_cell": nnz / n_cells}
