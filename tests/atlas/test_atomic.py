@@ -67,16 +67,15 @@ def old_atlas(tmp_path, genes):
     return atlas
 
 
-@pytest.mark.parametrize("stage", ["writing", "renamed"])
-def test_killed_writer_leaves_atlas_intact(tmp_path, old_atlas, genes, stage):
+def test_killed_writer_leaves_atlas_intact(tmp_path, old_atlas, genes):
+    stage = "writing"
     sig = ["G1", "G2", "G40"]
     before = old_atlas.score(sig)
     flag = tmp_path / "paused"
     proc = _start_writer(old_atlas.path, stage, flag)
     _wait_for(flag, proc)
-    # the writer is in the middle of add: half a shard in tmp/ ('writing'), or a finished but unlisted one
-    leftovers = list((old_atlas.path / ("tmp" if stage == "writing" else "shards")).iterdir())
-    assert len(leftovers) == (1 if stage == "writing" else 2)
+    # the writer is in the middle of add: half a shard in tmp/
+    assert len(list((old_atlas.path / "tmp").iterdir())) == 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -115,3 +114,19 @@ def test_reader_queries_while_writer_adds(tmp_path, old_atlas):
     assert len(after) == 30 + 80
     np.testing.assert_array_equal(after.loc[before.index, "score"], before["score"])
     assert (after.loc[after["dataset"] == "new", "score"] >= 0).all()
+
+
+def test_unlisted_shard_folders_are_invisible_and_cleaned(old_atlas, genes):
+    # what a writer killed between the rename and the manifest update leaves: a complete, unlisted shard
+    import shutil
+
+    (listed,) = list((old_atlas.path / "shards").iterdir())
+    shutil.copytree(listed, old_atlas.path / "shards" / "deadbeef")
+    (old_atlas.path / "tmp" / "half").mkdir()
+    reader = sg.Atlas.open(old_atlas.path)
+    assert reader.datasets == ["old"]
+    assert len(reader.score(["G1"])) == 30
+    reader.add(synthetic_adata(5, genes, seed=2), name="next")
+    assert not (old_atlas.path / "shards" / "deadbeef").exists()
+    assert list((old_atlas.path / "tmp").iterdir()) == []
+    assert len(reader.score(["G1"])) == 35
