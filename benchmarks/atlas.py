@@ -244,6 +244,9 @@ def worker(task: str, args: dict) -> dict:
         sg.Atlas.from_signature(folder, args["atlas"], gene_order=genes)
         return {"seconds": time.perf_counter() - t, "peak_gb": _peak_gb(), "peak_before_gb": rss0}
     if task == "query":
+        import tensorstore  # noqa: F401 - imported before timing, as the reference's worker imports tiledb
+        import zarr  # noqa: F401
+
         query = [f"G{i}" for i in args["genes"]]
         rss0 = _peak_gb()
         t = time.perf_counter()
