@@ -581,7 +581,8 @@ class Atlas:
         Returns
         -------
         A DataFrame indexed by cell, one row per matching cell in dataset order: ``dataset``
-        (categorical), the datasets' metadata columns, and the float64 score column(s).
+        (categorical), the datasets' metadata columns, and the float64 score column(s). Cell names
+        are the datasets' own, so they may repeat across datasets; ``dataset`` tells them apart.
         ``frame.attrs["scsig"]`` records the genes used and missing.
         """
         cols, coef, names, record = self._signature_columns(genes, weights, aggregate)

@@ -47,7 +47,10 @@ SHARD = 1 << 21
 """Elements per zarr shard file (128 chunks, 8 MB before compression)."""
 
 DATA_SHUFFLE = "noshuffle"
-"""Blosc shuffle of the attribution values (byte shuffle: about 7% smaller than raw float32)."""
+"""Blosc shuffle of the attribution values. Float32 attributions have incompressible mantissas: a
+byte shuffle saved about 5 % of their size but made reading them about 3 times slower (measured on
+100k synthetic cells), so values are LZ4-compressed without it; row indices use a byte shuffle
+(about 3.5x smaller)."""
 
 ENCODING_VERSION = "0.1.0"
 
