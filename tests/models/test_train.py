@@ -194,6 +194,14 @@ def test_save_and_load_both_formats(tmp_path, toy_counts):
     assert half.encoder.network[0][1].weight.dtype == torch.float32
     np.testing.assert_allclose(half.embed(x), ref, atol=5e-3)
     assert (tmp_path / "st16" / SAFETENSORS_FILE).stat().st_size < (tmp_path / "st32" / SAFETENSORS_FILE).stat().st_size
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "st16" / SAFETENSORS_FILE), framework="pt") as fh:
+        header = json.loads(fh.metadata()["scsig"])
+    assert header == {"format": "scsig-scimilarity", "dtype": "float16", "name": "trained-encoder", "note": "x"}
+    # saving the same model again gives identical bytes
+    sg.models.save_safetensors(model, tmp_path / "st16b", dtype="float16", metadata={"note": "x"})
+    assert (tmp_path / "st16" / SAFETENSORS_FILE).read_bytes() == (tmp_path / "st16b" / SAFETENSORS_FILE).read_bytes()
     sizes = json.loads((tmp_path / "st16" / "layer_sizes.json").read_text())
     assert sizes["network.0.1.weight"] == [16, 30]
     with pytest.raises(ValueError, match="dtype"):

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BUNDLED", "BundledModel", "load_safetensors_folder", "registry", "save_safetensors"]
 
+METADATA_KEY = "scsig"
+"""Key of the safetensors header metadata written by :func:`save_safetensors` (a JSON string)."""
+
 SAFETENSORS_FILE = "encoder.safetensors"
 """Weights file of a safetensors model folder (the SCimilarity layout with safetensors for ``encoder.ckpt``)."""
 
@@ -112,7 +115,9 @@ def save_safetensors(
         Storage type of the weights. ``"float16"`` halves the size; the values are rounded to
         half precision (about 3 significant digits).
     metadata
-        Extra string key/values stored in the safetensors header.
+        Extra string key/values stored in the safetensors header, as sorted JSON under the
+        single key ``"scsig"`` (with ``format``, ``dtype`` and ``name``), so that saving the same
+        model twice gives identical bytes.
 
     Returns
     -------
@@ -146,6 +151,9 @@ def save_safetensors(
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": "scsig-scimilarity", "dtype": dtype, "name": model.name}
     header.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    # one key holding sorted JSON: safetensors writes several metadata keys in a random order,
+    # which would make the file's bytes (and checksum) differ between identical saves
+    header = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     tmp = folder / (SAFETENSORS_FILE + ".tmp")
     save_file(state, str(tmp), metadata=header)
     tmp.replace(folder / SAFETENSORS_FILE)
