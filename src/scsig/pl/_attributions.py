@@ -229,7 +229,7 @@ def gene_attributions(
             )
             for f in steps
         ]
-        a.legend(
+        size_legend = a.legend(
             handles,
             [f"{round(100 * f)}" for f in steps],
             title="% cells\nnonzero",
@@ -243,6 +243,7 @@ def gene_attributions(
     a.set_xticks(np.arange(n_cols), [str(c) for c in color.columns], rotation=90)
     a.set_yticks(np.arange(n_rows), [str(r) for r in color.index])
     a.tick_params(length=2)
+    a.grid(visible=False)
     a.set_xlabel("")
     a.set_ylabel("")
     if kind == "dotplot":
@@ -250,13 +251,16 @@ def gene_attributions(
         from matplotlib.transforms import ScaledTranslation
         from mpl_toolkits.axes_grid1.inset_locator import inset_axes
 
+        # the legend's width in inches depends only on fonts and markers, so measure it once
+        renderer = fig.canvas.get_renderer()
+        gap = (size_legend.get_window_extent(renderer).x1 - a.get_window_extent(renderer).x1) / fig.dpi + 0.2
         cax = inset_axes(
             a,
             width=0.1,
             height=1.2,
             loc="upper left",
             bbox_to_anchor=(1.0, 1.0),
-            bbox_transform=a.transAxes + ScaledTranslation(1.05, 0.0, fig.dpi_scale_trans),
+            bbox_transform=a.transAxes + ScaledTranslation(gap, 0.0, fig.dpi_scale_trans),
             borderpad=0,
         )
         cbar = fig.colorbar(mappable, cax=cax)

@@ -170,7 +170,13 @@ def scores(
     if figsize is None:
         figsize = (max(2.5, 0.35 * len(group_order) * (1 + 0.5 * (n_hue - 1)) + 1.2), 3.2)
     if ax is None:
-        fig, axs = plt.subplots(1, len(keys), figsize=(figsize[0] * len(keys), figsize[1]), squeeze=False)
+        fig, axs = plt.subplots(
+            1,
+            len(keys),
+            figsize=(figsize[0] * len(keys), figsize[1]),
+            squeeze=False,
+            layout="constrained" if len(keys) > 1 else None,
+        )
         axes = list(axs[0])
     else:
         fig, axes = ax.figure, [ax]
@@ -178,7 +184,7 @@ def scores(
     common = {"x": "group", "hue": hue, "order": group_order, "hue_order": hue_order, "palette": palette}
     for k, a in zip(keys, axes, strict=True):
         frame["value"] = np.asarray(data.obs[k], dtype=np.float64)
-        show_legend = split is not None
+        show_legend = split is not None and a is axes[-1]  # one legend, right of the last panel
         if kind == "violin":
             opts = {"inner": None, "cut": 0, "density_norm": "width", "linewidth": 0.6, "saturation": 1.0}
             opts["split"] = n_hue == 2
