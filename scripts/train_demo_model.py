@@ -217,10 +217,10 @@ def select(adata: ad.AnnData, genes: list[str], *, seed: int, progress: bool) ->
     return pd.DataFrame(rows).set_index("candidate")
 
 
-def report_kang(model) -> dict:
+def report_kang(model, *, progress: bool = True) -> dict:
     """AUROC STIM vs CTRL of the 12-ISG signature on the bundled Kang cells (pooled and per cell type)."""
     kang = sg.datasets.kang_ifnb()
-    sg.tl.attribute(kang, model)
+    sg.tl.attribute(kang, model, progress=progress)
     sg.tl.score(kang, KANG_ISGS, key_added="isg")
     stim = (kang.obs["stim"] == "STIM").to_numpy()
     out = {"signature": KANG_ISGS, "pooled": float(roc_auc_score(stim, kang.obs["isg"]))}
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     progress = not args.no_progress
     if args.evaluate_only:
-        evaluate_kang(Path(args.out))
+        evaluate_kang(Path(args.out), progress=progress)
         return
 
     raw, source = load_pbmc3k(args.data)
@@ -324,15 +324,15 @@ def main(argv: list[str] | None = None) -> None:
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
     print(f"wrote {out} after {seconds:.0f} s of training", flush=True)
     if args.report_kang:
-        evaluate_kang(out)
+        evaluate_kang(out, progress=progress)
 
 
-def evaluate_kang(out: Path) -> None:
+def evaluate_kang(out: Path, *, progress: bool = True) -> None:
     """Measure the saved model on the bundled Kang cells and add the numbers to provenance.json."""
     prov_path = out / "provenance.json"
     provenance = json.loads(prov_path.read_text())
     t0 = time.perf_counter()
-    result = report_kang(sg.models.load(out))
+    result = report_kang(sg.models.load(out), progress=progress)
     provenance["kang_evaluation"] = {
         "note": "measured after training on the bundled sg.datasets.kang_ifnb() cells; not used for any choice",
         "method": "sg.tl.attribute(adata, model) (integrated gradients, defaults) then sg.tl.score(adata, genes)",
