@@ -68,6 +68,25 @@ SCSIG = textwrap.dedent(
     adata = ad.read_h5ad(h5ad, backed="r" if backed == "1" else None)
     warm = ad.AnnData(adata.X[:20] if backed != "1" else adata.X[0:20], var=adata.var.copy())
     sg.tl.attribute(warm, model, method="ig")
+    profile = {}
+    if len(sys.argv) > 6 and sys.argv[6] == "1":  # time the stages: kernels, the whole engine call
+        import scsig.attribution._fast as fast
+        import scsig.tl._attribute as tl_attr
+
+        def timed(name, f):
+            def g(*a, **k):
+                t = time.perf_counter()
+                r = f(*a, **k)
+                profile[name] = profile.get(name, 0.0) + time.perf_counter() - t
+                return r
+            return g
+
+        kernels = fast._kernels()
+        for name in list(kernels):
+            kernels[name] = timed("kernel " + name, kernels[name])
+        tl_attr.compute_batch = timed("engine total (kernels + torch products)", tl_attr.compute_batch)
+        tl_attr.model_input = timed("align + normalize input", tl_attr.model_input)
+        tl_attr.normalize_rows = timed("normalize output rows", tl_attr.normalize_rows)
     start = time.perf_counter()
     sg.tl.attribute(adata, model, method="ig")
     seconds = time.perf_counter() - start
@@ -76,7 +95,7 @@ SCSIG = textwrap.dedent(
     if out != "-":
         sp.save_npz(out, layer)
     engine = adata.uns["scsig"]["layers"]["attr_ig"]["engine"]
-    print(json.dumps({"seconds": seconds, "peak_rss_gb": rss, "engine": engine, "nnz": int(layer.nnz)}))
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": rss, "engine": engine, "nnz": int(layer.nnz), "profile": profile}))
     """
 )
 
@@ -177,7 +196,8 @@ def compare(args: argparse.Namespace, tmp: Path) -> int:
     print(f"{args.cells} cells, {nnz_per_cell:.0f} expressed genes per cell, model {N_GENES}->{HIDDEN}->{LATENT}")
     print(f"threads: {args.threads}; machine load average before: {os.getloadavg()[0]:.1f}")
     ours = run_json(
-        [sys.executable, "-c", SCSIG, str(folder), str(h5ad), str(tmp / "ours.npz"), str(args.threads), "0"],
+        [sys.executable, "-c", SCSIG, str(folder), str(h5ad), str(tmp / "ours.npz"), str(args.threads), "0"]
+        + ["1" if args.profile else "0"],
         args.threads,
     )
     ref = None
@@ -190,6 +210,10 @@ def compare(args: argparse.Namespace, tmp: Path) -> int:
     print(
         f"scsig     : {ours_rate:8.1f} cells/s  ({ours['seconds']:.1f} s, engine {ours['engine']}, peak RSS {ours['peak_rss_gb']:.2f} GB)"
     )
+    if ours.get("profile"):
+        print("scsig profile (seconds over the timed run):")
+        for name, sec in sorted(ours["profile"].items(), key=lambda kv: -kv[1]):
+            print(f"    {name:45s} {sec:7.2f}")
     if ref is None:
         return 0
     ref_rate = args.cells / ref["seconds"]
@@ -237,6 +261,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ref-python", default="/work/refvenv/bin/python", help="python with sc-signature==1.0.0")
     parser.add_argument("--skip-reference", action="store_true", help="time scsig only")
+    parser.add_argument("--profile", action="store_true", help="also print where scsig's time goes")
     parser.add_argument("--workdir", default=None, help="where to write the model and data (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -446,12 +446,9 @@ def _kernels() -> dict[str, Any]:
                     m = mask[c, k]
                     for h in range(h2):
                         p = np.float32(al * a[h] + b[h] + c2[h])
-                        if p > 0:
-                            o[h] = p
-                            m[h] = 1
-                        else:
-                            o[h] = p * neg2[h]
-                            m[h] = 0
+                        pos = p > 0
+                        m[h] = pos
+                        o[h] = p if pos else p * neg2[h]
                 else:
                     for h in range(h2):
                         o[h] = al * a[h] + b[h] + c2[h]
@@ -476,10 +473,8 @@ def _kernels() -> dict[str, Any]:
                 if act:
                     m = mask[c, k]
                     for h in range(h2):
-                        if m[h]:
-                            r[h] += wk * gk[h]
-                        else:
-                            r[h] += wk * (gk[h] * neg2[h])
+                        slope = np.float32(1.0) if m[h] else neg2[h]
+                        r[h] += wk * (gk[h] * slope)
                 else:
                     for h in range(h2):
                         r[h] += wk * gk[h]
@@ -723,7 +718,10 @@ def fast_attributions(
     n, n_genes = x.shape
     data = np.ascontiguousarray(x.data, dtype=np.float32)
     colptr, rows, pos = k["csr_to_csc"](n, n_genes, x.indptr.astype(np.int64), x.indices.astype(np.int32))
-    chunk = max(64, min(512, plan.width))
+    from numba import get_num_threads
+
+    # one column chunk of the first layer per thread
+    chunk = max(64, -(-plan.width // get_num_threads()))
     v = k["sparse_times_dense"](colptr, rows, pos, data, plan.w1t, n, chunk)
 
     fn = module._fn
@@ -731,10 +729,8 @@ def fast_attributions(
         c1 = torch.from_numpy(plan.c1)
         emb_x = _embed(plan, (torch.from_numpy(v) + c1).float())
         emb_0 = _embed(plan, c1.float()[None, :])
+        # as TargetModule.reference: f(0) for the distance target, f(x) otherwise (custom targets too)
         ref = emb_0 if module.target == "embedding_distance" else emb_x
-        if module.target != "self_similarity" and module.target != "embedding_distance":
-            # a custom target: the reference is whatever TargetModule.reference gives (f(x))
-            ref = emb_x
         t_in = fn(emb_x, ref).double().numpy()
         ref_base = ref if ref.shape[0] == n else ref.expand(n, -1)
         t_base = fn(emb_0.expand(n, -1), ref_base).double().numpy()
