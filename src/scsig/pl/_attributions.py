@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["gene_attributions", "group_attribution_stats"]
 
@@ -123,7 +124,7 @@ def gene_attributions(
     show: bool | None = None,
     save: str | Path | None = None,
     return_fig: bool = False,
-) -> Axes | Any | None:
+) -> Axes | Figure | None:
     """Show which signature genes drive the score in which groups of cells.
 
     For every group of ``groupby`` and every gene, the colour is the mean normalized attribution

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["hit_fractions"]
 
@@ -57,7 +58,7 @@ def hit_fractions(
     save: str | Path | None = None,
     return_fig: bool = False,
     **kwargs: Any,
-) -> Axes | Any | None:
+) -> Axes | Figure | None:
     """Compare the fraction of hit cells across conditions, one dot per sample (or group).
 
     Each dot is one unit -- a sample with ``sample_key``, otherwise a group of cells -- and its

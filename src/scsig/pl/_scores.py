@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["scores"]
 
@@ -75,7 +76,7 @@ def scores(
     save: str | Path | None = None,
     return_fig: bool = False,
     **kwargs: Any,
-) -> Axes | list[Axes] | Any | None:
+) -> Axes | list[Axes] | Figure | None:
     """Plot signature scores per group of cells, optionally split by a condition.
 
     Draws the distribution of ``adata.obs[key]`` in each group of ``groupby`` as violins
