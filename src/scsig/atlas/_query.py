@@ -146,10 +146,14 @@ def score_shard(
     if mask is not None and not mask.any():
         return None, True
     reader = _reader(spec)
-    data, indices, indptr = reader.columns(cols)
-    mat = sparse.csc_matrix((data, indices, indptr), shape=(spec.n_obs, cols.size))
-    product = mat @ coef[:, 0] if coef.shape[1] == 1 else mat @ coef  # scipy's 1-D matvec is the fastest
-    scores = np.asarray(product, dtype=np.float64).reshape(spec.n_obs, len(keys))
+    scores = np.zeros((spec.n_obs, len(keys)))
+    for where, (data, indices, indptr) in reader.column_groups(cols):
+        mat = sparse.csc_matrix((data, indices, indptr), shape=(spec.n_obs, indptr.size - 1))
+        part = coef[where]
+        if part.shape[1] == 1:  # scipy's 1-D product is the fastest
+            scores[:, 0] += mat @ part[:, 0]
+        else:
+            scores += mat @ part
     frame = _with_dataset(obs if mask is None else obs[mask], spec.name, categories)
     rows = scores if mask is None else scores[mask]
     for k, key in enumerate(keys):

@@ -424,15 +424,15 @@ class ShardReader:
         self.path = path
         self.n_genes = self.indptr.size - 1
 
-    def columns(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""
+    def _start(self, cols: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """Start reading columns ``cols``: ``(data future, indices future, indptr)``; futures may be None."""
         ts = require_tensorstore()
         starts, stops = self.indptr[cols], self.indptr[cols + 1]
         indptr = np.zeros(cols.size + 1, dtype=np.int64)
         np.cumsum(stops - starts, out=indptr[1:])
         nonempty = [(int(a), int(b)) for a, b in zip(starts, stops, strict=True) if b > a]
         if not nonempty:
-            return np.empty(0, np.float32), np.empty(0, np.int32), indptr
+            return None, None, indptr
         # merge adjacent ranges, then one virtual concatenation per array: one parallel read each
         merged = [list(nonempty[0])]
         for a, b in nonempty[1:]:
@@ -442,11 +442,38 @@ class ShardReader:
                 merged.append([a, b])
         if len(merged) == 1:
             ((a, b),) = merged
-            fd, fi = self.data[a:b].read(), self.indices[a:b].read()
-        else:
-            fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
-            fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+            return self.data[a:b].read(), self.indices[a:b].read(), indptr
+        fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
+        fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+        return fd, fi, indptr
+
+    @staticmethod
+    def _finish(started: tuple[Any, Any, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        fd, fi, indptr = started
+        if fd is None:
+            return np.empty(0, np.float32), np.empty(0, np.int32), indptr
         return np.asarray(fd.result()), np.asarray(fi.result()), indptr
+
+    def columns(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""
+        return self._finish(self._start(cols))
+
+    def column_groups(self, cols: np.ndarray, *, group_values: int = 1 << 22) -> Iterator[tuple[slice, tuple]]:
+        """Read ``cols`` in consecutive groups of about ``group_values`` values.
+
+        Yields ``(positions in cols, (data, row_indices, indptr))``. Every group's read starts at
+        once, so the caller's work on one group overlaps the decoding of the next.
+        """
+        nnz = np.cumsum(self.indptr[cols + 1] - self.indptr[cols])
+        edges = [0]
+        while edges[-1] < cols.size:
+            base = nnz[edges[-1] - 1] if edges[-1] else 0
+            edges.append(
+                min(cols.size, max(edges[-1] + 1, int(np.searchsorted(nnz, base + group_values, side="right"))))
+            )
+        started = [(slice(a, b), self._start(cols[a:b])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        for where, pending in started:
+            yield where, self._finish(pending)
 
 
 def remove_tree(path: Path) -> None:
