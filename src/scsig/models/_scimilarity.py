@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -155,7 +154,6 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
         frame = pd.read_csv(label_path, index_col=0)
         labels = {int(k): str(v) for k, v in frame.iloc[:, 0].items()}
 
-    digest = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()[:16]
     return FoundationModel(
         encoder,
         gene_order,
@@ -163,7 +161,6 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
         name=name or folder.name,
         labels=labels,
         source=str(folder),
-        checksum=digest,
     )
 
 
