@@ -208,6 +208,7 @@ def test_build_paths_agree(tmp_path, genes, monkeypatch, kind):
     monkeypatch.setattr("scsig.atlas._atlas.BLOCK_NNZ", 97)
     monkeypatch.setattr(_store, "SHARD", 64)
     monkeypatch.setattr(_store, "CHUNK", 16)
+    monkeypatch.setattr(_store, "GROUP_VALUES", 40)  # a query reads its genes in several groups
     adata = synthetic_adata(57, genes, seed=4)
     # reorder the columns so that the layer's var order differs from the atlas gene order
     adata = adata[:, np.random.default_rng(0).permutation(len(genes))].copy()

@@ -462,7 +462,7 @@ class Atlas:
         names = find_cell_types(folder, cell_types)
         atlas = cls.create(path, gene_order=gene_order)
         show = settings.progress if progress is None else progress
-        from tqdm.auto import tqdm
+        from .._utils._progress import tqdm
 
         for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
             sub = folder / ct
@@ -762,7 +762,7 @@ def _build(
     *,
     show: bool,
 ) -> int:
-    from tqdm.auto import tqdm
+    from .._utils._progress import tqdm
 
     uns = {UNS_KEY: {"layers": {layer: provenance}, "atlas": {"name": name}}}
     n_genes = len(genes)

@@ -201,7 +201,7 @@ def run_tasks(
 
     A single task runs inline (nothing to parallelize). Results come back in task order.
     """
-    from tqdm.auto import tqdm
+    from .._utils._progress import tqdm
 
     show = settings.progress if progress is None else progress
     with tqdm(total=len(tasks), disable=not show, desc=desc, unit="dataset") as bar:

@@ -46,6 +46,9 @@ CHUNK = 1 << 14
 SHARD = 1 << 21
 """Elements per zarr shard file (128 chunks, 8 MB before compression)."""
 
+GROUP_VALUES = 1 << 22
+"""Values per read group of a query (see :meth:`ShardReader.column_groups`)."""
+
 DATA_SHUFFLE = "noshuffle"
 """Blosc shuffle of the attribution values. Float32 attributions have incompressible mantissas: a
 byte shuffle saved about 5 % of their size but made reading them about 3 times slower (measured on
@@ -458,12 +461,13 @@ class ShardReader:
         """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""
         return self._finish(self._start(cols))
 
-    def column_groups(self, cols: np.ndarray, *, group_values: int = 1 << 22) -> Iterator[tuple[slice, tuple]]:
+    def column_groups(self, cols: np.ndarray, *, group_values: int | None = None) -> Iterator[tuple[slice, tuple]]:
         """Read ``cols`` in consecutive groups of about ``group_values`` values.
 
         Yields ``(positions in cols, (data, row_indices, indptr))``. Every group's read starts at
         once, so the caller's work on one group overlaps the decoding of the next.
         """
+        group_values = GROUP_VALUES if group_values is None else group_values
         nnz = np.cumsum(self.indptr[cols + 1] - self.indptr[cols])
         edges = [0]
         while edges[-1] < cols.size:

@@ -57,7 +57,7 @@ def read_gene_ranges(
     contiguous read. Ranges adapt to hold about :data:`BLOCK_NNZ` values.
     """
     tiledb = require_tiledb()
-    from tqdm.auto import tqdm
+    from .._utils._progress import tqdm
 
     with tiledb.open(str(uri), "r") as arr:
         schema = arr.schema
