@@ -280,3 +280,14 @@ def test_batch_size_follows_memory_budget(toy_counts, monkeypatch):
     assert sum(sizes) == adata.n_obs
     # other batch sizes change only float32 rounding
     _assert_rows_close(adata.layers["attr_ig"].toarray(), ref.toarray())
+
+
+@pytest.mark.parametrize(("method", "target"), [("ig", "self_similarity"), ("ixg", "embedding_distance")])
+def test_sub_blocks_of_path_points(helpers, monkeypatch, method, target):
+    """The second layer and above run on sub-blocks of cells; their boundaries change nothing."""
+    import scsig.attribution._fast as fast
+
+    model = helpers.scimilarity_model(300, (32, 24), 8, seed=6)
+    x = helpers.sparse_input(9, 300, seed=8)
+    monkeypatch.setattr(fast, "_ROWS_PER_BLOCK", 120)  # 2 cells of 50 points per block
+    _compare(model, x, method, target)

@@ -68,17 +68,21 @@ def compute_batch(
     n_steps: int,
     device: torch.device,
     sparse_output: bool = False,
+    workspace: Any = None,
 ) -> tuple[np.ndarray | sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Raw signed attributions (cells x model genes) and the target at input and baseline.
 
     The attributions are a dense array, or with ``sparse_output=True`` whatever the engine makes
     without densifying: CSR with the input's sparsity pattern from the fast path, a dense array
-    from captum.
+    from captum. ``workspace`` (a :class:`scsig.attribution._fast.Workspace`) lets the fast path
+    reuse its buffers across the batches of a run.
     """
     if engine == "fast":
         from ._fast import fast_attributions
 
-        attr, t_in, t_base = fast_attributions(module, model, x, method=method, n_steps=n_steps, device=device)
+        attr, t_in, t_base = fast_attributions(
+            module, model, x, method=method, n_steps=n_steps, device=device, workspace=workspace
+        )
         return (attr if sparse_output else attr.toarray()), t_in, t_base
     inputs = torch.as_tensor(x.toarray(), dtype=torch.float32, device=device)
     attr, t_in, t_base = captum_attributions(module, inputs, method=method, n_steps=n_steps)

@@ -221,6 +221,9 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
     return plan
 
 
+_ROWS_PER_BLOCK = 4096
+"""Path points (cells x points) per sub-block of the second layer and above."""
+
 _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, _Plan | None]] = weakref.WeakKeyDictionary()
 
 
@@ -283,16 +286,20 @@ def supports(model: FoundationModel, method: str, module: TargetModule, device: 
 
 
 def bytes_per_cell(model: FoundationModel, method: str, n_steps: int) -> int:
-    """Working memory of the fast path per cell in a batch (bytes, an upper estimate)."""
+    """Working memory of the fast path per cell of a batch (bytes, an upper estimate).
+
+    With the event path the per-point arrays are bounded by :data:`_ROWS_PER_BLOCK` points
+    whatever the batch size (about ``_ROWS_PER_BLOCK * h2 * 14`` bytes, 60 MB at SCimilarity's
+    shape, not included here); per cell remain a few float64 vectors of the hidden widths. The
+    generic path holds every path point of the batch.
+    """
     plan = _plan(model.encoder)
     steps = n_steps if method == "ig" else 1
     if plan is None:
         return 0
     if plan.w2 is not None:
-        per_step = 4 * plan.width2 * 5 + 4 * 4 * (plan.w3.shape[0] if plan.w3 is not None else plan.width2)
-    else:
-        per_step = 4 * plan.width * 6
-    return int(steps * per_step + 8 * 6 * plan.width)
+        return int(8 * (6 * plan.width + 3 * plan.width2))
+    return int(steps * 4 * plan.width * 6 + 8 * 6 * plan.width)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +337,7 @@ def _kernels() -> dict[str, Any]:
         return colptr, rows, pos
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def sparse_times_dense(colptr, rows, pos, data, wt, n_rows, chunk):  # pragma: no cover - numba
+    def sparse_times_dense(colptr, rows, pos, data, wt, out, chunk):  # pragma: no cover - numba
         """``X @ wt`` with X (n_rows, n_cols) given column-major; wt (n_cols, h) C-contiguous.
 
         Gene-major order reads each used row of ``wt`` once per batch; threads own column chunks of
@@ -339,11 +346,12 @@ def _kernels() -> dict[str, Any]:
         depend on the order of summation.
         """
         n_cols, h = wt.shape
-        out = np.zeros((n_rows, h), np.float64)
         n_chunks = (h + chunk - 1) // chunk
         for b in prange(n_chunks):
             lo = b * chunk
             hi = min(h, lo + chunk)
+            for r in range(out.shape[0]):
+                out[r, lo:hi] = 0.0
             for j in range(n_cols):
                 p0 = colptr[j]
                 p1 = colptr[j + 1]
@@ -355,7 +363,6 @@ def _kernels() -> dict[str, Any]:
                     val = np.float64(data[pos[q]])
                     for k in range(hi - lo):
                         o[k] += val * w[k]
-        return out
 
     @njit(parallel=True, fastmath=True, cache=True)
     def sampled_rows_dot(colptr, rows, pos, data, wt, g, out):  # pragma: no cover - numba
@@ -376,13 +383,16 @@ def _kernels() -> dict[str, Any]:
 
     @njit(parallel=True, cache=True)
     def events_forward(
-        v, c1, neg, alphas, w2t, a0, b0, c2, act, neg2, out, mask, ev_unit, ev_step, ev_count
+        v, c1, neg, alphas, w2t, pos0, a0, b0, c2, act, neg2, out, mask, ev_unit, ev_step, ev_count
     ):  # pragma: no cover
         """Second-layer pre-activation at every path point, from running sums updated per sign change.
 
         ``v`` (n, h1) the first layer's input term, ``c1`` its bias; the first pre-activation at
-        point k is ``alphas[k] * v + c1``. ``a0``/``b0`` (n, h2) are the second layer applied to
-        ``slope_0 * v`` and ``slope_0 * c1`` with the activation's slopes at the first point.
+        point k is ``alphas[k] * v + c1``. ``pos0`` (n or 1, h1) is a reference sign state of the
+        first pre-activation, monotone-reachable along the path (its sign at alpha -> 0, or at the
+        first point), ``a0`` (n, h2) and ``b0`` (n or 1, h2) the second layer applied to
+        ``slope_ref * v`` and ``slope_ref * c1`` with the activation's slopes in that state. An
+        event is the first point whose sign differs from the reference state.
         Writes ``out`` (n, S, h2): the pre-activation, or with ``act`` the piecewise-linear
         activation of it (negative slopes ``neg2``) and ``mask`` whether it was positive; and each
         cell's events (unit, step) sorted by step.
@@ -390,16 +400,18 @@ def _kernels() -> dict[str, Any]:
         n, h1 = v.shape
         h2 = w2t.shape[1]
         n_steps = alphas.size
+        pos_step = np.int64(1) if pos0.shape[0] > 1 else np.int64(0)
+        b_step = np.int64(1) if b0.shape[0] > 1 else np.int64(0)
         for c in prange(n):
             units = np.empty(h1, np.int32)
             steps = np.empty(h1, np.int32)
             cnt = 0
             for i in range(h1):
                 vi = v[c, i]
-                first = alphas[0] * vi + c1[i] > 0.0
+                first = pos0[c * pos_step, i]
                 last = alphas[n_steps - 1] * vi + c1[i] > 0.0
                 if first != last:
-                    lo = 1
+                    lo = 0
                     hi = n_steps - 1
                     while lo < hi:  # first step whose sign differs from the first point's
                         mid = (lo + hi) // 2
@@ -426,7 +438,7 @@ def _kernels() -> dict[str, Any]:
             b = np.empty(h2, np.float64)
             for h in range(h2):
                 a[h] = a0[c, h]
-                b[h] = b0[c, h]
+                b[h] = b0[c * b_step, h]
             e = 0
             for k in range(n_steps):
                 while e < cnt and ev_step[c, e] == k:
@@ -453,7 +465,7 @@ def _kernels() -> dict[str, Any]:
                     for h in range(h2):
                         o[h] = al * a[h] + b[h] + c2[h]
 
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, fastmath=True, cache=True)
     def events_backward(
         g2, act, neg2, mask, weights, v, c1, neg, alphas, w2t, ev_unit, ev_step, ev_count, g1, r_out
     ):  # pragma: no cover
@@ -551,6 +563,27 @@ def _kernels() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+class Workspace:
+    """Buffers reused by the batches of one attribution run.
+
+    Fresh multi-megabyte arrays cost a page fault per 4 KiB page on first touch, which on virtual
+    machines is a large share of a batch's time; the run's batches therefore share their large
+    temporaries. Dropped with the run (it is not kept on the model).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialized C-contiguous array of ``shape``, reusing the memory of earlier calls."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
+            buf = np.empty(max(size, 1), dtype=dtype)
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)
+
+
 def _path(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Path points and weights: captum's Gauss-Legendre rule for IG, the input itself otherwise."""
     if method != "ig":
@@ -573,11 +606,17 @@ def _embed(plan: _Plan, pre1: torch.Tensor) -> torch.Tensor:
 
 
 def _target_grad(
-    plan: _Plan, module: TargetModule, out: torch.Tensor, ref: torch.Tensor, n_cells: int, n_points: int
+    plan: _Plan,
+    module: TargetModule,
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    n_cells: int,
+    n_points: int,
+    ws: Workspace,
 ) -> torch.Tensor:
     """Gradient of the summed target with respect to the encoder's last pre-normalization output."""
     if module.target in ("self_similarity", "embedding_distance"):
-        grad = torch.empty_like(out)
+        grad = torch.from_numpy(ws.get("grad_out", tuple(out.shape), np.float32))
         ref32 = np.ascontiguousarray(ref.float().numpy())
         _kernels()["target_grad"](
             out.numpy(),
@@ -611,7 +650,13 @@ def _grad_generic(plan: _Plan, fn: Any, modules: list[nn.Module], h: torch.Tenso
 
 
 def _first_layer_grad_events(
-    plan: _Plan, module: TargetModule, v: np.ndarray, ref: torch.Tensor, alphas: np.ndarray, weights: np.ndarray
+    plan: _Plan,
+    module: TargetModule,
+    v: np.ndarray,
+    ref: torch.Tensor,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+    ws: Workspace,
 ) -> np.ndarray:
     """sum_k w_k dt/dp_k at the first pre-activation, through the event path (n, h1) float32.
 
@@ -623,39 +668,86 @@ def _first_layer_grad_events(
     s = alphas.size
     h2 = plan.width2
     neg1 = plan.neg1
-    # the second pre-activation is computed in float64 so that its signs along the path are exact
-    slope0 = np.where(alphas[0] * v + plan.c1 > 0.0, 1.0, neg1)
-    stacked = torch.from_numpy(np.concatenate([slope0 * v, slope0 * plan.c1], axis=0))
-    ab = (stacked @ plan.w2_64.T).numpy()
-    act = plan.w3 is not None
-    out = np.empty((n, s, h2), dtype=np.float32)
-    mask = np.empty((n, s, h2) if act else (1, 1, 1), dtype=np.uint8)
-    neg2 = plan.neg2.numpy() if act else np.zeros(1, dtype=np.float32)
-    ev_unit = np.empty((n, h1), dtype=np.int32)
-    ev_step = np.empty((n, h1), dtype=np.int32)
-    ev_count = np.empty(n, dtype=np.int64)
-    k["events_forward"](
-        v, plan.c1, neg1, alphas, plan.w2t_64, ab[:n], ab[n:], plan.c2, act, neg2, out, mask, ev_unit, ev_step, ev_count
-    )
-    del ab, stacked
-    hidden = torch.from_numpy(out).view(n * s, h2)
-    if act:
-        emb = torch.addmm(plan.c3, hidden, plan.w3.T)
-        del hidden, out
-        grad_out = _target_grad(plan, module, emb, ref, n, s)
-        del emb
-        g = grad_out @ plan.w3
+    # The second pre-activation is computed in float64 so that its signs along the path are exact.
+    # Reference state of the first activation: its signs at alpha -> 0 (those of c1, the same for
+    # every cell) on a path, so that the bias term is one product for all cells; at the single
+    # point of a gradient-at-input method, the signs there (no events at all).
+    if s > 1:
+        pos0 = (plan.c1 > 0.0)[None, :]
+        slope0 = np.where(pos0, 1.0, neg1)
+        a0 = ws.get("a0", (n, h2), np.float64)
+        torch.mm(torch.from_numpy(slope0 * v), plan.w2_64.T, out=torch.from_numpy(a0))
+        b0 = (torch.from_numpy(slope0 * plan.c1) @ plan.w2_64.T).numpy()
     else:
-        g = _grad_generic(plan, module._fn, plan.tail, hidden, ref, n, s)
-        del hidden, out
-    g2 = np.ascontiguousarray(g.view(n, s, h2).numpy())
-    del g
-    g1 = np.zeros((n, h1), dtype=np.float64)
-    r = np.empty((n, h2), dtype=np.float32)
-    k["events_backward"](
-        g2, act, neg2, mask, weights, v, plan.c1, neg1, alphas, plan.w2t, ev_unit, ev_step, ev_count, g1, r
-    )
-    del g2, mask
+        pos0 = alphas[0] * v + plan.c1 > 0.0
+        slope0 = np.where(pos0, 1.0, neg1)
+        ab = (torch.from_numpy(np.concatenate([slope0 * v, slope0 * plan.c1], axis=0)) @ plan.w2_64.T).numpy()
+        a0, b0 = ab[:n], ab[n:]
+        del ab
+    act = plan.w3 is not None
+    neg2 = plan.neg2.numpy() if act else np.zeros(1, dtype=np.float32)
+    g1 = ws.get("g1", (n, h1), np.float64)
+    g1.fill(0.0)
+    r = ws.get("r", (n, h2), np.float32)
+    # the per-point arrays are made for sub-blocks of cells: small enough to stay warm in the caches
+    # and to be reused (a fresh page costs a page fault), large enough for efficient products
+    m_max = max(1, min(n, _ROWS_PER_BLOCK // s))
+    for lo in range(0, n, m_max):
+        hi = min(n, lo + m_max)
+        m = hi - lo
+        out = ws.get("hidden", (m, s, h2), np.float32)
+        mask = ws.get("mask", (m, s, h2) if act else (1, 1, 1), np.uint8)
+        ev_unit = ws.get("ev_unit", (m, h1), np.int32)
+        ev_step = ws.get("ev_step", (m, h1), np.int32)
+        ev_count = np.empty(m, dtype=np.int64)
+        vb = v[lo:hi]
+        k["events_forward"](
+            vb,
+            plan.c1,
+            neg1,
+            alphas,
+            plan.w2t_64,
+            pos0 if pos0.shape[0] == 1 else pos0[lo:hi],
+            a0[lo:hi],
+            b0 if b0.shape[0] == 1 else b0[lo:hi],
+            plan.c2,
+            act,
+            neg2,
+            out,
+            mask,
+            ev_unit,
+            ev_step,
+            ev_count,
+        )
+        ref_b = ref if ref.shape[0] != n else ref[lo:hi]
+        hidden = torch.from_numpy(out).view(m * s, h2)
+        if act:
+            emb = torch.from_numpy(ws.get("emb", (m * s, plan.w3.shape[0]), np.float32))
+            torch.addmm(plan.c3, hidden, plan.w3.T, out=emb)
+            grad_out = _target_grad(plan, module, emb, ref_b, m, s, ws)
+            g = torch.from_numpy(ws.get("grad_hidden", (m * s, h2), np.float32))
+            torch.mm(grad_out, plan.w3, out=g)
+        else:
+            g = _grad_generic(plan, module._fn, plan.tail, hidden, ref_b, m, s)
+        g2 = np.ascontiguousarray(g.view(m, s, h2).numpy())
+        k["events_backward"](
+            g2,
+            act,
+            neg2,
+            mask,
+            weights,
+            vb,
+            plan.c1,
+            neg1,
+            alphas,
+            plan.w2t,
+            ev_unit,
+            ev_step,
+            ev_count,
+            g1[lo:hi],
+            r[lo:hi],
+        )
+    del a0, b0
     dense = (torch.from_numpy(r) @ plan.w2).numpy()
     return (g1 + slope0 * dense).astype(np.float32)
 
@@ -680,6 +772,7 @@ def fast_attributions(
     method: str = "ig",
     n_steps: int = 50,
     device: Any = None,
+    workspace: Workspace | None = None,
 ) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Raw signed attributions of a preprocessed batch, exactly as captum computes them.
 
@@ -697,6 +790,8 @@ def fast_attributions(
         Gauss-Legendre points for ``"ig"``.
     device
         Must be the CPU (or ``None``).
+    workspace
+        Buffers shared with the other batches of a run (see :class:`Workspace`).
 
     Returns
     -------
@@ -722,7 +817,9 @@ def fast_attributions(
 
     # one column chunk of the first layer per thread
     chunk = max(64, -(-plan.width // get_num_threads()))
-    v = k["sparse_times_dense"](colptr, rows, pos, data, plan.w1t, n, chunk)
+    ws = workspace if workspace is not None else Workspace()
+    v = ws.get("v", (n, plan.width), np.float64)
+    k["sparse_times_dense"](colptr, rows, pos, data, plan.w1t, v, chunk)
 
     fn = module._fn
     with torch.no_grad():
@@ -738,7 +835,7 @@ def fast_attributions(
     alphas, weights = _path(method, n_steps)
     with torch.no_grad():
         if plan.w2 is not None:
-            g = _first_layer_grad_events(plan, module, v, ref, alphas, weights)
+            g = _first_layer_grad_events(plan, module, v, ref, alphas, weights, ws)
         else:
             g = _first_layer_grad_generic(plan, fn, v, ref, alphas, weights)
     out = np.empty_like(data)

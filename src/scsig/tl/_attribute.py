@@ -46,9 +46,11 @@ def _default_batch_size(model: FoundationModel, method: str, n_steps: int, engin
     if engine == "fast":
         from ..attribution._fast import bytes_per_cell
 
-        # the batch's input and output CSR and the dense per-cell work of the fast path
-        per_cell = bytes_per_cell(model, method, n_steps) + 64 * model.n_genes // 10
-        return int(np.clip(budget // max(per_cell, 1), 1, 2048))
+        # the batch's counts, normalized input and output (CSR, with copies; ~10 % of the genes
+        # expressed) and the fast path's dense per-cell work; its per-point arrays have a fixed
+        # size (~60 MB at SCimilarity's shape). Beyond ~1,000 cells a batch gains nothing.
+        per_cell = bytes_per_cell(model, method, n_steps) + 48 * model.n_genes // 10
+        return int(np.clip((budget - 64e6) // max(per_cell, 1), 1, 1024))
     widths = [p.shape[0] for p in model.encoder.parameters() if p.ndim == 2]
     # floats per path point: input, its gradient and a dense copy, plus activations and their gradients
     per_row = 4 * (3 * model.n_genes + 4 * sum(widths))
@@ -345,7 +347,7 @@ def attribute(
         f"batches of {batch_size})"
     )
 
-    from tqdm.auto import tqdm
+    from .._utils._progress import tqdm
 
     device = torch.device(settings.device)
     module.to(device)
@@ -354,6 +356,11 @@ def attribute(
     var_idx = np.flatnonzero(in_model)
     model_to_var[alignment.var_to_model[var_idx]] = var_idx
     builder = _CSRBuilder(n_vars, _nnz_bound(counts))
+    workspace = None
+    if chosen == "fast":
+        from ..attribution._fast import Workspace
+
+        workspace = Workspace()
     totals = np.zeros(n_obs, dtype=np.float64)
     with (
         _threads(settings.n_jobs, numba=chosen == "fast"),
@@ -369,7 +376,15 @@ def attribute(
             x, totals[lo:hi] = model_input(chunk, alignment, model, validate=False)
             del chunk
             raw, t_in, t_base = compute_batch(
-                chosen, module, model, x, method=method, n_steps=n_steps, device=device, sparse_output=True
+                chosen,
+                module,
+                model,
+                x,
+                method=method,
+                n_steps=n_steps,
+                device=device,
+                sparse_output=True,
+                workspace=workspace,
             )
             del x
             if lo == 0:
