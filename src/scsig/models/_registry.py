@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -169,43 +168,11 @@ def load_safetensors_folder(folder: str | Path, *, name: str | None = None) -> F
     import torch
     from safetensors import safe_open
 
-    from ._base import SCIMILARITY_PREPROCESSING, FoundationModel
-    from ._scimilarity import SCimilarityEncoder, _linear_shapes
+    from ._scimilarity import model_from_state, read_gene_order
 
     folder = Path(folder)
-    weights = folder / SAFETENSORS_FILE
-    order_path = folder / "gene_order.tsv"
-    if not order_path.is_file():
-        msg = f"{order_path} not found: a model folder holds {SAFETENSORS_FILE} (or encoder.ckpt) and gene_order.tsv."
-        raise FileNotFoundError(msg)
-    gene_order = [line.strip() for line in order_path.read_text().splitlines() if line.strip()]
-    with safe_open(str(weights), framework="pt") as fh:
+    gene_order = read_gene_order(folder, SAFETENSORS_FILE)
+    with safe_open(str(folder / SAFETENSORS_FILE), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
-    linears = _linear_shapes({k: tuple(v.shape) for k, v in state.items()})
-    if len(linears) < 2:
-        msg = f"{weights} does not hold a SCimilarity-architecture encoder ({len(linears)} Linear layers found)."
-        raise ValueError(msg)
-    if linears[0][1] != len(gene_order):
-        msg = (
-            f"The first layer takes {linears[0][1]} genes but gene_order.tsv lists {len(gene_order)}; "
-            "the folder's files do not belong together."
-        )
-        raise ValueError(msg)
-    encoder = SCimilarityEncoder(len(gene_order), [out for out, _ in linears[:-1]], linears[-1][0])
-    encoder.load_state_dict(state, strict=True)
-    labels = None
-    label_path = folder / "label_ints.csv"
-    if label_path.is_file():
-        frame = pd.read_csv(label_path, index_col=0)
-        labels = {int(k): str(v) for k, v in frame.iloc[:, 0].items()}
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return FoundationModel(
-        encoder,
-        gene_order,
-        preprocessing=SCIMILARITY_PREPROCESSING,
-        name=name or folder.name,
-        labels=labels,
-        source=str(folder),
-        checksum=digest,
-    )
+    return model_from_state(folder, gene_order, state, name=name, weights_file=SAFETENSORS_FILE)

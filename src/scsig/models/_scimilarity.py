@@ -86,47 +86,32 @@ def _linear_shapes(shapes: dict[str, Sequence[int]]) -> list[tuple[int, int]]:
     return [shape for _, shape in sorted(found)]
 
 
-def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> FoundationModel:
-    """Load a SCimilarity model folder (``encoder.ckpt``, ``gene_order.tsv``, ``layer_sizes.json``).
-
-    Parameters
-    ----------
-    folder
-        The model folder as published.
-    name
-        Identifier for provenance; defaults to the folder name.
-    allow_pickle
-        Allow a checkpoint that needs arbitrary unpickling (``weights_only=False``). Only for
-        checkpoints from a source you trust: unpickling can run any code.
-    """
-    folder = Path(folder)
-    ckpt_path = folder / "encoder.ckpt"
-    order_path = folder / "gene_order.tsv"
-    for path in (ckpt_path, order_path):
-        if not path.is_file():
-            msg = (
-                f"{path} not found: a SCimilarity model folder holds encoder.ckpt, gene_order.tsv and "
-                "layer_sizes.json (and optionally label_ints.csv)."
-            )
-            raise FileNotFoundError(msg)
-    with order_path.open() as fh:
-        gene_order = [line.strip() for line in fh if line.strip()]
-
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as err:  # torch raises UnpicklingError with a long text
-        if allow_pickle:
-            raise
+def read_gene_order(folder: Path, weights_file: str) -> list[str]:
+    """The genes of ``folder/gene_order.tsv``, one per line."""
+    path = folder / "gene_order.tsv"
+    if not path.is_file():
         msg = (
-            f"{ckpt_path} could not be loaded with weights_only=True ({type(err).__name__}). It holds objects "
-            "other than tensors. If you trust its source, pass allow_pickle=True to unpickle it."
+            f"{path} not found: a model folder holds {weights_file}, gene_order.tsv and layer_sizes.json "
+            "(and optionally label_ints.csv)."
         )
-        raise ValueError(msg) from err
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        msg = f"{ckpt_path} holds no state dict (expected {{'state_dict': {{...}}}})."
-        raise ValueError(msg)
+        raise FileNotFoundError(msg)
+    with path.open() as fh:
+        return [line.strip() for line in fh if line.strip()]
 
+
+def model_from_state(
+    folder: Path,
+    gene_order: list[str],
+    state: dict[str, torch.Tensor],
+    *,
+    name: str | None,
+    weights_file: str,
+) -> FoundationModel:
+    """Build a SCimilarity-architecture :class:`FoundationModel` from a folder's state dict and gene order.
+
+    The layer sizes come from ``layer_sizes.json`` when present, else from the state dict itself;
+    ``label_ints.csv`` is read when present.
+    """
     sizes_path = folder / "layer_sizes.json"
     if sizes_path.is_file():
         with sizes_path.open() as fh:
@@ -135,7 +120,7 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     linears = _linear_shapes(shapes)
     if len(linears) < 2:
-        msg = f"Could not infer the encoder's layers from {sizes_path.name}: found {len(linears)} Linear layers."
+        msg = f"{folder / weights_file} does not hold a SCimilarity-architecture encoder ({len(linears)} Linear layers found)."
         raise ValueError(msg)
     if linears[0][1] != len(gene_order):
         msg = (
@@ -153,7 +138,6 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
 
         frame = pd.read_csv(label_path, index_col=0)
         labels = {int(k): str(v) for k, v in frame.iloc[:, 0].items()}
-
     return FoundationModel(
         encoder,
         gene_order,
@@ -162,6 +146,45 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
         labels=labels,
         source=str(folder),
     )
+
+
+def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> FoundationModel:
+    """Load a SCimilarity model folder (``encoder.ckpt``, ``gene_order.tsv``, ``layer_sizes.json``).
+
+    Parameters
+    ----------
+    folder
+        The model folder as published.
+    name
+        Identifier for provenance; defaults to the folder name.
+    allow_pickle
+        Allow a checkpoint that needs arbitrary unpickling (``weights_only=False``). Only for
+        checkpoints from a source you trust: unpickling can run any code.
+    """
+    folder = Path(folder)
+    ckpt_path = folder / "encoder.ckpt"
+    if not ckpt_path.is_file():
+        msg = (
+            f"{ckpt_path} not found: a SCimilarity model folder holds encoder.ckpt, gene_order.tsv and "
+            "layer_sizes.json (and optionally label_ints.csv)."
+        )
+        raise FileNotFoundError(msg)
+    gene_order = read_gene_order(folder, "encoder.ckpt")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:  # torch raises UnpicklingError with a long text
+        if allow_pickle:
+            raise
+        msg = (
+            f"{ckpt_path} could not be loaded with weights_only=True ({type(err).__name__}). It holds objects "
+            "other than tensors. If you trust its source, pass allow_pickle=True to unpickle it."
+        )
+        raise ValueError(msg) from err
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        msg = f"{ckpt_path} holds no state dict (expected {{'state_dict': {{...}}}})."
+        raise ValueError(msg)
+    return model_from_state(folder, gene_order, state, name=name, weights_file="encoder.ckpt")
 
 
 def save_scimilarity(model: FoundationModel, folder: str | Path) -> None:

@@ -335,8 +335,8 @@ def train_encoder(
     (40, 2)
     """
     import torch
-    from tqdm.auto import tqdm
 
+    from .._utils._progress import tqdm
     from ._base import SCIMILARITY_PREPROCESSING, FoundationModel
     from ._scimilarity import SCimilarityEncoder
 
