@@ -48,9 +48,9 @@ def _default_batch_size(model: FoundationModel, method: str, n_steps: int, engin
 
         # the batch's counts, normalized input and output (CSR, with copies; ~10 % of the genes
         # expressed) and the fast path's dense per-cell work; its per-point arrays have a fixed
-        # size (~60 MB at SCimilarity's shape). Beyond ~1,000 cells a batch gains nothing.
+        # size (~60 MB at SCimilarity's shape). Beyond ~500 cells the first layer's output leaves the caches.
         per_cell = bytes_per_cell(model, method, n_steps) + 48 * model.n_genes // 10
-        return int(np.clip((budget - 64e6) // max(per_cell, 1), 1, 1024))
+        return int(np.clip((budget - 64e6) // max(per_cell, 1), 1, 512))
     widths = [p.shape[0] for p in model.encoder.parameters() if p.ndim == 2]
     # floats per path point: input, its gradient and a dense copy, plus activations and their gradients
     per_row = 4 * (3 * model.n_genes + 4 * sum(widths))
