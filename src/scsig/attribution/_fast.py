@@ -18,8 +18,14 @@ the backward pass through that layer uses suffix sums of the gradients in the sa
 quantity is the same as in the straightforward computation (captum's), up to floating-point
 rounding; only the order of the arithmetic differs.
 
-The kernels are compiled with numba (a dependency of scanpy) and parallelized over
-:func:`numba.set_num_threads` threads; the dense products run in torch.
+Exactness: the signs of the first and second pre-activations at every path point decide the
+activations' slopes; a sum that lands within rounding of zero could flip one and change a cell's
+attributions by ~1e-3. Both pre-activations are therefore accumulated in float64 here (captum's
+float32 sums occasionally do flip one, which is the main source of the remaining differences).
+
+The kernels are compiled with numba and parallelized over :func:`numba.set_num_threads` threads;
+the dense products run in torch. The per-point arrays are made for sub-blocks of cells and reused
+across the batches of a run (:class:`Workspace`).
 """
 
 from __future__ import annotations
