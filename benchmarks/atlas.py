@@ -167,6 +167,15 @@ REFERENCE_WORKER = textwrap.dedent(
     task, args = sys.argv[1], json.loads(sys.argv[2])
     genes = [f"G{i}" for i in range(args["n_genes"])]
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+    def status_gb(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024 / 1e9
+
+    def reset_hwm():
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
     out = {}
     if task == "build":
         rss0 = peak()
@@ -175,12 +184,13 @@ REFERENCE_WORKER = textwrap.dedent(
         out = {"seconds": time.perf_counter() - t, "peak_gb": peak(), "peak_before_gb": rss0}
     elif task == "query":
         query = [f"G{i}" for i in args["genes"]]
-        rss0 = peak()
+        rss0 = status_gb("VmRSS:")
+        reset_hwm()
         t = time.perf_counter()
         sig = SIGnature(genes, attribution_tiledb_uri=args["uri"])
         res = sig.query_attributions(query)
         cold = time.perf_counter() - t
-        grow = peak() - rss0
+        grow = status_gb("VmHWM:") - rss0
         warm = []
         for _ in range(args["repeats"]):
             t = time.perf_counter()
@@ -204,6 +214,14 @@ def _reset_hwm() -> bool:
     except OSError:
         return False
     return True
+
+
+def _rss_gb() -> float:
+    """Current resident memory (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
 
 
 def _hwm_gb() -> float | None:
@@ -270,12 +288,13 @@ def worker(task: str, args: dict) -> dict:
         import zarr  # noqa: F401
 
         query = [f"G{i}" for i in args["genes"]]
-        rss0 = _peak_gb()
+        rss0 = _rss_gb()
+        reset = _reset_hwm()
         t = time.perf_counter()
         atlas = sg.Atlas.open(args["atlas"])
         frame = atlas.score(query)
         cold = time.perf_counter() - t
-        grow = _peak_gb() - rss0
+        grow = _hwm_gb() - rss0 if reset else float("nan")
         warm = []
         for _ in range(args["repeats"]):
             t = time.perf_counter()
@@ -345,25 +364,32 @@ def reference(python: str, task: str, args: dict, log: Path) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
-def bench(n_cells: int, workdir: Path, *, ref_python: str | None, repeats: int) -> dict:
+def bench(n_cells: int, workdir: Path, *, ref_python: str | None, repeats: int, previous: dict | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "log.txt"
     use_ref = ref_python is not None
-    res: dict = {"cells": n_cells, "genes": N_GENES, "reference": use_ref, "cpu_count": os.cpu_count()}
-    print(f"[{n_cells:,} cells] generating the synthetic matrix ...", flush=True)
-    res["generate"] = generate(n_cells, workdir, npz=use_ref or n_cells <= 200_000)
-    print(f"  {res['generate']['nnz']:,} nonzeros ({res['generate']['nnz_per_cell']:.0f} per cell)", flush=True)
-    source = str(workdir / ("x.npz" if (workdir / "x.npz").exists() else "x.h5"))
     atlas = str(workdir / "atlas")
+    uri = workdir / "reference" / "synthetic" / "attributions"
     common = {"n_genes": N_GENES}
-    print("  scsig build ...", flush=True)
-    res["build_scsig"] = ours("build", {**common, "input": source, "atlas": atlas}, log)
-    if use_ref:
-        print("  reference build (slow) ...", flush=True)
-        uri = workdir / "reference" / "synthetic" / "attributions"
-        shutil.rmtree(uri.parent, ignore_errors=True)
-        uri.parent.mkdir(parents=True)
-        res["build_reference"] = reference(ref_python, "build", {**common, "npz": source, "uri": str(uri)}, log)
+    if previous is not None:  # --reuse: the matrix and both builds of an earlier run; queries measured anew
+        res = {k: previous[k] for k in ("cells", "genes", "reference", "cpu_count", "generate", "build_scsig")}
+        if use_ref:
+            res["build_reference"] = previous["build_reference"]
+        res["reused_builds"] = True
+        print(f"[{n_cells:,} cells] reusing the matrix and the builds of the previous run", flush=True)
+    else:
+        res = {"cells": n_cells, "genes": N_GENES, "reference": use_ref, "cpu_count": os.cpu_count()}
+        print(f"[{n_cells:,} cells] generating the synthetic matrix ...", flush=True)
+        res["generate"] = generate(n_cells, workdir, npz=use_ref or n_cells <= 200_000)
+        print(f"  {res['generate']['nnz']:,} nonzeros ({res['generate']['nnz_per_cell']:.0f} per cell)", flush=True)
+        source = str(workdir / ("x.npz" if (workdir / "x.npz").exists() else "x.h5"))
+        print("  scsig build ...", flush=True)
+        res["build_scsig"] = ours("build", {**common, "input": source, "atlas": atlas}, log)
+        if use_ref:
+            print("  reference build (slow) ...", flush=True)
+            shutil.rmtree(uri.parent, ignore_errors=True)
+            uri.parent.mkdir(parents=True)
+            res["build_reference"] = reference(ref_python, "build", {**common, "npz": source, "uri": str(uri)}, log)
     sets = gene_sets(np.load(workdir / "freq.npy"))
     res["queries"] = {}
     for name, cols in sets.items():
@@ -442,7 +468,7 @@ def report(res: dict) -> str:
         s, r = q["scsig"], q.get("reference")
         row(f"query {name} warm (s)", s["warm"], r["warm"] if r else None)
         row(f"query {name} cold process (s)", s["cold"], r["cold"] if r else None)
-        row(f"query {name} peak growth (GB)", s["peak_growth_gb"], r["peak_growth_gb"] if r else None)
+        row(f"query {name} memory growth (GB)", s["peak_growth_gb"], r["peak_growth_gb"] if r else None)
         if "max_abs_diff" in q:
             lines.append(
                 f"  scores vs reference: max |diff| {q['max_abs_diff']}; imported atlas: {q.get('import_max_abs_diff')}"
@@ -453,6 +479,8 @@ def report(res: dict) -> str:
                 f"  warm profile: read {p['read']:.3f} s ({p['bytes_decoded_mb']:.0f} MB, {p['values_read']:,} values), "
                 f"product {p['product']:.3f} s, frame {p['frame']:.3f} s"
             )
+    if res.get("reused_builds"):
+        lines.append("(build rows: from the earlier run whose matrix and atlases were reused)")
     if "import" in res:
         lines.append(
             f"{'import reference TileDB (s)':34s}{res['import']['seconds']:>12.1f}   peak {res['import']['peak_gb']:.2f} GB"
@@ -472,6 +500,9 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the generated data and atlases")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the matrix and builds of a kept earlier run; redo the queries"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -482,7 +513,13 @@ def main() -> None:
         if ref is None and not args.no_reference:
             print(f"[{n:,} cells] reference skipped: its build needs ~10 GB per 100k cells (this machine has 24 GB)")
         workdir = args.workdir / str(n)
-        res = bench(n, workdir, ref_python=ref, repeats=args.repeats)
+        previous_file = args.workdir / f"results_{n}.json"
+        previous = (
+            json.loads(previous_file.read_text())
+            if args.reuse and previous_file.exists() and (workdir / "atlas").exists()
+            else None
+        )
+        res = bench(n, workdir, ref_python=ref, repeats=args.repeats, previous=previous)
         (args.workdir / f"results_{n}.json").write_text(json.dumps(res, indent=1))
         print(report(res), flush=True)
         if not args.keep:

@@ -59,7 +59,8 @@ def read_gene_ranges(
     tiledb = require_tiledb()
     from .._utils._progress import tqdm
 
-    with tiledb.open(str(uri), "r") as arr:
+    config = tiledb.Config({"py.init_buffer_bytes": str(1 << 27)})  # 128 MB result buffers, grown as needed
+    with tiledb.open(str(uri), "r", ctx=tiledb.Ctx(config)) as arr:
         schema = arr.schema
         dims = [schema.domain.dim(i).name for i in range(schema.domain.ndim)]
         if dims != ["x", "y"] or not schema.has_attr("vals"):
