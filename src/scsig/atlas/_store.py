@@ -461,11 +461,14 @@ class ShardReader:
         """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""
         return self._finish(self._start(cols))
 
-    def column_groups(self, cols: np.ndarray, *, group_values: int | None = None) -> Iterator[tuple[slice, tuple]]:
+    def column_groups(
+        self, cols: np.ndarray, *, group_values: int | None = None, ahead: int = 2
+    ) -> Iterator[tuple[slice, tuple]]:
         """Read ``cols`` in consecutive groups of about ``group_values`` values.
 
-        Yields ``(positions in cols, (data, row_indices, indptr))``. Every group's read starts at
-        once, so the caller's work on one group overlaps the decoding of the next.
+        Yields ``(positions in cols, (data, row_indices, indptr))``. Up to ``ahead`` groups are read
+        ahead of the one handed out, so the caller's work on a group overlaps the decoding of the
+        next ones while memory stays bounded by ``(ahead + 1) * group_values`` values.
         """
         group_values = GROUP_VALUES if group_values is None else group_values
         nnz = np.cumsum(self.indptr[cols + 1] - self.indptr[cols])
@@ -475,9 +478,14 @@ class ShardReader:
             edges.append(
                 min(cols.size, max(edges[-1] + 1, int(np.searchsorted(nnz, base + group_values, side="right"))))
             )
-        started = [(slice(a, b), self._start(cols[a:b])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        for where, pending in started:
-            yield where, self._finish(pending)
+        groups = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        pending: list[tuple[slice, tuple]] = []
+        for k in range(len(groups)):
+            while len(pending) <= ahead and k + len(pending) < len(groups):
+                where = groups[k + len(pending)]
+                pending.append((where, self._start(cols[where])))
+            where, started = pending.pop(0)
+            yield where, self._finish(started)
 
 
 def remove_tree(path: Path) -> None:
