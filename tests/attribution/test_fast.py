@@ -186,8 +186,11 @@ def test_attribute_layers_equal_across_engines(toy_counts, method, target):
     np.testing.assert_allclose(np.asarray(a.sum(1)).ravel(), 1000, rtol=1e-5)
 
 
-def test_backed_h5ad_gives_the_in_memory_layer(toy_counts, tmp_path):
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+def test_backed_h5ad_gives_the_in_memory_layer(toy_counts, tmp_path, fmt):
     adata, model = toy_counts
+    if fmt == "dense":
+        adata.X = adata.X.toarray()
     path = tmp_path / "counts.h5ad"
     adata.write_h5ad(path)
     sg.tl.attribute(adata, model, batch_size=7)
