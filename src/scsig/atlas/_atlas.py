@@ -552,7 +552,9 @@ class Atlas:
         with weights :math:`w_g` the weighted mean :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum
         :math:`\sum_g w_g a_g`). Genes outside the atlas gene order are left out with a warning;
         a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
-        Only the signature's genes are read, shard by shard, in parallel with dask.
+        Only the signature's genes are read, shard by shard, in parallel with dask; within a shard
+        they are read in groups of about 4 million values (at most three groups at a time), so a
+        query's working memory does not grow with the size of the atlas.
 
         Parameters
         ----------
