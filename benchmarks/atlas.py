@@ -13,7 +13,7 @@ attributions per cell, every row summing to 1,000), then times
 
 and checks that the scores agree (scsig vs ``query_attributions``, and the imported atlas too).
 Every tool runs in its own subprocess; the reference runs in its own environment
-(``--reference-python``, default ``/work/refvenv/bin/python``). Sizes above ``--reference-max-cells``
+(``--reference-python``, default ``../refvenv/bin/python`` beside the repository). Sizes above ``--reference-max-cells``
 skip the reference: its build needs about 10 GB per 100k cells.
 
 Usage::
@@ -495,7 +495,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[100_000])
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "scsig_atlas_bench")
-    parser.add_argument("--reference-python", default="/work/refvenv/bin/python")
+    parser.add_argument(
+        "--reference-python", default=str(Path(__file__).resolve().parents[2] / "refvenv" / "bin" / "python")
+    )
     parser.add_argument("--reference-max-cells", type=int, default=200_000)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)

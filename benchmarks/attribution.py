@@ -259,7 +259,11 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=1000, help="cells for the speed comparison")
     parser.add_argument("--rss-cells", type=int, default=100_000, help="cells for --mode rss")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ref-python", default="/work/refvenv/bin/python", help="python with sc-signature==1.0.0")
+    parser.add_argument(
+        "--ref-python",
+        default=str(Path(__file__).resolve().parents[2] / "refvenv" / "bin" / "python"),
+        help="python with sc-signature==1.0.0",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="time scsig only")
     parser.add_argument("--profile", action="store_true", help="also print where scsig's time goes")
     parser.add_argument("--workdir", default=None, help="where to write the model and data (default: a temp dir)")

@@ -38,7 +38,9 @@ def synthetic(n_cells: int, n_genes: int, nnz: int, seed: int = 0) -> ad.AnnData
     x = sparse.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
     sums = np.asarray(x.sum(1)).ravel()
     x = sparse.diags((1000.0 / sums).astype(np.float32)) @ x
-    adata = ad.AnnData(X=sparse.csr_matrix(x, dtype=np.float32), var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(x, dtype=np.float32), var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)])
+    )
     adata.layers["attr_ig"] = adata.X.copy()
     adata.uns["scsig"] = {"layers": {"attr_ig": {"method": "ig"}}}
     adata.X.data = np.log1p(adata.X.data)
@@ -66,7 +68,9 @@ def main() -> None:
 
     t = time.perf_counter()
     adata = synthetic(args.cells, args.genes, args.nnz_per_cell)
-    print(f"data: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz:,} nonzeros ({time.perf_counter() - t:.1f} s to build)")
+    print(
+        f"data: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz:,} nonzeros ({time.perf_counter() - t:.1f} s to build)"
+    )
     rng = np.random.default_rng(1)
     genes = list(adata.var_names[rng.choice(adata.n_vars, args.signature, replace=False)])
 
