@@ -117,20 +117,13 @@ def build_model_folder(folder: Path, seed: int = 0) -> list[str]:
     """A SCimilarity-format folder with random weights and non-trivial BatchNorm statistics."""
     import torch
 
+    from scsig.datasets._toy import randomize_batchnorm
     from scsig.models import FoundationModel, SCimilarityEncoder
 
     genes = [f"GENE{i:05d}" for i in range(N_GENES)]
     torch.manual_seed(seed)
     enc = SCimilarityEncoder(N_GENES, HIDDEN, LATENT)
-    with torch.no_grad():
-        for m in enc.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            if isinstance(m, torch.nn.PReLU):
-                m.weight.uniform_(0.1, 0.4)
+    randomize_batchnorm(enc, prelu=True)
     FoundationModel(enc, genes, name="bench", labels={0: "a", 1: "b"}).save(folder)
     return genes
 

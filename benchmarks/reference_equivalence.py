@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 import scsig as sg
+from scsig.datasets._toy import randomize_batchnorm
 from scsig.models import FoundationModel, SCimilarityEncoder
 
 
@@ -44,13 +45,7 @@ def main() -> int:
     genes = list(rng.permutation(genes))
     torch.manual_seed(0)
     enc = SCimilarityEncoder(len(genes), args.hidden, args.latent)
-    with torch.no_grad():
-        for m in enc.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(enc)
     model = FoundationModel(enc, genes, name="random")
 
     with tempfile.TemporaryDirectory() as tmp:

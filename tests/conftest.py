@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import scsig as sg
+from scsig.datasets._toy import randomize_batchnorm as _randomize_batchnorm
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -28,15 +29,7 @@ def toy():
 
 def randomize_batchnorm(encoder: torch.nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm non-trivial running statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in encoder.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
+    _randomize_batchnorm(encoder, generator=torch.Generator().manual_seed(seed))
 
 
 def write_scimilarity_folder(folder: Path, genes: list[str], hidden=(32, 16), latent=8, seed=0, labels=True) -> Path:

@@ -8,23 +8,13 @@ import torch
 from scipy import sparse
 
 import scsig as sg
+from scsig.datasets._toy import randomize_batchnorm
 from scsig.models import FoundationModel, SCimilarityEncoder
 
 
 def perturb(encoder: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Non-trivial BatchNorm running statistics and affine parameters; PReLU slopes of both signs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in encoder.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
-            elif isinstance(m, torch.nn.PReLU):
-                m.weight.copy_(0.7 * torch.rand(m.weight.shape, generator=gen) - 0.2)
-    return encoder.eval()
+    return randomize_batchnorm(encoder, prelu=True, generator=torch.Generator().manual_seed(seed)).eval()
 
 
 def scimilarity_model(

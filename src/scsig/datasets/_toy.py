@@ -10,9 +10,34 @@ from anndata import AnnData
 from scipy import sparse
 
 if TYPE_CHECKING:
+    import torch
+
     from ..models import FoundationModel
 
-__all__ = ["toy"]
+__all__ = ["randomize_batchnorm", "toy"]
+
+
+def randomize_batchnorm(
+    encoder: torch.nn.Module, *, prelu: bool = False, generator: torch.Generator | None = None
+) -> torch.nn.Module:
+    """Give an encoder's BatchNorm layers non-trivial running statistics and affine parameters, in place.
+
+    Freshly built BatchNorm layers are the identity in eval mode, which would hide mistakes in how
+    they are folded or applied. Draws from ``generator``, or from torch's global generator (seed it
+    first). With ``prelu``, PReLU slopes are drawn from [-0.2, 0.5], so both signs occur.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+            elif prelu and isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(-0.2, 0.5, generator=generator)
+    return encoder
 
 
 def toy(
@@ -66,13 +91,6 @@ def toy(
     )
     order = [*genes[::-1][: n_vars // 2], "absent1", *genes[::-1][n_vars // 2 :], "absent2"]
     torch.manual_seed(seed)
-    enc = SCimilarityEncoder(len(order), hidden, latent)
-    with torch.no_grad():
-        for module in enc.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    enc = randomize_batchnorm(SCimilarityEncoder(len(order), hidden, latent))
     model = FoundationModel(enc, order, name="toy")
     return adata, model
