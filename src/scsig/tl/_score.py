@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Real
@@ -92,6 +93,7 @@ def parse_signatures(
     return sigs, several
 
 
+@functools.cache
 def _csr_kernel():
     """A compiled CSR kernel: per row, sum of weight[col] * value over the stored entries with a weight."""
     import numba
@@ -109,15 +111,9 @@ def _csr_kernel():
     return kernel
 
 
-_KERNEL = None
-
-
 def _csr_weighted_rowsum(x: sparse.csr_matrix, lookup: np.ndarray) -> np.ndarray:
-    global _KERNEL  # noqa: PLW0603
-    if _KERNEL is None:
-        _KERNEL = _csr_kernel()
     out = np.empty(x.shape[0], dtype=np.float64)
-    _KERNEL(x.indptr, x.indices, x.data, lookup, out)
+    _csr_kernel()(x.indptr, x.indices, x.data, lookup, out)
     return out
 
 
