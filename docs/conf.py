@@ -45,7 +45,14 @@ extensions = [
 
 templates_path = ["_templates"]
 html_static_path: list[str] = []
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "generated/tutorials/.*", "validity/*.md"]
+exclude_patterns = [
+    "_build",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "generated/tutorials/.*",
+    "validity/*.md",
+]
 source_suffix = {
     ".rst": "restructuredtext",
     ".md": "myst-nb",
