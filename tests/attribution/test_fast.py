@@ -272,7 +272,7 @@ def test_batch_size_follows_memory_budget(toy_counts, monkeypatch):
         sizes.append(args[3].shape[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("scsig.tl._attribute.compute_batch", spy)
+    monkeypatch.setattr("scsig.attribution._engine.compute_batch", spy)
     sg.tl.attribute(adata, model)
     ref = adata.layers["attr_ig"].copy()
     assert sizes == [adata.n_obs]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import FoundationModel, Preprocessing, from_module, gene_order_hash
 from ._load import load
 from ._registry import registry, save_safetensors
-from ._scimilarity import SCimilarityEncoder
 from ._train import train_encoder
+
+if TYPE_CHECKING:
+    from ._scimilarity import SCimilarityEncoder
 
 __all__ = [
     "FoundationModel",
@@ -19,3 +23,13 @@ __all__ = [
     "save_safetensors",
     "train_encoder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the encoder class subclasses torch.nn.Module: importing it imports torch, so only on first use
+    if name == "SCimilarityEncoder":
+        from ._scimilarity import SCimilarityEncoder
+
+        return SCimilarityEncoder
+    msg = f"module 'scsig.models' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._registry import BUNDLED, SAFETENSORS_FILE, bundled_path, load_safetensors_folder
-from ._scimilarity import load_scimilarity
 
 if TYPE_CHECKING:
     from ._base import FoundationModel
@@ -16,6 +15,8 @@ __all__ = ["load"]
 
 def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> FoundationModel:
     if (path / "encoder.ckpt").is_file():
+        from ._scimilarity import load_scimilarity
+
         return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
     if (path / SAFETENSORS_FILE).is_file():
         return load_safetensors_folder(path, name=name)

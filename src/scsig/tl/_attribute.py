@@ -14,8 +14,6 @@ from .._constants import IN_MODEL_SUFFIX, LAYER_PREFIX, METHODS, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, wrap_return
-from ..attribution import TargetModule, normalize_rows
-from ..attribution._engine import compute_batch, pick_engine
 from ..pp._align import align_genes
 from ..pp._prepare import model_input
 from ..pp._validate import check_counts as _check_counts
@@ -312,6 +310,8 @@ def attribute(
     import torch
 
     from .. import __version__
+    from ..attribution import TargetModule, normalize_rows
+    from ..attribution._engine import compute_batch, pick_engine
     from ..models import FoundationModel, load
 
     if method not in METHODS:
