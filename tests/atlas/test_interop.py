@@ -92,6 +92,7 @@ def test_from_signature_errors(tmp_path):
     write_reference_folder(tmp_path / "pub", "T", random_attributions(4, len(GENES), 0))
     with pytest.raises(ValueError, match="12 gene positions but gene_order has 5"):
         sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "a1", gene_order=GENES[:5])
+    assert not (tmp_path / "a1").exists()  # a failed import leaves no half-made atlas behind
     (tmp_path / "pub2" / "X" / "attributions").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no cell_metadata"):
         sg.Atlas.from_signature(tmp_path / "pub2", tmp_path / "a2", gene_order=GENES)

@@ -456,11 +456,22 @@ class Atlas:
         -------
         The new :class:`Atlas`.
         """
-        from ._tiledb import find_cell_types, read_gene_ranges
+        from ._tiledb import find_cell_types
 
         folder = Path(folder)
         names = find_cell_types(folder, cell_types)
         atlas = cls.create(path, gene_order=gene_order)
+        try:
+            return cls._import_signature(atlas, folder, names, progress=progress)
+        except BaseException:
+            # the atlas is new: an import that fails (or is interrupted) leaves nothing behind
+            remove_tree(atlas.path)
+            raise
+
+    @staticmethod
+    def _import_signature(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
+        from ._tiledb import read_gene_ranges
+
         show = settings.progress if progress is None else progress
         from .._utils._progress import tqdm
 
