@@ -16,6 +16,7 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._settings import settings
+from .._utils import get_matrix
 from ..models import gene_order_hash
 from ..tl._score import parse_signatures
 from . import _manifest as mf
@@ -282,7 +283,7 @@ class Atlas:
         if name in self.datasets:
             msg = f"The atlas already has a dataset named {name!r}; choose another name."
             raise ValueError(msg)
-        x = _layer_matrix(adata, layer)
+        x = get_matrix(adata, layer)
         prov = adata.uns.get(UNS_KEY, {}).get("layers", {}).get(layer) if layer is not None else None
         lut = self._var_lookup(adata, layer, prov, name)
         obs = _shard_obs_frame(adata.obs, obs_columns, name)
@@ -703,18 +704,6 @@ def _concat(frames: list[pd.DataFrame], categories: list[str], *, columns: list[
     last = [c for c in columns if c != DATASET_KEY]
     middle = [c for c in frame.columns if c != DATASET_KEY and c not in last]
     return frame[[DATASET_KEY, *middle, *last]]
-
-
-def _layer_matrix(adata: AnnData, layer: str | None) -> Any:
-    if layer is None:
-        if adata.X is None:
-            msg = "adata.X is empty; pass layer= the attribution layer."
-            raise ValueError(msg)
-        return adata.X
-    if layer not in adata.layers:
-        msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Run sg.tl.attribute first, or pass layer=."
-        raise KeyError(msg)
-    return adata.layers[layer]
 
 
 def _shard_obs_frame(obs: pd.DataFrame, obs_columns: Sequence[str] | None, name: str) -> pd.DataFrame:
