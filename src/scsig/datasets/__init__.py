@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._fetch import RemoteFile, fetch, registry
 from ._kang import kang_ifnb
+from ._kang_full import kang_ifnb_full
 from ._toy import toy
 
-__all__ = ["RemoteFile", "fetch", "kang_ifnb", "registry", "toy"]
+__all__ = ["RemoteFile", "fetch", "kang_ifnb", "kang_ifnb_full", "registry", "toy"]

@@ -31,8 +31,8 @@ def kang_ifnb() -> AnnData:
     Stimulated cells express a strong interferon response (ISG15, IFI6, IFIT1/2/3, MX1, ...) in
     every cell type, which makes this the standard small example for an interferon signature.
     There are no donor labels (the SeuratData object does not carry the demuxlet assignments), so
-    sample-level statistics are not possible with it; see
-    :func:`scsig.datasets.fetch` for the full GEO files.
+    sample-level statistics are not possible with it; :func:`scsig.datasets.kang_ifnb_full`
+    downloads all batch-2 cells with their donors from GEO.
 
     Returns
     -------
