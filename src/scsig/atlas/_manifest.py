@@ -103,20 +103,40 @@ def manifest_stamp(root: Path) -> tuple[int, int, int]:
 def writer_lock(root: Path) -> Iterator[None]:
     """Hold the atlas's writer lock (one writer at a time; readers never wait).
 
-    The lock is an OS file lock, released by the OS when a writer dies. Where ``fcntl`` is missing
-    (Windows), writers are not serialized: add shards from one process at a time there.
+    The lock is an OS lock on the file ``.lock`` in the atlas (``fcntl.flock`` on POSIX, a
+    ``msvcrt`` byte-range lock on Windows), so the OS releases it when a writer dies.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with (root / LOCK).open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    with (root / LOCK).open("a+b") as fh:
+        release = _acquire(fh)
         try:
             yield
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            release()
+
+
+def _acquire(fh: Any, *, poll: float = 0.05) -> Any:
+    """Block until ``fh`` holds an exclusive OS lock; return the function that releases it."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        return lambda: fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    import msvcrt  # Windows
+
+    def unlock() -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+    while True:  # LK_NBLCK fails at once when another process holds byte 0; LK_LOCK gives up after 10 s
+        fh.seek(0)
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            time.sleep(poll)
+        else:
+            return unlock
 
 
 def pause_point(stage: str) -> None:
