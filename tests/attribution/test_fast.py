@@ -294,3 +294,41 @@ def test_sub_blocks_of_path_points(helpers, monkeypatch, method, target):
     x = helpers.sparse_input(9, 300, seed=8)
     monkeypatch.setattr(fast, "_ROWS_PER_BLOCK", 120)  # 2 cells of 50 points per block
     _compare(model, x, method, target)
+
+
+def test_first_layer_keeps_the_module_weights(small_scim):
+    """The first Linear's float32 weight is used as is; its BatchNorm scale is applied in float64."""
+    from scsig.attribution._fast import _plan
+
+    plan = _plan(small_scim.encoder)
+    lin = small_scim.encoder.network[0][1]
+    np.testing.assert_array_equal(plan.w1t.T, lin.weight.detach().numpy())
+    x = torch.rand(3, plan.w1t.shape[0], dtype=torch.float64)
+    pre = copy.deepcopy(small_scim.encoder.network[0][:3]).double().eval()(x)  # Dropout, Linear, BatchNorm
+    ours = (x.numpy() @ plan.w1t.astype(np.float64)) * plan.s1 + plan.c1
+    np.testing.assert_allclose(ours, pre.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_first_layer_kink_cell_matches_float64():
+    """A real case (found by benchmarks/precision.py): in Kang cell 622 a first-layer pre-activation is
+    4e-10 at one path point of the seed-0 SCimilarity-shaped model. Folding the BatchNorm scale into a
+    float32 weight moved it by ~2e-8 and the cell by 1.6e-5 (row L1) from float64 captum; applied in
+    float64 the cell is as close as any other (~3e-6)."""
+    from scsig.datasets._toy import randomize_batchnorm
+    from scsig.models import FoundationModel, SCimilarityEncoder
+
+    adata = sg.datasets.kang_ifnb()[[622]].copy()
+    n_genes = 28231
+    genes = [*adata.var_names, *(f"ABSENT{i:05d}" for i in range(n_genes - adata.n_vars))]
+    torch.manual_seed(0)
+    enc = SCimilarityEncoder(n_genes, (1024, 1024), 128)
+    randomize_batchnorm(enc, prelu=True)
+    model = FoundationModel(enc.eval(), genes, name="bench")
+    x = sparse.csr_matrix(sg.pp.prepare(adata, model).X, dtype=np.float32)
+    fast, _, _ = fast_attributions(TargetModule(model.encoder, "self_similarity"), model, x, method="ig", n_steps=50)
+    enc64 = TargetModule(copy.deepcopy(model.encoder).double().eval(), "self_similarity")
+    ref, _, _ = captum_attributions(enc64, torch.as_tensor(x.toarray(), dtype=torch.float64), method="ig", n_steps=50)
+    a = np.abs(fast.toarray().astype(np.float64)).ravel()
+    b = np.abs(ref.numpy()).ravel()
+    diff = np.abs(a / a.sum() - b / b.sum()).sum()
+    assert diff < 6e-6, diff

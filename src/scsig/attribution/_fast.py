@@ -21,7 +21,11 @@ rounding; only the order of the arithmetic differs.
 Exactness: the signs of the first and second pre-activations at every path point decide the
 activations' slopes; a sum that lands within rounding of zero could flip one and change a cell's
 attributions by ~1e-3. Both pre-activations are therefore accumulated in float64 here (captum's
-float32 sums occasionally do flip one, which is the main source of the remaining differences).
+float32 sums occasionally do flip one, which is the main source of the remaining differences), and
+the first layer uses the module's own float32 weight with the following BatchNorm's scale applied in
+float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). The last
+layer and the target's gradient stay in float32: an embedding entry within ~1e-8 of zero (rare) can
+still flip there, as in captum; float64 there was measured ~25 % slower (``benchmarks/precision.py``).
 
 The kernels are compiled with numba and parallelized over :func:`numba.set_num_threads` threads;
 the dense products run in torch. The per-point arrays are made for sub-blocks of cells and reused
@@ -109,10 +113,13 @@ def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _take_affine(modules: list[nn.Module], start: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+def _take_affine(modules: list[nn.Module], start: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None:
     """Fold modules from ``start`` that form ``[BN] Linear [BN]`` (Dropout/Identity anywhere) into one map.
 
-    Returns ``(weight (out, in) float64, bias (out,) float64, next index)`` or ``None``.
+    Returns ``(weight (out, in), bias (out,), next index, row scale (out,))``, all float64, or ``None``.
+    The map is ``row_scale * (weight @ x) + bias``: the scale of a BatchNorm after the Linear is kept
+    apart from the weight, so that a float32 copy of ``weight`` is the module's own float32 weight
+    (without a preceding BatchNorm) and the product with it is not rounded twice.
     """
     i = start
     pre: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -131,17 +138,17 @@ def _take_affine(modules: list[nn.Module], start: int) -> tuple[torch.Tensor, to
         bias = bias + weight @ pre[1]
         weight = weight * pre[0][None, :]
     i += 1
+    row = torch.ones(weight.shape[0], dtype=torch.float64)
     post_seen = False
     while i < len(modules) and isinstance(modules[i], (*_PASS, nn.BatchNorm1d)):
         if isinstance(modules[i], nn.BatchNorm1d):
             if post_seen:
                 break
-            scale, shift = _bn_affine(modules[i])
-            weight = weight * scale[:, None]
-            bias = bias * scale + shift
+            row, shift = _bn_affine(modules[i])
+            bias = bias * row + shift
             post_seen = True
         i += 1
-    return weight, bias, i
+    return weight, bias, i, row
 
 
 def _negative_slope(act: nn.Module, width: int) -> np.ndarray:
@@ -164,10 +171,11 @@ def _skip_pass(modules: list[nn.Module], i: int) -> int:
 class _Plan:
     """Everything the fast path needs from one encoder, folded once and cached."""
 
-    w1t: np.ndarray  # (n_genes, h1) float32: transpose of the folded first affine map
+    w1t: np.ndarray  # (n_genes, h1) float32: transpose of the first Linear's weight (see _take_affine)
     c1: np.ndarray  # (h1,) float64
     upper: list[nn.Module]  # modules after the first affine map
     normalize: bool
+    s1: np.ndarray | None = None  # (h1,) float64: row scale of the first affine map
     # the second affine layer after a piecewise-linear activation (event path), else None
     neg1: np.ndarray | None = None  # (h1,) float64
     w2: torch.Tensor | None = None  # (h2, h1) float32
@@ -198,10 +206,11 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
     first = _take_affine(modules, 0)
     if first is None:
         return None
-    w1, b1, i = first
+    w1, b1, i, s1 = first
     plan = _Plan(
         w1t=np.ascontiguousarray(w1.T.float().cpu().numpy()),
         c1=b1.cpu().numpy(),
+        s1=s1.cpu().numpy(),
         upper=modules[i:],
         normalize=normalize,
     )
@@ -209,7 +218,8 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
     if i < len(modules) and isinstance(modules[i], _PIECEWISE):
         second = _take_affine(modules, i + 1)
         if second is not None:
-            w2, b2, j = second
+            w2, b2, j, s2 = second
+            w2 = w2 * s2[:, None]
             plan.neg1 = _negative_slope(modules[i], plan.width)
             plan.w2 = w2.float().contiguous()
             plan.w2_64 = w2.contiguous()
@@ -222,7 +232,7 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
                 third = _take_affine(modules, k + 1)
                 if third is not None and _skip_pass(modules, third[2]) == len(modules):
                     plan.neg2 = torch.from_numpy(_negative_slope(modules[k], plan.width2)).float()
-                    plan.w3 = third[0].float().contiguous()
+                    plan.w3 = (third[0] * third[3][:, None]).float().contiguous()
                     plan.c3 = third[1].float()
     return plan
 
@@ -826,6 +836,7 @@ def fast_attributions(
     ws = workspace if workspace is not None else Workspace()
     v = ws.get("v", (n, plan.width), np.float64)
     k["sparse_times_dense"](colptr, rows, pos, data, plan.w1t, v, chunk)
+    v *= plan.s1  # the first BatchNorm's scale, applied in float64 (see _take_affine)
 
     fn = module._fn
     with torch.no_grad():
@@ -844,7 +855,8 @@ def fast_attributions(
             g = _first_layer_grad_events(plan, module, v, ref, alphas, weights, ws)
         else:
             g = _first_layer_grad_generic(plan, fn, v, ref, alphas, weights)
+    g = np.ascontiguousarray(g * plan.s1, dtype=np.float32)  # back through the first BatchNorm's scale
     out = np.empty_like(data)
-    k["sampled_rows_dot"](colptr, rows, pos, data, plan.w1t, np.ascontiguousarray(g), out)
+    k["sampled_rows_dot"](colptr, rows, pos, data, plan.w1t, g, out)
     attr = sparse.csr_matrix((out, x.indices.copy(), x.indptr.copy()), shape=x.shape)
     return attr, t_in, t_base
