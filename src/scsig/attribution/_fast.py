@@ -24,8 +24,9 @@ attributions by ~1e-3. Both pre-activations are therefore accumulated in float64
 float32 sums occasionally do flip one, which is the main source of the remaining differences), and
 the first layer uses the module's own float32 weight with the following BatchNorm's scale applied in
 float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). The last
-layer and the target's gradient stay in float32: an embedding entry within ~1e-8 of zero (rare) can
-still flip there, as in captum; float64 there was measured ~25 % slower (``benchmarks/precision.py``).
+layer is a float32 product, but under the self-similarity target the signs of its entries matter:
+every entry within that product's rounding bound of zero is recomputed in float64 before the target's
+gradient is taken (a few per thousand entries; no measurable cost, ``benchmarks/precision.py``).
 
 The kernels are compiled with numba and parallelized over :func:`numba.set_num_threads` threads;
 the dense products run in torch. The per-point arrays are made for sub-blocks of cells and reused
@@ -188,6 +189,9 @@ class _Plan:
     neg2: torch.Tensor | None = None  # (h2,) float32
     w3: torch.Tensor | None = None  # (latent, h2) float32
     c3: torch.Tensor | None = None  # (latent,) float32
+    w3_64: np.ndarray | None = None  # (latent, h2) float64
+    c3_64: np.ndarray | None = None  # (latent,) float64
+    w3_norm: np.ndarray | None = None  # (latent,) float64: L2 norms of the rows of w3
 
     @property
     def width(self) -> int:
@@ -232,13 +236,21 @@ def _build_plan(encoder: nn.Module) -> _Plan | None:
                 third = _take_affine(modules, k + 1)
                 if third is not None and _skip_pass(modules, third[2]) == len(modules):
                     plan.neg2 = torch.from_numpy(_negative_slope(modules[k], plan.width2)).float()
-                    plan.w3 = (third[0] * third[3][:, None]).float().contiguous()
+                    w3 = third[0] * third[3][:, None]
+                    plan.w3 = w3.float().contiguous()
                     plan.c3 = third[1].float()
+                    plan.w3_64 = np.ascontiguousarray(w3.cpu().numpy())
+                    plan.c3_64 = third[1].cpu().numpy()
+                    plan.w3_norm = np.sqrt((plan.w3_64**2).sum(axis=1))
     return plan
 
 
 _ROWS_PER_BLOCK = 4096
 """Path points (cells x points) per sub-block of the second layer and above."""
+
+_F32_PRODUCT_TOL = 2.0**-22
+"""Per summed term, a bound on the relative rounding of a float32 product ``hidden @ w3.T + c3``
+(twice the unit roundoff; the bound used is this times the number of terms)."""
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, _Plan | None]] = weakref.WeakKeyDictionary()
 
@@ -520,21 +532,40 @@ def _kernels() -> dict[str, Any]:
                 r_out[c, h] = r[h]
 
     @njit(parallel=True, fastmath=False, cache=True)
-    def target_grad(out, ref, per_cell, n_points, normalize, kind, grad):  # pragma: no cover - numba
+    def target_grad(
+        out, ref, per_cell, n_points, normalize, kind, grad, hidden, w3, c3, w3_norm, tol, exact
+    ):  # pragma: no cover - numba
         """Gradient of the named target with respect to the encoder output before L2 normalization.
 
         ``kind`` 0: self-similarity ``sum_k |ref_k y_k|``; 1: distance ``||y - ref||``. Row ``i`` of
         ``out`` belongs to cell ``i // n_points`` (``ref`` per cell when ``per_cell``, else one row).
+        With ``exact`` (``out = hidden @ w3.T + c3`` computed in float32), the self-similarity target's
+        signs are made exact: every entry of ``out`` within the float32 product's error bound of zero
+        (``tol * (|c3_k| + ||w3_k|| ||hidden_i||)``) is recomputed in float64 first.
         """
         n_rows, d = out.shape
         for i in prange(n_rows):
             rr = ref[i // n_points] if per_cell else ref[0]
-            o = out[i]
+            o = np.empty(d, np.float64)
+            for k in range(d):
+                o[k] = out[i, k]
+            if exact and kind == 0:
+                hrow = hidden[i]
+                hn = 0.0
+                for j in range(hrow.shape[0]):
+                    hn += np.float64(hrow[j]) * hrow[j]
+                hn = np.sqrt(hn)
+                for k in range(d):
+                    if abs(o[k]) <= tol * (abs(c3[k]) + w3_norm[k] * hn):
+                        acc = c3[k]
+                        for j in range(hrow.shape[0]):
+                            acc += hrow[j] * w3[k, j]
+                        o[k] = acc
             norm = 1.0
             if normalize:
                 sq = 0.0
                 for k in range(d):
-                    sq += np.float64(o[k]) * o[k]
+                    sq += o[k] * o[k]
                 norm = max(np.sqrt(sq), 1e-12)
             gy = np.empty(d, np.float64)
             if kind == 0:
@@ -629,11 +660,22 @@ def _target_grad(
     n_cells: int,
     n_points: int,
     ws: Workspace,
+    hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gradient of the summed target with respect to the encoder's last pre-normalization output."""
+    """Gradient of the summed target with respect to the encoder's last pre-normalization output.
+
+    ``hidden``, when given, is the input of the last affine layer (``out = hidden @ w3.T + c3``), so
+    that entries of ``out`` within float32 rounding of zero can be recomputed exactly.
+    """
     if module.target in ("self_similarity", "embedding_distance"):
         grad = torch.from_numpy(ws.get("grad_out", tuple(out.shape), np.float32))
         ref32 = np.ascontiguousarray(ref.float().numpy())
+        exact = hidden is not None and plan.w3_64 is not None
+        if exact:
+            args = (hidden.numpy(), plan.w3_64, plan.c3_64, plan.w3_norm, _F32_PRODUCT_TOL * hidden.shape[1])
+        else:
+            one = np.zeros(1)
+            args = (np.zeros((1, 1), np.float32), np.zeros((1, 1)), one, one, 0.0)
         _kernels()["target_grad"](
             out.numpy(),
             ref32,
@@ -642,6 +684,8 @@ def _target_grad(
             plan.normalize,
             0 if module.target == "self_similarity" else 1,
             grad.numpy(),
+            *args,
+            exact,
         )
         return grad
     fn = module._fn
@@ -740,7 +784,7 @@ def _first_layer_grad_events(
         if act:
             emb = torch.from_numpy(ws.get("emb", (m * s, plan.w3.shape[0]), np.float32))
             torch.addmm(plan.c3, hidden, plan.w3.T, out=emb)
-            grad_out = _target_grad(plan, module, emb, ref_b, m, s, ws)
+            grad_out = _target_grad(plan, module, emb, ref_b, m, s, ws, hidden=hidden)
             g = torch.from_numpy(ws.get("grad_hidden", (m * s, h2), np.float32))
             torch.mm(grad_out, plan.w3, out=g)
         else:
