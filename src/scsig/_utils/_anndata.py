@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 from anndata import AnnData
+from scipy import sparse
 
-if TYPE_CHECKING:
-    import numpy as np
-    from scipy import sparse
-
-__all__ = ["get_matrix", "resolve_adata", "wrap_return"]
+__all__ = ["get_matrix", "resolve_adata", "to_memory", "wrap_return"]
 
 
 def _is_mudata(obj: Any) -> bool:
     return type(obj).__name__ == "MuData" and hasattr(obj, "mod")
 
 
-def resolve_adata(data: Any, *, mod: str = "rna", copy: bool = False) -> tuple[Any, AnnData]:
+def resolve_adata(data: Any, *, mod: str = "rna", copy: bool = False, read_only: bool = False) -> tuple[Any, AnnData]:
     """Return ``(container, adata)``: what the caller gets back, and the AnnData to work on.
 
     With a MuData, ``adata`` is its modality ``mod``; with ``copy=True`` the whole container is copied.
+    A view is made an actual AnnData (as anndata does on the first write) unless ``read_only``: callers
+    that only read must leave the user's view as it is.
     """
     if _is_mudata(data):
         if mod not in data.mod:
@@ -33,7 +33,7 @@ def resolve_adata(data: Any, *, mod: str = "rna", copy: bool = False) -> tuple[A
         raise TypeError(msg)
     if copy:
         data = data.copy()
-    elif data.is_view:
+    elif data.is_view and not read_only:
         # writing into a view makes anndata copy it behind the user's back; do it explicitly
         data._init_as_actual(data.copy())
     return data, data
@@ -55,3 +55,15 @@ def get_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatri
         msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Pass layer=None to use adata.X."
         raise KeyError(msg)
     return adata.layers[layer]
+
+
+def to_memory(x: Any) -> np.ndarray | sparse.spmatrix:
+    """``x`` as an in-memory numpy or scipy matrix: read whole when backed (h5py/zarr) or a dask array."""
+    if isinstance(x, np.ndarray) or sparse.issparse(x):
+        return x
+    out = x[0 : x.shape[0]]
+    if hasattr(out, "compute"):  # dask
+        out = out.compute()
+    if not (isinstance(out, np.ndarray) or sparse.issparse(out)):
+        out = np.asarray(out)
+    return out

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .._constants import UNS_KEY
 from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params
-from .._utils import get_matrix, resolve_adata
+from .._utils import get_matrix, resolve_adata, to_memory
 from ._align import GeneAlignment, align_genes
 from ._validate import check_counts, warn_empty_cells
 
@@ -85,8 +85,8 @@ def prepare(
     >>> prepared.shape == (adata.n_obs, model.n_genes)
     True
     """
-    _, data = resolve_adata(adata, mod=mod)
-    counts = get_matrix(data, layer)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
+    counts = to_memory(get_matrix(data, layer))  # the result holds every cell anyway
     alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     x, totals = model_input(counts, alignment, model, validate=check_counts, where=where)
