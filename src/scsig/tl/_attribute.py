@@ -323,6 +323,12 @@ def attribute(
     if n_steps < 1:
         msg = f"n_steps must be a positive integer, got {n_steps}."
         raise ValueError(msg)
+    if not (np.isfinite(target_sum) and target_sum > 0):
+        msg = f"target_sum must be a positive number (each cell's attributions sum to it), got {target_sum!r}."
+        raise ValueError(msg)
+    if batch_size is not None and batch_size < 1:
+        msg = f"batch_size must be a positive number of cells, got {batch_size!r}; pass None to derive it from memory."
+        raise ValueError(msg)
     if not isinstance(model, FoundationModel):
         model = load(model)
     target = model.default_target if target is None else target

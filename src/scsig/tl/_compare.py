@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,7 +15,8 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import UNS_KEY
 from .._docs import doc_mod, doc_params
-from .._utils import get_matrix, resolve_adata
+from .._utils import get_matrix, resolve_adata, to_memory
+from ..pp._validate import check_counts as _check_counts
 from ._score import attribution_layer, score
 
 if TYPE_CHECKING:
@@ -107,6 +109,41 @@ def _expression_scores(
     raise ValueError(msg)
 
 
+def _label_set(value: Any, labels: pd.Series, side: str, contrast: str) -> set[str]:
+    """The labels of one side of the contrast as strings, each checked to occur in ``labels``."""
+    values = [value] if isinstance(value, str) or not isinstance(value, Iterable) else list(value)
+    out = {str(v) for v in values}
+    present = set(labels.unique())
+    unknown = out - present
+    if unknown or not out:
+        msg = (
+            f"{side} label(s) {sorted(unknown)} not found in adata.obs[{contrast!r}] (labels: {sorted(present)[:10]})."
+        )
+        raise ValueError(msg)
+    return out
+
+
+def _gene_list(genes: Any, var_names: pd.Index) -> list[str]:
+    """The signature as a list of unique gene names, at least one of them in ``var_names``."""
+    if isinstance(genes, str) or not isinstance(genes, Iterable):
+        msg = f"genes must be a list of gene names, not {type(genes).__name__} ({genes!r:.40}); e.g. genes=[{genes!r:.40}]."
+        raise TypeError(msg)
+    gene_list = [str(g) for g in genes]
+    index = pd.Index(gene_list)
+    if not gene_list or not index.is_unique:
+        dup = index[index.duplicated()].unique().tolist()[:5]
+        msg = (
+            "genes is empty."
+            if not gene_list
+            else f"genes lists some genes more than once ({dup}); remove the duplicates."
+        )
+        raise ValueError(msg)
+    if not index.isin(var_names).any():
+        msg = f"None of the {len(gene_list)} genes is in adata.var_names (e.g. {gene_list[:5]}). Check the gene names (symbols vs Ensembl IDs)."
+        raise ValueError(msg)
+    return gene_list
+
+
 @doc_params(doc_mod=doc_mod)
 def compare_scores(
     adata: Any,
@@ -121,6 +158,7 @@ def compare_scores(
     counts_layer: str | None = None,
     min_cells: int = 10,
     seed: int = 0,
+    check_counts: bool = True,
     key_added: str = "compare",
     mod: str = "rna",
 ) -> pd.DataFrame:
@@ -148,7 +186,7 @@ def compare_scores(
         Annotated data with raw counts (``counts_layer`` or ``X``) and an attribution layer from
         :func:`scsig.tl.attribute`.
     genes
-        The signature.
+        The signature: a list of gene names.
     contrast
         Column of ``adata.obs`` holding the labels to separate.
     positive
@@ -167,6 +205,9 @@ def compare_scores(
         Groups with fewer positive or negative cells than this are reported with NaN AUROC.
     seed
         Seed of :func:`scanpy.tl.score_genes`' control genes.
+    check_counts
+        Refuse a counts matrix that is not raw counts (negative, NaN/inf or non-integer values): the
+        expression scores normalize it and ``depth_rho`` reads its totals.
     key_added
         The scores are written to ``adata.obs[f"{{key_added}}_{{method}}"]``.
     {doc_mod}
@@ -196,22 +237,31 @@ def compare_scores(
     if groupby is not None and groupby not in data.obs:
         msg = f"groupby={groupby!r} is not a column of adata.obs."
         raise KeyError(msg)
+    genes = _gene_list(genes, data.var_names)
     labels = data.obs[contrast].astype(str)
-    pos_set = {positive} if isinstance(positive, str) else {str(p) for p in positive}
-    unknown = pos_set - set(labels.unique())
-    if unknown:
-        msg = f"positive label(s) {sorted(unknown)} not found in adata.obs[{contrast!r}] (labels: {sorted(labels.unique())[:10]})."
-        raise ValueError(msg)
+    pos_set = _label_set(positive, labels, "positive", contrast)
     is_pos = labels.isin(pos_set).to_numpy()
     if negative is None:
         is_neg = ~is_pos
     else:
-        neg_set = {negative} if isinstance(negative, str) else {str(n) for n in negative}
+        neg_set = _label_set(negative, labels, "negative", contrast)
+        both = sorted(pos_set & neg_set)
+        if both:
+            msg = f"Label(s) {both} of adata.obs[{contrast!r}] are both positive and negative; give each to one side."
+            raise ValueError(msg)
         is_neg = labels.isin(neg_set).to_numpy()
+    if not is_neg.any():
+        msg = (
+            f"No negative cells: every cell of adata.obs[{contrast!r}] is positive ({sorted(pos_set)}). The contrast "
+            "needs cells of another label (pass negative= or a column with at least two labels)."
+        )
+        raise ValueError(msg)
     keep = is_pos | is_neg
 
     if methods is None:
         methods = [m for m, pkg in SCORERS.items() if pkg is None or importlib.util.find_spec(pkg) is not None]
+    elif isinstance(methods, str):
+        methods = [methods]
     for m in methods:
         if m not in SCORERS:
             msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
@@ -221,7 +271,11 @@ def compare_scores(
             msg = f"method {m!r} needs the package {pkg!r}: pip install 'scsig[compare]'"
             raise ImportError(msg)
 
-    counts = get_matrix(data, counts_layer)
+    counts = to_memory(get_matrix(data, counts_layer))
+    if check_counts:
+        _check_counts(
+            counts, where="adata.X (counts_layer=None)" if counts_layer is None else f"adata.layers[{counts_layer!r}]"
+        )
     totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
     start = logg.info(f"comparing {len(methods)} scoring methods on {int(keep.sum())} cells")
     results: dict[str, np.ndarray] = {}

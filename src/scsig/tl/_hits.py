@@ -137,14 +137,25 @@ def hits(
             f"With mode='percentile', cut is a percentile in [0, 100]; got {cut:g}. For a fraction use mode='quantile'."
         )
         raise ValueError(msg)
+    if mode == "percentile" and 0 < cut <= 1:
+        share = 100 - cut if above else cut
+        warnings.warn(
+            f"cut={cut:g} with mode='percentile' is the {cut:g}th percentile, so about {share:.4g} % of cells are "
+            f"hits. If you meant the fraction {cut:g}, pass mode='quantile' (or cut={100 * cut:g}).",
+            UserWarning,
+            stacklevel=2,
+        )
     if mode == "quantile" and not 0 <= cut <= 1:
         msg = f"With mode='quantile', cut is a quantile in [0, 1]; got {cut:g}. For percentiles use mode='percentile'."
         raise ValueError(msg)
 
-    _, data_ro = resolve_adata(adata, mod=mod)
+    _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
     if key not in data_ro.obs.columns:
         msg = f"Score column {key!r} not in adata.obs. Run sg.tl.score first or pass key= one of {list(data_ro.obs.columns)[:10]}."
         raise KeyError(msg)
+    if data_ro.n_obs == 0:
+        msg = "adata has no cells; select at least one cell before calling hits."
+        raise ValueError(msg)
     scores = pd.to_numeric(data_ro.obs[key], errors="coerce").to_numpy(dtype=np.float64)
     if np.isnan(scores).all():
         msg = f"adata.obs[{key!r}] holds no numeric scores."
@@ -154,6 +165,9 @@ def hits(
         raise KeyError(msg)
 
     key_added = key_added or f"{key}_hit"
+    if key_added == key:
+        msg = f"key_added={key_added!r} would overwrite the scores it is computed from; choose another name."
+        raise ValueError(msg)
     start = logg.info(f"calling hits on {key!r} ({mode}, cut={cut:g}, {'above' if above else 'below'})")
     is_hit = np.zeros(scores.size, dtype=bool)
     thresholds: dict[str, float] = {}

@@ -29,6 +29,14 @@ def attribution_layer(adata: AnnData, layer: str | None) -> str:
         if layer not in adata.layers:
             msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Run sg.tl.attribute first."
             raise KeyError(msg)
+        if layer not in adata.uns.get(UNS_KEY, {}).get("layers", {}):
+            warnings.warn(
+                f"Layer {layer!r} has no record in adata.uns['scsig']['layers'], so it was not written by "
+                "sg.tl.attribute (or its record was dropped); its values are used as attributions as they are. "
+                "If it holds counts or expression, run sg.tl.attribute and pass the layer it writes.",
+                UserWarning,
+                stacklevel=3,
+            )
         return layer
     recorded = [k for k in adata.uns.get(UNS_KEY, {}).get("layers", {}) if k in adata.layers]
     if len(recorded) == 1:
@@ -50,6 +58,13 @@ def _as_gene_list(genes: Any, *, name: str) -> tuple[list[str], np.ndarray | Non
             msg = f"Signature {name!r}: a dict must map gene -> numeric weight."
             raise TypeError(msg)
         return [str(g) for g in genes], np.asarray(list(genes.values()), dtype=np.float64)
+    if (
+        isinstance(genes, pd.Series)
+        and pd.api.types.is_numeric_dtype(genes.dtype)
+        and not pd.api.types.is_bool_dtype(genes.dtype)
+        and not pd.api.types.is_integer_dtype(genes.index.dtype)
+    ):  # weights indexed by gene, e.g. a column of a gene x signature table
+        return [str(g) for g in genes.index], genes.to_numpy(dtype=np.float64)
     if isinstance(genes, str) or not isinstance(genes, Sequence | np.ndarray | pd.Index | pd.Series):
         msg = f"Signature {name!r}: pass a list of genes, a dict gene -> weight, or a dict name -> list of genes."
         raise TypeError(msg)
@@ -162,8 +177,8 @@ def score(
     ----------
     {doc_adata}
     genes
-        A list of genes, a dict gene -> weight, or a dict name -> list (or gene -> weight dict) to
-        score several signatures at once.
+        A list of genes, a dict gene -> weight (or a numeric :class:`pandas.Series` indexed by gene),
+        or a dict name -> list (or gene -> weight dict) to score several signatures at once.
     layer
         Attribution layer; ``None`` takes the only one recorded by :func:`scsig.tl.attribute`.
     weights
@@ -199,7 +214,7 @@ def score(
         msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
         raise ValueError(msg)
     sigs, several = parse_signatures(genes, weights)
-    _, data_ro = resolve_adata(adata, mod=mod)
+    _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data_ro, layer)
     x = data_ro.layers[key]
     var_index = pd.Index(data_ro.var_names)

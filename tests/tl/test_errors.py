@@ -1,0 +1,163 @@
+"""Bad input to the tl functions: clear errors, and the user's AnnData left alone where nothing is documented."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+
+import scsig as sg
+
+GENES = ["g0", "g1", "g2", "g3", "g4"]
+METHODS = ["attribution", "score_genes"]
+
+
+@pytest.fixture
+def attributed(toy):
+    """The toy data with an IG layer, a numeric condition and a one-level column."""
+    adata, model = toy
+    sg.tl.attribute(adata, model)
+    adata.obs["num"] = np.arange(adata.n_obs) % 3
+    adata.obs["one"] = "x"
+    return adata
+
+
+@pytest.fixture
+def scored(attributed):
+    sg.tl.score(attributed, GENES)
+    return attributed
+
+
+# attribute
+
+
+@pytest.mark.parametrize("target_sum", [0, -1.0, np.nan])
+def test_attribute_rejects_nonpositive_target_sum(toy, target_sum):
+    adata, model = toy
+    with pytest.raises(ValueError, match="target_sum must be a positive number"):
+        sg.tl.attribute(adata, model, target_sum=target_sum)
+    assert "attr_ig" not in adata.layers
+
+
+def test_attribute_rejects_zero_batch_size(toy):
+    adata, model = toy
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        sg.tl.attribute(adata, model, batch_size=0)
+
+
+# score
+
+
+def test_score_numeric_series_is_gene_weights(attributed):
+    weights = {"g0": 1.0, "g1": 3.0, "g2": 0.5}
+    sg.tl.score(attributed, weights, key_added="from_dict")
+    sg.tl.score(attributed, pd.Series(weights), key_added="from_series")
+    np.testing.assert_array_equal(attributed.obs["from_series"], attributed.obs["from_dict"])
+    rec = attributed.uns["scsig"]["scores"]["from_series"]["signatures"]["signature"]
+    assert rec["genes"] == ["g0", "g1", "g2"]
+
+
+def test_score_copy_leaves_a_view_alone(attributed):
+    view = attributed[attributed.obs["group"] == "a"]
+    out = sg.tl.score(view, GENES, copy=True)
+    assert view.is_view
+    assert "score" in out.obs
+    assert "score" not in view.obs
+
+
+def test_score_warns_on_a_layer_attribute_did_not_write(attributed):
+    attributed.layers["counts"] = attributed.X.copy()
+    with pytest.warns(UserWarning, match="'counts' has no record"):
+        sg.tl.score(attributed, GENES, layer="counts")
+
+
+# hits
+
+
+def test_hits_copy_leaves_a_view_alone(scored):
+    view = scored[scored.obs["group"] == "a"]
+    sg.tl.hits(view, "score", copy=True)
+    assert view.is_view
+
+
+def test_hits_refuses_to_overwrite_its_scores(scored):
+    before = scored.obs["score"].copy()
+    with pytest.raises(ValueError, match="overwrite the scores"):
+        sg.tl.hits(scored, "score", key_added="score")
+    pd.testing.assert_series_equal(scored.obs["score"], before)
+
+
+def test_hits_warns_on_a_fraction_as_percentile(scored):
+    with pytest.warns(UserWarning, match="mode='quantile'"):
+        sg.tl.hits(scored, "score", mode="percentile", cut=0.9)
+
+
+def test_hits_no_cells(scored):
+    with pytest.raises(ValueError, match="no cells"):
+        sg.tl.hits(scored[:0].copy(), "score")
+
+
+# compare_scores
+
+
+def _compare(adata, genes=GENES, **kwargs):
+    kwargs = {"contrast": "group", "positive": "b", "methods": METHODS} | kwargs
+    return sg.tl.compare_scores(adata, genes, **kwargs)
+
+
+def test_compare_genes_as_a_string(attributed):
+    with pytest.raises(TypeError, match="list of gene names"):
+        _compare(attributed, "g0")
+
+
+def test_compare_duplicate_genes(attributed):
+    with pytest.raises(ValueError, match="more than once"):
+        _compare(attributed, ["g0", "g0", "g1"])
+
+
+def test_compare_no_gene_in_data(attributed):
+    with pytest.raises(ValueError, match="None of the 2 genes is in adata.var_names"):
+        _compare(attributed, ["G0", "G1"])
+
+
+def test_compare_numeric_positive_label(attributed):
+    table = _compare(attributed, contrast="num", positive=1)
+    assert (table["n_positive"] == int((attributed.obs["num"] == 1).sum())).all()
+
+
+def test_compare_unknown_negative_label(attributed):
+    with pytest.raises(ValueError, match=r"negative label\(s\) \['A'\] not found"):
+        _compare(attributed, negative="A")
+
+
+def test_compare_label_on_both_sides(attributed):
+    with pytest.raises(ValueError, match="both positive and negative"):
+        _compare(attributed, negative=["a", "b"])
+
+
+def test_compare_one_level_contrast(attributed):
+    with pytest.raises(ValueError, match="No negative cells"):
+        _compare(attributed, contrast="one", positive="x")
+
+
+def test_compare_one_method_as_a_string(attributed):
+    table = _compare(attributed, methods="attribution")
+    assert table["method"].unique().tolist() == ["attribution"]
+
+
+def test_compare_refuses_normalized_counts(attributed):
+    sc.pp.normalize_total(attributed)
+    sc.pp.log1p(attributed)
+    with pytest.raises(ValueError, match="not raw counts"):
+        _compare(attributed)
+
+
+def test_compare_backed(attributed, tmp_path):
+    path = tmp_path / "a.h5ad"
+    attributed.write_h5ad(path)
+    expected = _compare(attributed)
+    backed = ad.read_h5ad(path, backed="r")
+    got = _compare(backed)
+    pd.testing.assert_frame_equal(got, expected)
