@@ -216,7 +216,7 @@ def hit_fractions(
     >>> tests[["group", "reference", "pvalue"]].round(3).values.tolist()
     [['stim', 'ctrl', 0.1]]
     """
-    _, data = resolve_adata(adata, mod=mod)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
     obs = data.obs
     cols = _as_list(groupby)
     needed = [hits_key, *cols, *([sample_key] if sample_key is not None else [])]
@@ -244,6 +244,12 @@ def hit_fractions(
         raise ValueError(msg)
     levels = _levels(obs[cols[0]])
     if return_tests:
+        if len(levels) < 2:
+            msg = (
+                f"adata.obs[{cols[0]!r}] has {len(levels)} level(s) ({levels[:5]}); the tests compare its levels, "
+                "so it needs at least 2. Put the condition first in groupby."
+            )
+            raise ValueError(msg)
         if reference is None:
             reference = levels[0]
         elif reference != "rest" and reference not in levels:
