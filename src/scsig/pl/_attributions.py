@@ -183,7 +183,7 @@ def gene_attributions(
     if standard_scale not in (None, "var", "group"):
         msg = f"standard_scale must be 'var', 'group' or None, not {standard_scale!r}."
         raise ValueError(msg)
-    _, data = resolve_adata(adata, mod=mod)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data, layer)
     gene_list = _resolve_genes(data, genes, key)
     groups = group_labels(data, groupby)

@@ -163,7 +163,14 @@ def hit_fractions(
         adata = None if isinstance(data, pd.DataFrame) else data
         palette = dict(zip(color_levels, category_colors(adata, color_col, color_levels), strict=True))
     elif not isinstance(palette, dict):
-        palette = dict(zip(color_levels, list(palette), strict=False))
+        colors = [palette] if isinstance(palette, str) else list(palette)
+        if len(colors) < len(color_levels):
+            msg = (
+                f"palette has {len(colors)} colour(s) for {len(color_levels)} levels ({color_levels[:10]}); pass one "
+                "colour per level, or a dict level -> colour."
+            )
+            raise ValueError(msg)
+        palette = dict(zip(color_levels, colors, strict=False))
 
     n_hue = len(h_order) if h_order is not None else 1
     if figsize is None:

@@ -137,7 +137,7 @@ def scores(
     import seaborn as sns
 
     check_kind(kind, _KINDS)
-    _, data = resolve_adata(adata, mod=mod)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
     keys = _score_keys(data, key)
     if ax is not None and len(keys) > 1:
         msg = f"ax= takes one score, but {len(keys)} were given ({keys}); leave ax=None for one panel each."
@@ -162,7 +162,14 @@ def scores(
         cats = list(splits.cat.categories) if split is not None else group_order
         palette = dict(zip(hue_order, category_colors(data, color_key, cats), strict=True))
     elif not isinstance(palette, dict):
-        palette = dict(zip(hue_order, list(palette), strict=False))
+        colors = [palette] if isinstance(palette, str) else list(palette)
+        if len(colors) < len(hue_order):
+            msg = (
+                f"palette has {len(colors)} colour(s) for {len(hue_order)} levels ({hue_order[:10]}); pass one "
+                "colour per level, or a dict level -> colour."
+            )
+            raise ValueError(msg)
+        palette = dict(zip(hue_order, colors, strict=False))
     draw_points = (kind == "violin") if points is None else points
     dodge = split is not None
     rot = _auto_rotation(group_order) if rotation is None else rotation
