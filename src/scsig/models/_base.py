@@ -115,6 +115,9 @@ class FoundationModel:
         source: str | None = None,
         checksum: str | None = None,
     ) -> None:
+        if isinstance(gene_order, str):
+            msg = f"gene_order must be a list of gene names, not a string ({gene_order!r:.40})."
+            raise TypeError(msg)
         genes = [str(g) for g in gene_order]
         if len(set(genes)) != len(genes):
             dup = sorted({g for g in genes if genes.count(g) > 1})[:5]

@@ -13,7 +13,7 @@ from scipy import sparse
 from .. import _logging as logg
 from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params
 from .._settings import settings
-from .._utils import get_matrix, resolve_adata
+from .._utils import get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique
 
@@ -60,7 +60,7 @@ def select_genes(
     -------
     The gene names.
     """
-    counts = get_matrix(adata, layer)
+    counts = to_memory(get_matrix(adata, layer))
     names = pd.Index(adata.var_names if gene_symbols is None else adata.var[gene_symbols]).astype(str)
     detected = np.asarray((counts > 0).sum(axis=0)).ravel() >= min_cells
     if n_top_genes is None or n_top_genes >= int(detected.sum()):
@@ -352,8 +352,11 @@ def train_encoder(
         msg = f"epochs must be >= 1 and batch_size >= 2 (BatchNorm needs 2 cells), got {epochs} and {batch_size}."
         raise ValueError(msg)
 
-    _, data = resolve_adata(adata, mod=mod)
-    counts = get_matrix(data, layer)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
+    if gene_symbols is not None and gene_symbols not in data.var.columns:
+        msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(data.var.columns)})."
+        raise KeyError(msg)
+    counts = to_memory(get_matrix(data, layer))  # training reads every cell
     if check_counts:
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         _check_counts(counts, where=where)
