@@ -33,3 +33,9 @@ def test_plots_leave_a_view_alone(scored_toy):
     sg.pl.scores(view, groupby="group", show=False)
     sg.pl.gene_attributions(view, ["g0", "g1"], groupby="group", show=False)
     assert view.is_view
+
+
+def test_gene_attributions_duplicate_var_names(scored_toy):
+    scored_toy.var_names = [*scored_toy.var_names[:-1], scored_toy.var_names[0]]
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        sg.pl.gene_attributions(scored_toy, ["g1", "g2"], groupby="group", show=False)

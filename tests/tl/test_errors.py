@@ -161,3 +161,19 @@ def test_compare_backed(attributed, tmp_path):
     backed = ad.read_h5ad(path, backed="r")
     got = _compare(backed)
     pd.testing.assert_frame_equal(got, expected)
+
+
+def _duplicate_a_gene(adata):
+    adata.var_names = [*adata.var_names[:-1], adata.var_names[0]]
+
+
+def test_score_duplicate_var_names(attributed):
+    _duplicate_a_gene(attributed)
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        sg.tl.score(attributed, ["g1", "g2"])
+
+
+def test_compare_duplicate_var_names(attributed):
+    _duplicate_a_gene(attributed)
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        _compare(attributed, ["g1", "g2", "g3"])
