@@ -33,3 +33,13 @@ def test_train_backed(toy, tmp_path):
     adata.write_h5ad(path)
     model = sg.models.train_encoder(ad.read_h5ad(path, backed="r"), n_top_genes=20, epochs=1, progress=False)
     assert model.n_genes == 20
+
+
+def test_from_module_width_differs_from_gene_order():
+    with pytest.raises(ValueError, match="cannot embed cells of 3 genes"):
+        sg.models.from_module(torch.nn.Linear(2, 4), ["g0", "g1", "g2"])
+
+
+def test_from_module_output_not_one_row_per_cell():
+    with pytest.raises(ValueError, match="one embedding row per cell"):
+        sg.models.from_module(torch.nn.Flatten(0), ["g0", "g1"])

@@ -207,6 +207,9 @@ def from_module(
 ) -> FoundationModel:
     """Wrap any torch module that embeds cells into a :class:`~scsig.models.FoundationModel`.
 
+    The module is run once, in eval mode and without gradients, on two all-zero cells to check
+    that it takes ``len(gene_order)`` inputs and returns one embedding row per cell.
+
     Parameters
     ----------
     module
@@ -246,6 +249,23 @@ def from_module(
     if not callable(module):
         msg = f"module must be a torch.nn.Module, got {type(module).__name__}."
         raise TypeError(msg)
-    return FoundationModel(
+    model = FoundationModel(
         module, gene_order, preprocessing=recipe, name=name or type(module).__name__, default_target=default_target
     )
+    _check_input_width(model)
+    return model
+
+
+def _check_input_width(model: FoundationModel) -> None:
+    """Embed two all-zero cells: the module must take ``len(gene_order)`` inputs and return ``(n, n_latent)``."""
+    try:
+        out = model.embed(np.zeros((2, model.n_genes), dtype=np.float32))
+    except Exception as err:
+        msg = (
+            f"The module cannot embed cells of {model.n_genes} genes (len(gene_order)): {type(err).__name__}: {err}. "
+            "gene_order must list the module's input genes, in the order of its input columns."
+        )
+        raise ValueError(msg) from err
+    if out.ndim != 2 or out.shape[0] != 2:
+        msg = f"The module must return one embedding row per cell, (n_cells, n_latent); for 2 cells it returned {tuple(out.shape)}."
+        raise ValueError(msg)
