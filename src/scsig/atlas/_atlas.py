@@ -95,6 +95,9 @@ class Atlas:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             msg = f"{root} already exists and is not an empty folder; open an existing atlas with sg.Atlas.open."
             raise FileExistsError(msg)
+        if isinstance(gene_order, str):
+            msg = f"gene_order must be a list of gene names (e.g. model.gene_order), not a string ({gene_order!r:.40})."
+            raise TypeError(msg)
         genes = [str(g) for g in gene_order]
         if not genes:
             msg = "gene_order is empty."
@@ -608,6 +611,7 @@ class Atlas:
         results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
         _check_filter(obs_filter, [ok for _, ok in results])
         frame = _concat([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
+        _warn_no_cells(obs_filter, len(frame))
         frame.attrs[UNS_KEY] = {"aggregate": aggregate, "signatures": record}
         logg.info(f"    finished: {len(frame)} cells scored", time=start)
         return frame
@@ -657,6 +661,7 @@ class Atlas:
         _check_filter(obs_filter, [ok for *_, ok in results])
         kept = [(f, m) for f, m, _ in results if f is not None]
         obs = _concat([f for f, _ in kept], cats, columns=[DATASET_KEY])
+        _warn_no_cells(obs_filter, len(obs))
         mat = (
             sparse.vstack([m for _, m in kept], format="csr", dtype=np.float32)
             if kept
@@ -683,6 +688,16 @@ def _check_filter(obs_filter: Any, applied: list[bool]) -> None:
     if obs_filter is not None and applied and not any(applied):
         msg = f"obs_filter {obs_filter!r} names a column that no queried dataset has."
         raise KeyError(msg)
+
+
+def _warn_no_cells(obs_filter: Any, n_cells: int) -> None:
+    if obs_filter is not None and n_cells == 0:
+        warnings.warn(
+            f"obs_filter {obs_filter!r} selects no cells; check its values against atlas.obs() "
+            "(values are compared exactly, e.g. case-sensitive).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _concat(frames: list[pd.DataFrame], categories: list[str], *, columns: list[str]) -> pd.DataFrame:
