@@ -109,7 +109,7 @@ def align_genes(
         The model whose gene order to match.
     gene_symbols
         Column of ``adata.var`` holding the names the model uses (e.g. symbols when ``var_names`` are
-        Ensembl IDs). ``None`` uses ``var_names``.
+        Ensembl IDs); genes with a missing (NaN) name in it match no model gene. ``None`` uses ``var_names``.
     min_overlap
         Fewest model genes that must be found. Default: 10 % of the model's genes, at most 500
         (500 for SCimilarity's 28,231 genes).
@@ -118,6 +118,7 @@ def align_genes(
     -------
     The alignment.
     """
+    unnamed = np.zeros(adata.n_vars, dtype=bool)
     if gene_symbols is None:
         names = pd.Index(adata.var_names.astype(str))
         what = "adata.var_names"
@@ -126,13 +127,16 @@ def align_genes(
         if gene_symbols not in adata.var.columns:
             msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
             raise KeyError(msg)
-        names = pd.Index(adata.var[gene_symbols].astype(str))
+        symbols = adata.var[gene_symbols]
+        unnamed = symbols.isna().to_numpy()  # genes without a symbol match no model gene
+        names = pd.Index(symbols.astype(str))
         what = f"adata.var[{gene_symbols!r}]"
         fix = "Each gene must map to one column: drop or rename the duplicates first."
-    check_unique(names, what=what, fix=fix)
+    check_unique(names[~unnamed], what=what, fix=fix)
 
     model_index = pd.Index(model.gene_order)
     var_to_model = model_index.get_indexer(names)
+    var_to_model[unnamed] = -1
     alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64))
 
     n_model = model.n_genes

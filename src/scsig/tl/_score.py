@@ -169,7 +169,7 @@ def score(
     :math:`\sum_g w_g a_g / \sum_g w_g` and the weighted sum :math:`\sum_g w_g a_g`. With the
     default ``target_sum=1000`` a score is in attribution units per gene: a mean of 1 means the
     signature's genes carry, on average, 1/1000 of the cell's attribution each. Scores are
-    non-negative and do not depend on the order of the genes.
+    non-negative (with non-negative weights) and do not depend on the order of the genes.
 
     Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
     a warning (and recorded); duplicates, an empty signature, or one with no usable gene are errors.
