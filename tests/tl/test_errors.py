@@ -177,3 +177,11 @@ def test_compare_duplicate_var_names(attributed):
     _duplicate_a_gene(attributed)
     with pytest.raises(ValueError, match="var_names_make_unique"):
         _compare(attributed, ["g1", "g2", "g3"])
+
+
+def test_attribute_refuses_to_overwrite_its_counts(toy):
+    adata, model = toy
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.raises(ValueError, match="overwrite the counts layer"):
+        sg.tl.attribute(adata, model, layer="counts", key_added="counts")
+    assert (adata.layers["counts"] != adata.X).nnz == 0

@@ -347,6 +347,9 @@ def attribute(
     in_model = alignment.var_in_model
 
     key = key_added or f"{LAYER_PREFIX}{method}"
+    if layer is not None and key == layer:
+        msg = f"key_added={key!r} would overwrite the counts layer it reads (layer={layer!r}); choose another name."
+        raise ValueError(msg)
     chosen = pick_engine(model, method, module, engine, device=settings.device)
     if batch_size is None:
         batch_size = _default_batch_size(model, method, n_steps, chosen)
