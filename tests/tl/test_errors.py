@@ -185,3 +185,12 @@ def test_attribute_refuses_to_overwrite_its_counts(toy):
     with pytest.raises(ValueError, match="overwrite the counts layer"):
         sg.tl.attribute(adata, model, layer="counts", key_added="counts")
     assert (adata.layers["counts"] != adata.X).nnz == 0
+
+
+def test_compare_cells_without_labels(attributed):
+    attributed.obs["ct"] = pd.Categorical(np.where(np.arange(attributed.n_obs) % 2, "T", "B"))
+    attributed.obs.loc[attributed.obs_names[:4], ["group", "ct"]] = np.nan
+    table = _compare(attributed, groupby="ct", min_cells=1)
+    assert set(table["group"]) == {"all", "B", "T"}
+    pooled = table.loc[table["group"] == "all"].iloc[0]
+    assert pooled["n_negative"] == int((attributed.obs["group"] == "a").sum())

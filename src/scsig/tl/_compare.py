@@ -114,7 +114,7 @@ def _label_set(value: Any, labels: pd.Series, side: str, contrast: str) -> set[s
     """The labels of one side of the contrast as strings, each checked to occur in ``labels``."""
     values = [value] if isinstance(value, str) or not isinstance(value, Iterable) else list(value)
     out = {str(v) for v in values}
-    present = set(labels.unique())
+    present = set(labels.dropna().unique())
     unknown = out - present
     if unknown or not out:
         msg = (
@@ -198,9 +198,11 @@ def compare_scores(
     positive
         Label(s) of ``contrast`` counted as positive.
     negative
-        Label(s) counted as negative; ``None`` takes every other cell.
+        Label(s) counted as negative; ``None`` takes every other cell. Cells without a ``contrast``
+        label (NaN) are on neither side.
     groupby
-        Column of ``adata.obs`` (e.g. cell type) to report within as well as pooled.
+        Column of ``adata.obs`` (e.g. cell type) to report within as well as pooled; cells without
+        a label count in the pooled row only.
     methods
         Methods to compare; ``None`` takes every one whose package is installed.
     layer
@@ -244,11 +246,12 @@ def compare_scores(
         msg = f"groupby={groupby!r} is not a column of adata.obs."
         raise KeyError(msg)
     genes = _gene_list(genes, data.var_names)
-    labels = data.obs[contrast].astype(str)
+    unlabeled = data.obs[contrast].isna().to_numpy()  # on neither side
+    labels = data.obs[contrast].astype(str).where(~unlabeled)
     pos_set = _label_set(positive, labels, "positive", contrast)
     is_pos = labels.isin(pos_set).to_numpy()
     if negative is None:
-        is_neg = ~is_pos
+        is_neg = ~is_pos & ~unlabeled
     else:
         neg_set = _label_set(negative, labels, "negative", contrast)
         both = sorted(pos_set & neg_set)
@@ -303,7 +306,7 @@ def compare_scores(
 
     groups: list[tuple[str, np.ndarray]] = [("all", keep)]
     if groupby is not None:
-        for g in data.obs[groupby].astype(str).unique():
+        for g in data.obs[groupby].dropna().astype(str).unique():
             groups.append((g, keep & (data.obs[groupby].astype(str) == g).to_numpy()))
     level_masks = [(labels == lv).to_numpy() for lv in labels[keep].unique()]
 
