@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params, doc_plot_common
-from ._utils import category_colors, finish, new_axes
+from ._utils import category_colors, finish, new_axes, palette_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -162,15 +162,8 @@ def hit_fractions(
     if palette is None:
         adata = None if isinstance(data, pd.DataFrame) else data
         palette = dict(zip(color_levels, category_colors(adata, color_col, color_levels), strict=True))
-    elif not isinstance(palette, dict):
-        colors = [palette] if isinstance(palette, str) else list(palette)
-        if len(colors) < len(color_levels):
-            msg = (
-                f"palette has {len(colors)} colour(s) for {len(color_levels)} levels ({color_levels[:10]}); pass one "
-                "colour per level, or a dict level -> colour."
-            )
-            raise ValueError(msg)
-        palette = dict(zip(color_levels, colors, strict=False))
+    else:
+        palette = palette_for(palette, color_levels)
 
     n_hue = len(h_order) if h_order is not None else 1
     if figsize is None:

@@ -11,7 +11,7 @@ import pandas as pd
 from .._constants import SCORE_KEY
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._utils import resolve_adata
-from ._utils import category_colors, check_kind, finish, group_labels, obs_categories
+from ._utils import category_colors, check_kind, finish, group_labels, obs_categories, palette_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,15 +161,8 @@ def scores(
     if palette is None:
         cats = list(splits.cat.categories) if split is not None else group_order
         palette = dict(zip(hue_order, category_colors(data, color_key, cats), strict=True))
-    elif not isinstance(palette, dict):
-        colors = [palette] if isinstance(palette, str) else list(palette)
-        if len(colors) < len(hue_order):
-            msg = (
-                f"palette has {len(colors)} colour(s) for {len(hue_order)} levels ({hue_order[:10]}); pass one "
-                "colour per level, or a dict level -> colour."
-            )
-            raise ValueError(msg)
-        palette = dict(zip(hue_order, colors, strict=False))
+    else:
+        palette = palette_for(palette, hue_order)
     draw_points = (kind == "violin") if points is None else points
     dodge = split is not None
     rot = _auto_rotation(group_order) if rotation is None else rotation

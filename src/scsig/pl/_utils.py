@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["category_colors", "finish", "group_labels", "new_axes", "obs_categories"]
+__all__ = ["category_colors", "finish", "group_labels", "new_axes", "obs_categories", "palette_for"]
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -130,3 +130,17 @@ def as_float_array(values: Any) -> np.ndarray:
     if sparse.issparse(values):
         values = values.toarray()
     return np.asarray(values, dtype=np.float64)
+
+
+def palette_for(palette: Any, levels: list) -> dict:
+    """A user's ``palette`` (a colour, a list of colours, or a dict level -> colour) as a dict over ``levels``."""
+    if isinstance(palette, dict):
+        return palette
+    colors = [palette] if isinstance(palette, str) else list(palette)
+    if len(colors) < len(levels):
+        msg = (
+            f"palette has {len(colors)} colour(s) for {len(levels)} levels ({list(levels)[:10]}); pass one "
+            "colour per level, or a dict level -> colour."
+        )
+        raise ValueError(msg)
+    return dict(zip(levels, colors, strict=False))
