@@ -12,7 +12,7 @@ from scipy import sparse
 from .._constants import IN_MODEL_SUFFIX, UNS_KEY
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._utils import resolve_adata
-from ..pp._validate import check_unique
+from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
 from ._utils import check_kind, finish, group_labels, new_axes
 
@@ -186,11 +186,7 @@ def gene_attributions(
         raise ValueError(msg)
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data, layer)
-    check_unique(
-        data.var_names,
-        what="adata.var_names",
-        fix="Make them unique with `adata.var_names_make_unique()` so each gene names one column.",
-    )
+    check_unique_var_names(data.var_names)
     gene_list = _resolve_genes(data, genes, key)
     groups = group_labels(data, groupby)
     mean, frac = group_attribution_stats(data, gene_list, groups, key)

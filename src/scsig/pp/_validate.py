@@ -80,6 +80,15 @@ def check_unique(names: Sequence[str], *, what: str, fix: str) -> None:
         raise ValueError(msg)
 
 
+def check_unique_var_names(var_names: Sequence[str]) -> None:
+    """Raise when ``adata.var_names`` has duplicates: a gene name must name one column."""
+    check_unique(
+        var_names,
+        what="adata.var_names",
+        fix="Make them unique with `adata.var_names_make_unique()` so each gene names one column.",
+    )
+
+
 def warn_empty_cells(totals: np.ndarray, obs_names: Sequence[str], *, what: str) -> None:
     """Warn about cells whose total is zero (their attributions and scores will be 0)."""
     empty = np.flatnonzero(totals <= 0)

@@ -17,7 +17,7 @@ from .._constants import UNS_KEY
 from .._docs import doc_mod, doc_params
 from .._utils import get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
-from ..pp._validate import check_unique
+from ..pp._validate import check_unique_var_names
 from ._score import attribution_layer, score
 
 if TYPE_CHECKING:
@@ -129,11 +129,6 @@ def _gene_list(genes: Any, var_names: pd.Index) -> list[str]:
     if isinstance(genes, str) or not isinstance(genes, Iterable):
         msg = f"genes must be a list of gene names, not {type(genes).__name__} ({genes!r:.40}); e.g. genes=[{genes!r:.40}]."
         raise TypeError(msg)
-    check_unique(
-        var_names,
-        what="adata.var_names",
-        fix="Make them unique with `adata.var_names_make_unique()` so each gene names one column.",
-    )
     gene_list = [str(g) for g in genes]
     index = pd.Index(gene_list)
     if not gene_list or not index.is_unique:
@@ -245,6 +240,7 @@ def compare_scores(
     if groupby is not None and groupby not in data.obs:
         msg = f"groupby={groupby!r} is not a column of adata.obs."
         raise KeyError(msg)
+    check_unique_var_names(data.var_names)
     genes = _gene_list(genes, data.var_names)
     unlabeled = data.obs[contrast].isna().to_numpy()  # on neither side
     labels = data.obs[contrast].astype(str).where(~unlabeled)

@@ -16,7 +16,7 @@ from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._utils import resolve_adata, wrap_return
-from ..pp._validate import check_unique
+from ..pp._validate import check_unique_var_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -219,11 +219,7 @@ def score(
     key = attribution_layer(data_ro, layer)
     x = data_ro.layers[key]
     var_index = pd.Index(data_ro.var_names)
-    check_unique(
-        var_index,
-        what="adata.var_names",
-        fix="Make them unique with `adata.var_names_make_unique()` so each gene names one column.",
-    )
+    check_unique_var_names(var_index)
     in_model_col = f"{key}{IN_MODEL_SUFFIX}"
     known = data_ro.var[in_model_col].to_numpy(bool) if in_model_col in data_ro.var else np.ones(len(var_index), bool)
 
