@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import TYPE_CHECKING
 
-import pandas as pd
+from ._bundled import BUNDLED_SHA256, read_bundled
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -13,7 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["KANG_IFNB_SHA256", "kang_ifnb"]
 
 KANG_IFNB_FILE = "kang_ifnb1k.h5ad"
-KANG_IFNB_SHA256 = "ee9fef08f89395de25bd3170fc50383ba5bd02d46a5dbd919240ee4e51ee4e58"
+KANG_IFNB_SHA256 = BUNDLED_SHA256[KANG_IFNB_FILE]
 """SHA-256 of the bundled ``kang_ifnb1k.h5ad``."""
 
 
@@ -60,12 +59,4 @@ def kang_ifnb() -> AnnData:
     >>> adata.obs["stim"].value_counts().sort_index().tolist()
     [391, 441]
     """
-    import anndata as ad
-
-    source = resources.files(__package__) / "_data" / KANG_IFNB_FILE
-    with resources.as_file(source) as path:
-        adata = ad.read_h5ad(path)
-    for col in adata.obs.columns:
-        if not isinstance(adata.obs[col].dtype, pd.CategoricalDtype) and adata.obs[col].dtype == object:
-            adata.obs[col] = pd.Categorical(adata.obs[col])
-    return adata
+    return read_bundled(KANG_IFNB_FILE)
