@@ -257,7 +257,7 @@ def test_save_load_roundtrip(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_fit_conversion_learns_masked_weights_only():
+def test_fit_conversion_learns_masked_weights_only(tmp_path):
     base = _human_model()
     before = {k: v.clone() for k, v in base.encoder.state_dict().items()}
     x = sg.models.cross_species(base, species="mouse", orthologs=PAIRS)
@@ -278,6 +278,13 @@ def test_fit_conversion_learns_masked_weights_only():
     conv = (learned.conversion @ inp.T.astype(np.float64)).T.astype(np.float32)
     np.testing.assert_allclose(learned.embed(inp), base.embed(conv), rtol=1e-5, atol=1e-6)
     assert learned.describe()["cross_species"]["learned"] is True
+    assert len(pairs.attrs["loss_history"]) == 5
+    # its provenance survives an h5ad round trip
+    sg.tl.attribute(mouse, learned)
+    mouse.write_h5ad(tmp_path / "fit.h5ad")
+    fit = ad.read_h5ad(tmp_path / "fit.h5ad").uns["scsig"]["layers"]["attr_ig"]["model"]["cross_species"]["fit"]
+    assert fit["labels"] == "label"
+    assert list(fit["classes"]) == ["hi", "lo"]
     # a strong pull toward the orthology keeps the weights there
     held, pairs2 = sg.models.fit_conversion(x, mouse, labels="label", epochs=2, lr=0.05, l2=1e6)
     assert pairs2["change"].abs().max() < pairs["change"].abs().max()
@@ -334,3 +341,15 @@ def test_low_reach_warns():
     few = pd.DataFrame({"source": ["Mg0", "Mg1"], "target": ["HG0", "HG1"]})
     with pytest.warns(UserWarning, match="Only 2 of the model's 12 genes have a mouse ortholog"):
         sg.models.cross_species(base, species="mouse", orthologs=few)
+
+
+def test_ensembl_ids_need_gene_symbols():
+    base = _human_model()
+    x = sg.models.cross_species(base, species="mouse", orthologs=PAIRS)
+    mouse = _mouse_counts(x.gene_order)
+    mouse.var["symbol"] = mouse.var_names
+    mouse.var_names = [f"ENSMUSG{i:011d}" for i in range(mouse.n_vars)]
+    with pytest.raises(ValueError, match=r"look like Ensembl IDs.*gene_symbols=.*'symbol'"):
+        sg.tl.attribute(mouse, x)
+    sg.tl.attribute(mouse, x, gene_symbols="symbol")
+    assert mouse.var["attr_ig_in_model"].all()

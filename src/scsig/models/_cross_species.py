@@ -551,7 +551,9 @@ def fit_conversion(
     Returns
     -------
     The model with the learned conversion, and a DataFrame of the ortholog pairs (``source``,
-    ``target``, ``kind``, ``initial`` and learned ``weight``, ``change``) sorted by the size of the change.
+    ``target``, ``kind``, ``initial`` and learned ``weight``, ``change``) sorted by the size of the change;
+    its ``attrs["loss_history"]`` holds the mean loss of each epoch. The weights are not constrained
+    in sign. The fit's settings are recorded in the model's provenance (``describe()["cross_species"]["fit"]``).
 
     Examples
     --------
