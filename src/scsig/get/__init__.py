@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from ._hits import hit_fractions
+from ._orthologs import orthologs
 
-__all__ = ["hit_fractions"]
+__all__ = ["hit_fractions", "orthologs"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import FoundationModel, Preprocessing, from_module, gene_order_hash
+from ._cross_species import CrossSpeciesModel, cross_species, fit_conversion
 from ._load import load
+from ._orthologs import orthologs
 from ._registry import registry, save_safetensors
 from ._train import train_encoder
 
@@ -13,12 +15,16 @@ if TYPE_CHECKING:
     from ._scimilarity import SCimilarityEncoder
 
 __all__ = [
+    "CrossSpeciesModel",
     "FoundationModel",
     "Preprocessing",
     "SCimilarityEncoder",
+    "cross_species",
+    "fit_conversion",
     "from_module",
     "gene_order_hash",
     "load",
+    "orthologs",
     "registry",
     "save_safetensors",
     "train_encoder",

@@ -14,6 +14,10 @@ __all__ = ["load"]
 
 
 def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> FoundationModel:
+    if (path / "cross_species.json").is_file():
+        from ._cross_species import load_cross_species
+
+        return load_cross_species(path, name=name)
     if (path / "encoder.ckpt").is_file():
         from ._scimilarity import load_scimilarity
 
@@ -39,6 +43,8 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
           ``layer_sizes.json``, optional ``label_ints.csv``);
         - a folder written by :func:`scsig.models.save_safetensors` (``encoder.safetensors`` in
           place of ``encoder.ckpt``);
+        - a folder written by :meth:`CrossSpeciesModel.save <scsig.models.CrossSpeciesModel.save>`
+          (a cross-species model, see :func:`scsig.models.cross_species`);
         - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
           ``"pbmc-demo"``). An existing folder of the same name takes precedence.
     name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +46,7 @@ class GeneAlignment:
     model_genes: list[str]
     var_names: pd.Index
     var_to_model: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def var_in_model(self) -> np.ndarray:
@@ -89,7 +90,26 @@ class GeneAlignment:
             "n_model_genes": len(self.model_genes),
             "n_data_genes": len(self.var_names),
             "n_overlap": self.n_overlap,
+            **self.extra,
         }
+
+
+def _match_names(
+    model: FoundationModel, model_index: pd.Index, names: pd.Index, unnamed: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each data gene's position in the model's order (-1 if none) and extra report entries.
+
+    Names match exactly; a model that defines ``match_genes`` (cross-species models: symbols in any
+    case, a species check, how many of the pretrained model's genes the orthologs reach) completes the match.
+    """
+    var_to_model = model_index.get_indexer(names)
+    var_to_model[unnamed] = -1
+    extra: dict[str, Any] = {}
+    match = getattr(model, "match_genes", None)
+    if callable(match):
+        var_to_model, extra = match(names, var_to_model)
+        var_to_model[unnamed] = -1
+    return var_to_model, extra
 
 
 def align_genes(
@@ -135,9 +155,8 @@ def align_genes(
     check_unique(names[~unnamed], what=what, fix=fix)
 
     model_index = pd.Index(model.gene_order)
-    var_to_model = model_index.get_indexer(names)
-    var_to_model[unnamed] = -1
-    alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64))
+    var_to_model, extra = _match_names(model, model_index, names, unnamed)
+    alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64), extra)
 
     n_model = model.n_genes
     if min_overlap is None:
