@@ -12,8 +12,6 @@ import torch
 import scsig as sg
 from scsig.datasets._toy import randomize_batchnorm as _randomize_batchnorm
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):

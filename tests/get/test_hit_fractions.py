@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -10,7 +8,6 @@ from scipy.stats import false_discovery_control
 
 import scsig as sg
 
-MUSCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "kang_muscat_example" / "kang_muscat_example.h5ad"
 ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
 
 
@@ -142,9 +139,8 @@ def test_hits_must_be_boolean(small):
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.skipif(not MUSCAT.is_file(), reason="kang_muscat_example not available")
 def test_kang_muscat_two_donors_two_conditions():
-    adata = ad.read_h5ad(MUSCAT)
+    adata = sg.datasets.kang_muscat()
     x = adata.X.toarray().astype(float)
     logn = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
     adata.obs["isg"] = logn[:, adata.var_names.get_indexer(ISGS)].mean(axis=1)
