@@ -98,7 +98,7 @@ def test_gene_unknown_to_model_is_missing(toy):
         (["g0", "g0"], "more than once"),
         ([], "empty"),
         (["A", "B"], "None of the 2 genes"),
-        ("g0", "list of genes"),
+        (42, "pass a gene"),
     ],
 )
 def test_bad_signatures(attributed, genes, match):
@@ -151,3 +151,11 @@ def test_never_densifies(attributed, monkeypatch):
     monkeypatch.setattr(type(layer), "todense", boom)
     sg.tl.score(adata, GENES)
     assert adata.obs["score"].notna().all()
+
+
+def test_one_gene_as_a_string(attributed):
+    adata = attributed
+    sg.tl.score(adata, "g3")
+    np.testing.assert_allclose(adata.obs["score"], _layer(adata)[:, _cols(adata, ["g3"])].ravel())
+    sg.tl.score(adata, {"one": "g3", "two": ["g3", "g4"]}, key_added="multi")
+    np.testing.assert_allclose(adata.obs["multi_one"], adata.obs["score"])

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ._hits import hit_fractions
+from ._hits import hit_fractions, hit_thresholds
 
-__all__ = ["hit_fractions"]
+__all__ = ["hit_fractions", "hit_thresholds"]

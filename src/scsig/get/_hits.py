@@ -13,7 +13,7 @@ from .._utils import resolve_adata
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["hit_fractions"]
+__all__ = ["hit_fractions", "hit_thresholds"]
 
 _TEST_COLUMNS = [
     "group",
@@ -280,3 +280,64 @@ def hit_fractions(
     if not return_tests:
         return frame
     return frame, _tests(frame, cols, levels, reference, min_samples)
+
+
+def hit_thresholds(adata: Any, key: str, *, mod: str = "rna") -> pd.DataFrame:
+    """The thresholds and counts of a hit call by :func:`scsig.tl.hits`, one row per group.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`scsig.tl.hits` ran (a :class:`~mudata.MuData`:
+        modality ``mod``).
+    key
+        The hit column (``key_added`` of :func:`scsig.tl.hits`, by default ``f"{key}_hit"``).
+    mod
+        Modality of a :class:`~mudata.MuData`.
+
+    Returns
+    -------
+    A DataFrame indexed by group (``"all"`` without ``groupby``) with ``threshold`` (on the score
+    scale), ``floor`` (the lowest score of the reference cells, which is never a hit; the highest
+    with ``above=False``), ``n_reference`` (cells the threshold was set on), ``n_cells`` and
+    ``n_hits``. Files written before these records were stored as lists give ``threshold`` and
+    ``n_hits`` only.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"])
+    >>> sg.tl.hits(adata, "score", groupby="cell_type", reference={"group": "a"})
+    >>> sg.get.hit_thresholds(adata, "score_hit").columns.tolist()
+    ['threshold', 'floor', 'n_reference', 'n_cells', 'n_hits']
+    """
+    from .._uns import get_record, records
+
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
+    rec = get_record(data, "hits", key)
+    if rec is None:
+        msg = f"No hit call {key!r} recorded in adata.uns['scsig']['hits'] (recorded: {list(records(data, 'hits'))}). Run sg.tl.hits first."
+        raise KeyError(msg)
+    if isinstance(rec.get("thresholds"), dict):  # older layout: dicts keyed by group
+        groups = list(rec["thresholds"])
+        frame = pd.DataFrame(
+            {
+                "threshold": [float(rec["thresholds"][g]) for g in groups],
+                "n_hits": [int(rec.get("n_hits", {}).get(g, 0)) for g in groups],
+            },
+            index=pd.Index(groups, name="group"),
+        )
+        return frame
+    frame = pd.DataFrame(
+        {
+            "threshold": np.asarray(rec["thresholds"], dtype=np.float64),
+            "floor": np.asarray(rec["floors"], dtype=np.float64),
+            "n_reference": np.asarray(rec["n_reference"], dtype=np.int64),
+            "n_cells": np.asarray(rec["n_cells"], dtype=np.int64),
+            "n_hits": np.asarray(rec["n_hits"], dtype=np.int64),
+        },
+        index=pd.Index([str(g) for g in rec["groups"]], name="group"),
+    )
+    return frame

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._constants import IN_MODEL_SUFFIX, UNS_KEY
+from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params, doc_plot_common
+from .._uns import get_record
 from .._utils import resolve_adata
 from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
@@ -32,7 +33,7 @@ _KINDS = ("heatmap", "dotplot")
 def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> list[str]:
     """Gene list from a list, or from the genes a recorded score used (``genes`` = its ``key_added``)."""
     if isinstance(genes, str):
-        record = adata.uns.get(UNS_KEY, {}).get("scores", {}).get(genes)
+        record = get_record(adata, "scores", genes)
         if record is None:
             msg = (
                 f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .._constants import UNS_KEY
 from .._docs import doc_params, doc_plot_common
+from .._uns import get_record
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -23,11 +23,11 @@ _LABELS = {"auroc": "AUROC (contrast)", "depth_rho": "|Spearman| with total coun
 def _table(data: Any, key: str) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
-    uns = getattr(data, "uns", {}).get(UNS_KEY, {}).get("compare", {})
-    if key not in uns:
+    record = get_record(data, "compare", key)
+    if record is None:
         msg = f"No comparison {key!r} in adata.uns['scsig']['compare']. Run sg.tl.compare_scores(..., key_added={key!r}) first."
         raise KeyError(msg)
-    return pd.DataFrame({c: list(v) for c, v in uns[key]["table"].items()})
+    return pd.DataFrame({c: list(v) for c, v in record["table"].items()})
 
 
 @doc_params(doc_plot_common=doc_plot_common)
