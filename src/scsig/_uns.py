@@ -110,11 +110,12 @@ def check_key_added(data: Any, columns: list[str], *, reads: dict[str, str], sta
                 "choose another key_added."
             )
             raise ValueError(msg)
-    slashed = [c for c in columns if "/" in c]
+    slashed = [c for c in columns if "/" in c or "\\" in c or set(c) == {"."}]
     if slashed:
         warnings.warn(
-            f"adata.obs column name(s) {slashed} contain '/': write_h5ad stores them, but anndata's write_zarr "
-            "refuses '/' in column names. Pass a key_added (and signature names) without '/' to save as zarr.",
+            f"adata.obs column name(s) {slashed} contain '/' or '\\' or are only dots: anndata's write_zarr refuses "
+            "such column names (and write_h5ad will refuse '/'). Pass a key_added (and signature names) without them "
+            "to save the object.",
             UserWarning,
             stacklevel=stacklevel,
         )
