@@ -159,3 +159,12 @@ def test_one_gene_as_a_string(attributed):
     np.testing.assert_allclose(adata.obs["score"], _layer(adata)[:, _cols(adata, ["g3"])].ravel())
     sg.tl.score(adata, {"one": "g3", "two": ["g3", "g4"]}, key_added="multi")
     np.testing.assert_allclose(adata.obs["multi_one"], adata.obs["score"])
+
+
+def test_docs_say_scores_are_shares_of_a_fixed_total():
+    from pathlib import Path
+
+    assert "shares of a fixed total" in sg.tl.score.__doc__
+    assert "lowers that cell's other scores" in sg.tl.score.__doc__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "shares of that fixed 1,000 per cell" in readme

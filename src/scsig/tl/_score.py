@@ -122,6 +122,12 @@ def score(
     signature's genes carry, on average, 1/1000 of the cell's attribution each. Scores are
     non-negative (with non-negative weights) and do not depend on the order of the genes.
 
+    Scores are shares of a fixed total: every cell's attributions sum to the same 1,000, so genes
+    compete for it. A strong program in a cell (e.g. an interferon response) takes a large share
+    and thereby lowers that cell's other scores, even when the other genes' expression did not
+    change. Compare a signature's scores across cells and conditions; read a drop in one
+    signature next to a rise in another with that in mind.
+
     Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
     a warning (and recorded); duplicates, an empty signature, or one with no usable gene are errors.
 
