@@ -335,7 +335,7 @@ def hit_thresholds(adata: Any, key: str, *, mod: str = "rna") -> pd.DataFrame:
     >>> adata, model = sg.datasets.toy()
     >>> sg.tl.attribute(adata, model, progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
-    >>> sg.tl.hits(adata, "score", groupby="cell_type", reference={"group": "a"})
+    >>> sg.tl.hits(adata, "score", reference={"group": "a"})
     >>> sg.get.hit_thresholds(adata, "score_hit").columns.tolist()
     ['threshold', 'floor', 'n_reference', 'n_cells', 'n_hits']
     """

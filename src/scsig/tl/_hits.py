@@ -188,9 +188,9 @@ def hits(
     >>> int(adata.obs["score_hit"].sum())
     6
 
-    Thresholds set on control cells, per cell type, then counted in every condition:
+    Thresholds set on the cells of group ``"a"`` (say, the controls), then counted in every cell:
 
-    >>> sg.tl.hits(adata, "score", groupby="cell_type", reference={{"group": "a"}}, key_added="score_hit_ref")
+    >>> sg.tl.hits(adata, "score", reference={{"group": "a"}}, key_added="score_hit_ref")
     """
     if mode not in MODES:
         msg = f"mode must be one of {list(MODES)}, not {mode!r}."
