@@ -438,6 +438,11 @@ def attribute(
     chosen = pick_engine(model, method, module, engine, device=settings.device)
     device = torch.device(settings.device)
     module.to(device)
+    workspace = None
+    if chosen == "fast":
+        from ..attribution._fast import Workspace
+
+        workspace = Workspace()
     auto_medians: list[float] = []
     if method != "ig" and auto_steps:
         n_steps = 50  # unused by dl / ixg
@@ -446,11 +451,20 @@ def attribute(
         def _gaps(chunk: Any, steps: int) -> np.ndarray:
             x, _ = model_input(chunk, alignment, model, validate=False)
             raw, t_in, t_base = compute_batch(
-                chosen, module, model, x, method=method, n_steps=steps, device=device, sparse_output=True
+                chosen,
+                module,
+                model,
+                x,
+                method=method,
+                n_steps=steps,
+                device=device,
+                sparse_output=True,
+                workspace=workspace,
             )
             return _completeness_gap(raw, t_in, t_base)
 
-        n_steps, auto_medians = _auto_n_steps(counts, _gaps)
+        with _threads(settings.n_jobs, numba=chosen == "fast"):  # the same threads as the main loop
+            n_steps, auto_medians = _auto_n_steps(counts, _gaps)
         logg.info(f"    n_steps='auto': {n_steps} steps (median gaps {[round(m, 4) for m in auto_medians]})")
     if batch_size is None:
         batch_size = _default_batch_size(model, method, n_steps, chosen)
@@ -468,11 +482,6 @@ def attribute(
     var_idx = np.flatnonzero(in_model)
     model_to_var[alignment.var_to_model[var_idx]] = var_idx
     builder = _CSRBuilder(n_vars, _nnz_bound(counts))
-    workspace = None
-    if chosen == "fast":
-        from ..attribution._fast import Workspace
-
-        workspace = Workspace()
     totals = np.zeros(n_obs, dtype=np.float64)
     gaps = np.full(n_obs, np.nan)
     with (
