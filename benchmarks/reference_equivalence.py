@@ -34,11 +34,7 @@ def main() -> int:
     parser.add_argument("--method", default="ig")
     args = parser.parse_args()
 
-    adata = sg.datasets.kang_ifnb() if hasattr(sg.datasets, "kang_ifnb") else None
-    if adata is None:
-        import anndata as ad
-
-        adata = ad.read_h5ad(Path(__file__).resolve().parents[2] / "shared/data/kang_ifnb1k/kang_ifnb1k.h5ad")
+    adata = sg.datasets.kang_ifnb()
     adata = adata[: args.cells].copy()
     rng = np.random.default_rng(0)
     genes = [*adata.var_names[rng.permutation(adata.n_vars)[: int(adata.n_vars * 0.9)]], "NOTINDATA1", "NOTINDATA2"]

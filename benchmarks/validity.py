@@ -1,6 +1,6 @@
 """Does the attribution score find the biology and resist sequencing depth? Measured on real data.
 
-For each dataset in ../shared/data and each model (the bundled demo model, and an encoder trained here,
+For each bundled real dataset (sg.datasets.kang_ifnb, kang_muscat, pbmc3k) and each model (the bundled demo model, and an encoder trained here,
 self-supervised, on the same cells), integrated-gradient attributions are scored with
 :func:`scsig.tl.compare_scores` next to ``sc.tl.score_genes``, UCell and AUCell:
 
@@ -34,10 +34,9 @@ from scipy import sparse
 import scsig as sg
 from scsig.tl._compare import SCORERS
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ISG = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
-"""Interferon-stimulated genes (the 12-gene check listed in ../shared/data/README.md)."""
+"""Interferon-stimulated genes (a common 12-gene interferon check)."""
 
 MARKERS = {
     "B": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1", "CD22", "TCL1A"],
@@ -103,11 +102,11 @@ def load_datasets() -> dict[str, tuple[ad.AnnData, dict]]:
     kang.obs["celltype"] = kang.obs["seurat_annotations"].astype(str)
     kang.obs["broad"] = kang.obs["celltype"].map(BROAD)
     out["kang_ifnb1k"] = (kang, {"contrast": "stim", "positive": "STIM", "negative": "CTRL"})
-    muscat = ad.read_h5ad(DATA / "kang_muscat_example" / "kang_muscat_example.h5ad")
+    muscat = sg.datasets.kang_muscat()
     muscat.obs["celltype"] = muscat.obs["cluster_id"].astype(str)
     muscat.obs["broad"] = muscat.obs["celltype"].map(BROAD)
     out["kang_muscat_example"] = (muscat, {"contrast": "group_id", "positive": "stim", "negative": "ctrl"})
-    pbmc = ad.read_h5ad(DATA / "pbmc3k" / "pbmc3k.h5ad")
+    pbmc = sg.datasets.pbmc3k()
     pbmc.obs["celltype"] = pbmc3k_labels(pbmc)
     pbmc.obs["broad"] = pbmc.obs["celltype"]
     out["pbmc3k"] = (pbmc, {})

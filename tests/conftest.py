@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ import torch
 import scsig as sg
 from scsig.datasets._toy import randomize_batchnorm as _randomize_batchnorm
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture(autouse=True)

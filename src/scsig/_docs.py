@@ -31,7 +31,10 @@ ax
 show
     Show the figure. ``None`` follows :attr:`scsig.settings.autoshow`; ignored when ``ax`` is given.
 save
-    Path to save the figure to (any format matplotlib knows).
+    Save the figure, as scanpy does: ``True`` writes ``{figdir}/{plot}.{format}`` and a string
+    without a folder such as ``"_ifn.png"`` writes ``{figdir}/{plot}_ifn.png`` (``figdir`` and
+    ``format``: ``scanpy.settings.figdir`` and ``file_format_figs``; ``plot`` is the function's
+    name); a path with a folder is used as it is. Missing folders are created.
 return_fig
     Return the :class:`~matplotlib.figure.Figure` instead of the Axes."""
 

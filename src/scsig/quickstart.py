@@ -101,8 +101,8 @@ def run(out: str | Path = "scsig_quickstart", *, progress: bool | None = None) -
     sc.tl.score_genes(expr, IFN_GENES, score_name="ifn_score_genes", random_state=0)
     adata.obs["ifn_score_genes"] = expr.obs["ifn_score_genes"].to_numpy()
 
-    control = adata.obs.loc[adata.obs[CONDITION] == "CTRL", "ifn"].to_numpy()
-    tl.hits(adata, "ifn", mode="value", cut=float(np.percentile(control, HIT_PERCENTILE)))
+    # hits: thresholds set on the control cells, then counted in both conditions
+    tl.hits(adata, "ifn", mode="percentile", cut=HIT_PERCENTILE, reference={CONDITION: "CTRL"})
     table = summary_table(adata)
 
     fig = pl.scores(adata, "ifn", groupby=CELL_TYPE, split=CONDITION, ylabel="IFN score (scsig)", return_fig=True)
@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"signature: {len(IFN_GENES)} interferon-stimulated genes: {', '.join(IFN_GENES)}")
     print("model: the bundled 'pbmc-demo' encoder; attributions: integrated gradients (50 steps)\n")
     adata, table = run(args.out)
-    genes = adata.uns["scsig"]["scores"]["ifn"]["signatures"]["signature"]
+    from ._uns import get_record
+
+    (genes,) = get_record(adata, "scores", "ifn")["signatures"].values()
     if genes["missing"]:
         print(f"genes the model does not know (left out): {', '.join(genes['missing'])}")
     print("IFN score per cell type, stimulated (STIM) vs control (CTRL)")

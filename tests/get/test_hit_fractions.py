@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -10,7 +8,6 @@ from scipy.stats import false_discovery_control
 
 import scsig as sg
 
-MUSCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "kang_muscat_example" / "kang_muscat_example.h5ad"
 ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
 
 
@@ -50,10 +47,10 @@ def test_fractions_per_sample(small):
     small_unit = frame.set_index(["cond", "ct", "sample"]).loc[("stim", "T", "s3")]
     assert small_unit["n_cells"] == 5
     assert np.isnan(small_unit["fraction"])
-    # levels ordered by decreasing mean fraction; rows sorted by them
-    assert list(frame["cond"].cat.categories) == ["stim", "ctrl"]
-    assert list(frame["ct"].cat.categories) == ["B", "T"]  # B: mean(0.9, 0.1)=0.5 > T: mean(.1,.1,.2,.5,.6)
-    assert frame["cond"].tolist()[:3] == ["stim"] * 3
+    # levels in the obs column's order (sorted for strings, as scanpy), not by fraction; rows sorted by them
+    assert list(frame["cond"].cat.categories) == ["ctrl", "stim"]
+    assert list(frame["ct"].cat.categories) == ["B", "T"]
+    assert frame["cond"].tolist()[:4] == ["ctrl"] * 4
 
 
 def test_fractions_without_samples(small):
@@ -142,9 +139,8 @@ def test_hits_must_be_boolean(small):
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.skipif(not MUSCAT.is_file(), reason="kang_muscat_example not available")
 def test_kang_muscat_two_donors_two_conditions():
-    adata = ad.read_h5ad(MUSCAT)
+    adata = sg.datasets.kang_muscat()
     x = adata.X.toarray().astype(float)
     logn = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
     adata.obs["isg"] = logn[:, adata.var_names.get_indexer(ISGS)].mean(axis=1)
@@ -155,7 +151,8 @@ def test_kang_muscat_two_donors_two_conditions():
     assert len(frame) == 20  # 4 samples x 5 clusters
     assert set(frame["sample_id"]) == {"ctrl101", "ctrl107", "stim101", "stim107"}
     assert frame["n_cells"].sum() == adata.n_obs
-    assert list(frame["group_id"].cat.categories) == ["stim", "ctrl"]
+    assert list(frame["group_id"].cat.categories) == ["ctrl", "stim"]  # the categorical's order
+    assert list(frame["cluster_id"].cat.categories) == list(adata.obs["cluster_id"].cat.categories)
     wide = frame.pivot_table(index="cluster_id", columns="group_id", values="fraction", aggfunc="min", observed=True)
     high = frame.pivot_table(index="cluster_id", columns="group_id", values="fraction", aggfunc="max", observed=True)
     assert (wide["stim"] > high["ctrl"]).all()  # every stim sample above every ctrl sample, in every cell type
@@ -187,3 +184,46 @@ def test_exact_p_matches_scipy_permutation_with_ties():
     a, b = rng.random(30), rng.random(30) + 0.3
     ref = stats.mannwhitneyu(a, b, method="asymptotic")
     assert _mwu(a, b) == pytest.approx((ref.statistic, ref.pvalue))
+
+
+def test_muscat_donor_in_both_conditions_is_refused():
+    adata = sg.datasets.kang_muscat()
+    adata.obs["donor"] = adata.obs["sample_id"].astype(str).str[-3:]  # 101, 107: each in ctrl and stim
+    adata.obs["hit"] = np.arange(adata.n_obs) % 3 == 0
+    with pytest.raises(ValueError, match=r"Samples \['101', '107'\] of 'donor' have cells in several levels"):
+        sg.get.hit_fractions(adata, "hit", groupby="group_id", sample_key="donor", return_tests=True)
+    frame = sg.get.hit_fractions(adata, "hit", groupby="group_id", sample_key="donor")  # fractions alone are fine
+    assert len(frame) == 4
+
+
+@pytest.mark.parametrize("name", ["fraction", "n_cells", "n_hits"])
+def test_groupby_named_like_an_output_column(small, name):
+    small.obs[name] = small.obs["cond"]
+    with pytest.raises(ValueError, match=f"\\['{name}'\\] of adata.obs have the name of an output column"):
+        sg.get.hit_fractions(small, "hit", groupby=name)
+
+
+@pytest.mark.parametrize("name", ["group", "pvalue", "reference"])
+def test_stratum_named_like_a_test_column(small, name):
+    small.obs[name] = small.obs["ct"]
+    frame = sg.get.hit_fractions(small, "hit", groupby=["cond", name], sample_key="sample", min_cells=1)
+    assert list(frame.columns) == ["cond", name, "sample", "n_cells", "n_hits", "fraction"]
+    with pytest.raises(ValueError, match="name of an output column"):
+        sg.get.hit_fractions(small, "hit", groupby=["cond", name], sample_key="sample", return_tests=True)
+
+
+def test_obs_columns_with_private_looking_names(small):
+    small.obs["_hit"] = small.obs["cond"]
+    small.obs["k0"] = small.obs["ct"]
+    frame = sg.get.hit_fractions(small, "hit", groupby=["_hit", "k0"], min_cells=1)
+    assert list(frame.columns) == ["_hit", "k0", "n_cells", "n_hits", "fraction"]
+    assert frame["n_hits"].sum() == small.obs["hit"].sum()
+
+
+def test_category_order_follows_the_categorical(small):
+    small.obs["cond"] = pd.Categorical(small.obs["cond"], categories=["stim", "ctrl"])
+    small.obs["ct"] = pd.Categorical(small.obs["ct"], categories=["T", "B"])
+    frame = sg.get.hit_fractions(small, "hit", groupby=["cond", "ct"], min_cells=1)
+    assert list(frame["cond"].cat.categories) == ["stim", "ctrl"]
+    assert list(frame["ct"].cat.categories) == ["T", "B"]
+    assert frame[["cond", "ct"]].astype(str).agg("/".join, axis=1).tolist() == ["stim/T", "stim/B", "ctrl/T", "ctrl/B"]

@@ -107,9 +107,11 @@ def _compare(adata, genes=GENES, **kwargs):
     return sg.tl.compare_scores(adata, genes, **kwargs)
 
 
-def test_compare_genes_as_a_string(attributed):
-    with pytest.raises(TypeError, match="list of gene names"):
-        _compare(attributed, "g0")
+def test_compare_one_gene_as_a_string(attributed):
+    one = _compare(attributed, "g0")
+    assert (one["method"] == "attribution").any()
+    with pytest.raises(TypeError, match="one signature"):
+        _compare(attributed, {"a": ["g0"], "b": ["g1"]})
 
 
 def test_compare_duplicate_genes(attributed):
@@ -118,7 +120,7 @@ def test_compare_duplicate_genes(attributed):
 
 
 def test_compare_no_gene_in_data(attributed):
-    with pytest.raises(ValueError, match="None of the 2 genes is in adata.var_names"):
+    with pytest.raises(ValueError, match="None of the 2 genes of the signature is in adata.var_names"):
         _compare(attributed, ["G0", "G1"])
 
 

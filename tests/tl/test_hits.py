@@ -31,7 +31,10 @@ def test_percentile_default_top_ten_percent(scored):
     assert rec["cut"] == 90.0
     assert rec["above"] is True
     assert rec["groupby"] == "none"
-    assert rec["thresholds"]["all"] == pytest.approx(np.percentile(s, 90))
+    assert rec["reference"] == "all cells"
+    table = sg.get.hit_thresholds(scored, "score_hit")
+    assert table.loc["all", "threshold"] == pytest.approx(np.percentile(s, 90))
+    assert table.loc["all", "floor"] == s.min()
     assert rec["n_hits_total"] == 20
 
 
@@ -76,11 +79,12 @@ def test_groupby_thresholds_within_groups(scored):
     assert hit[scored.obs["group"] == "a"].sum() == 10
     assert hit[scored.obs["group"] == "b"].sum() == 10
     rec = scored.uns["scsig"]["hits"]["score_hit"]
-    assert set(rec["thresholds"]) == {"a", "b"}
-    assert rec["n_hits"] == {"a": 10, "b": 10}
+    assert list(rec["groups"]) == ["a", "b"]
+    table = sg.get.hit_thresholds(scored, "score_hit")
+    assert table["n_hits"].tolist() == [10, 10]
     for g in ("a", "b"):
         s = scored.obs.loc[scored.obs["group"] == g, "score"]
-        assert rec["thresholds"][g] == pytest.approx(np.percentile(s, 90))
+        assert table.loc[g, "threshold"] == pytest.approx(np.percentile(s, 90))
     sg.tl.hits(scored, "score", cut=90, key_added="overall")
     assert scored.obs.loc[scored.obs["group"] == "a", "overall"].sum() == 0
 
@@ -89,11 +93,11 @@ def test_nan_scores_and_missing_groups_are_not_hits(scored):
     scored.obs.loc["c0", "score"] = np.nan
     scored.obs["group"] = scored.obs["group"].astype(object)
     scored.obs.loc["c1", "group"] = None
-    with pytest.warns(UserWarning, match="no 'group' label"):
+    with pytest.warns(UserWarning, match="no 'group' label"), pytest.warns(UserWarning, match="ties with the lowest"):
         sg.tl.hits(scored, "score", cut=0, groupby="group")
     assert not scored.obs.loc["c0", "score_hit"]
     assert not scored.obs.loc["c1", "score_hit"]
-    assert scored.obs["score_hit"].sum() == 198
+    assert scored.obs["score_hit"].sum() == 196  # each group's lowest score is not a hit
 
 
 def test_constant_group_has_no_zscore_hits():
@@ -112,9 +116,7 @@ def test_copy_leaves_input_and_h5ad_roundtrip(scored, tmp_path):
     out.write_h5ad(tmp_path / "x.h5ad")
     back = ad.read_h5ad(tmp_path / "x.h5ad")
     assert back.obs["score_hit"].dtype == bool
-    assert back.uns["scsig"]["hits"]["score_hit"]["thresholds"]["all"] == pytest.approx(
-        out.uns["scsig"]["hits"]["score_hit"]["thresholds"]["all"]
-    )
+    pd.testing.assert_frame_equal(sg.get.hit_thresholds(back, "score_hit"), sg.get.hit_thresholds(out, "score_hit"))
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_gene_unknown_to_model_is_missing(toy):
         (["g0", "g0"], "more than once"),
         ([], "empty"),
         (["A", "B"], "None of the 2 genes"),
-        ("g0", "list of genes"),
+        (42, "pass a gene"),
     ],
 )
 def test_bad_signatures(attributed, genes, match):
@@ -151,3 +151,49 @@ def test_never_densifies(attributed, monkeypatch):
     monkeypatch.setattr(type(layer), "todense", boom)
     sg.tl.score(adata, GENES)
     assert adata.obs["score"].notna().all()
+
+
+def test_one_gene_as_a_string(attributed):
+    adata = attributed
+    sg.tl.score(adata, "g3")
+    np.testing.assert_allclose(adata.obs["score"], _layer(adata)[:, _cols(adata, ["g3"])].ravel())
+    sg.tl.score(adata, {"one": "g3", "two": ["g3", "g4"]}, key_added="multi")
+    np.testing.assert_allclose(adata.obs["multi_one"], adata.obs["score"])
+
+
+def test_docs_say_scores_are_shares_of_a_fixed_total():
+    from pathlib import Path
+
+    assert "shares of a fixed total" in sg.tl.score.__doc__
+    assert "lowers that cell's other scores" in sg.tl.score.__doc__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "shares of that fixed 1,000 per cell" in readme
+
+
+def test_key_added_warns_before_replacing_a_column_scsig_did_not_write(attributed):
+    import warnings
+
+    adata = attributed
+    adata.obs["cell_type"] = "T"
+    with pytest.warns(UserWarning, match=r"\['cell_type'\] exist and were not written by scsig"):
+        sg.tl.score(adata, ["g0"], key_added="cell_type")
+    adata.obs["mine_a"] = 1.0
+    with pytest.warns(UserWarning, match=r"\['mine_a'\] exist"):
+        sg.tl.score(adata, {"a": ["g0"], "b": ["g1"]}, key_added="mine")
+    with warnings.catch_warnings():  # scsig's own columns are replaced silently
+        warnings.filterwarnings("error", message=".*not written by scsig")
+        sg.tl.score(adata, ["g2"], key_added="cell_type")
+        sg.tl.score(adata, {"a": ["g0"], "b": ["g1"]}, key_added="mine")
+
+
+def test_compare_key_added_must_not_replace_its_inputs(attributed):
+    adata = attributed
+    adata.obs["c_attribution"] = adata.obs["group"].astype(str)
+    with pytest.raises(ValueError, match="which this call reads as contrast"):
+        sg.tl.compare_scores(
+            adata, ["g0", "g1"], contrast="c_attribution", positive="b", methods=["attribution"], key_added="c"
+        )
+    with pytest.warns(UserWarning, match=r"\['c_attribution'\] exist and were not written by scsig"):
+        sg.tl.compare_scores(
+            adata, ["g0", "g1"], contrast="group", positive="b", methods=["attribution"], key_added="c"
+        )

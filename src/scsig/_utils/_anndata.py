@@ -18,7 +18,8 @@ def _is_mudata(obj: Any) -> bool:
 def resolve_adata(data: Any, *, mod: str = "rna", copy: bool = False, read_only: bool = False) -> tuple[Any, AnnData]:
     """Return ``(container, adata)``: what the caller gets back, and the AnnData to work on.
 
-    With a MuData, ``adata`` is its modality ``mod``; with ``copy=True`` the whole container is copied.
+    With a MuData, ``adata`` is its modality ``mod``; with ``copy=True`` the whole container is copied
+    (a backed AnnData into memory).
     A view is made an actual AnnData (as anndata does on the first write) unless ``read_only``: callers
     that only read must leave the user's view as it is.
     """
@@ -31,11 +32,14 @@ def resolve_adata(data: Any, *, mod: str = "rna", copy: bool = False, read_only:
     if not isinstance(data, AnnData):
         msg = f"Expected an AnnData or MuData, got {type(data).__name__}."
         raise TypeError(msg)
+    backed = data.isbacked
     if copy:
-        data = data.copy()
+        # anndata cannot copy a backed object without a new file; the copy is in memory
+        data = data.to_memory() if backed else data.copy()
     elif data.is_view and not read_only:
-        # writing into a view makes anndata copy it behind the user's back; do it explicitly
-        data._init_as_actual(data.copy())
+        # writing into a view makes anndata copy it behind the user's back; do it explicitly (a view of a
+        # backed object is loaded into memory: anndata cannot copy it otherwise)
+        data._init_as_actual(data.to_memory() if backed else data.copy())
     return data, data
 
 

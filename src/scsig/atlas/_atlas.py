@@ -16,9 +16,9 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._settings import settings
+from .._signature import resolve_signatures
 from .._utils import get_matrix
 from ..models import gene_order_hash
-from ..tl._score import parse_signatures
 from . import _manifest as mf
 from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
 from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
@@ -515,38 +515,23 @@ class Atlas:
     def _signature_columns(
         self, genes: Any, weights: Sequence[float] | None, aggregate: str
     ) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-        if aggregate not in ("mean", "sum"):
-            msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
-            raise ValueError(msg)
-        sigs, several = parse_signatures(genes, weights)
-        positions, coefs, record = [], [], {}
-        for name, (gl, w) in sigs.items():
-            pos = self._genes.get_indexer(pd.Index(gl, dtype=object))
-            usable = pos >= 0
-            label = f"signature {name!r}" if several else "the signature"
-            missing = [g for g, ok in zip(gl, usable, strict=True) if not ok]
-            if not usable.any():
-                msg = f"None of the {len(gl)} genes of {label} is in the atlas gene order (e.g. {gl[:5]}). Check the gene names (symbols vs Ensembl IDs)."
-                raise ValueError(msg)
-            if missing:
-                warnings.warn(
-                    f"{len(missing)} of {len(gl)} genes of {label} are not in the atlas gene order and are left out: "
-                    f"{missing[:10]}{' ...' if len(missing) > 10 else ''}",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            wv = np.ones(int(usable.sum())) if w is None else w[usable]
-            if w is not None and wv.sum() == 0:
-                msg = f"The weights of the usable genes of {label} sum to 0."
-                raise ValueError(msg)
-            positions.append(pos[usable])
-            coefs.append(wv / wv.sum() if aggregate == "mean" else wv)
-            record[name] = {"genes": [g for g, ok in zip(gl, usable, strict=True) if ok], "missing": missing}
+        sigs, several = resolve_signatures(
+            genes,
+            weights,
+            index=self._genes,
+            aggregate=aggregate,
+            where="the atlas gene order",
+            missing_text="not in the atlas gene order",
+            stacklevel=4,
+        )
+        positions = [sig.cols for sig in sigs]
+        coefs = [sig.coef for sig in sigs]
+        record = {sig.name: {"genes": sig.genes, "missing": sig.missing} for sig in sigs}
         cols = np.unique(np.concatenate(positions))
         coef = np.zeros((cols.size, len(sigs)))
         for k, (pos, c) in enumerate(zip(positions, coefs, strict=True)):
             coef[np.searchsorted(cols, pos), k] = c
-        return cols, coef, list(sigs) if several else [], record
+        return cols, coef, [sig.name for sig in sigs] if several else [], record
 
     def score(
         self,

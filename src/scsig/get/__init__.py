@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._hits import hit_fractions
+from ._hits import hit_fractions, hit_thresholds
 from ._orthologs import orthologs
 
-__all__ = ["hit_fractions", "orthologs"]
+__all__ = ["hit_fractions", "hit_thresholds", "orthologs"]

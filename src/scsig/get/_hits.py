@@ -13,7 +13,7 @@ from .._utils import resolve_adata
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["hit_fractions"]
+__all__ = ["hit_fractions", "hit_thresholds"]
 
 _TEST_COLUMNS = [
     "group",
@@ -149,7 +149,9 @@ def hit_fractions(
     With ``return_tests=True`` the levels of the *first* ``groupby`` column (the condition) are
     compared within each combination of the other columns (e.g. within each cell type): a
     two-sided Mann-Whitney U test of the per-sample fractions of each level against those of
-    ``reference``, Benjamini-Hochberg corrected over all rows of the table. The p-value is exact
+    ``reference``, Benjamini-Hochberg corrected over all rows of the table. The test needs
+    independent samples, so a ``sample_key`` whose samples have cells in several levels of the
+    first column (a donor measured in both conditions) is refused. The p-value is exact
     (all splits of the samples enumerated, ties included) when there are at most 20,000 splits
     (e.g. up to 7 + 7 samples), else from the tie-corrected normal approximation. The samples are the replicates, so this needs ``sample_key``, and each
     sample should belong to one condition (use a sample ID such as ``"sample_id"``, not a donor
@@ -186,10 +188,12 @@ def hit_fractions(
     Returns
     -------
     fractions
-        One row per unit: the ``groupby`` columns (categorical, their levels ordered by decreasing
-        mean fraction), ``sample_key`` (when given), ``n_cells``, ``n_hits`` and ``fraction``
-        (``n_hits / n_cells``, NaN below ``min_cells``). Rows are sorted by the ``groupby``
-        columns, then by sample.
+        One row per unit: the ``groupby`` columns and ``sample_key`` (when given), categorical with
+        the levels in the order of the ``adata.obs`` column (its categories, else sorted), as
+        scanpy orders groups; ``n_cells``, ``n_hits`` and ``fraction`` (``n_hits / n_cells``, NaN
+        below ``min_cells``). Rows are sorted by the ``groupby`` columns, then by sample. An
+        ``adata.obs`` column named like an output column (``n_cells``, ``n_hits``, ``fraction``,
+        and with tests ``group``, ``pvalue``, ...) is refused: rename it first.
     tests
         Only with ``return_tests=True``: one row per tested level (and combination of the other
         ``groupby`` columns, which come first): ``group``, ``reference``, ``n_samples``,
@@ -212,7 +216,7 @@ def hit_fractions(
     ...     adata, "score_hit", groupby="condition", sample_key="sample", return_tests=True
     ... )
     >>> fractions["fraction"].tolist()
-    [0.5, 0.5, 0.5, 0.1, 0.1, 0.1]
+    [0.1, 0.1, 0.1, 0.5, 0.5, 0.5]
     >>> tests[["group", "reference", "pvalue"]].round(3).values.tolist()
     [['stim', 'ctrl', 0.1]]
     """
@@ -226,6 +230,15 @@ def hit_fractions(
         raise KeyError(msg)
     if sample_key is not None and sample_key in cols:
         msg = f"sample_key={sample_key!r} is also in groupby; the samples are the units within each group."
+        raise ValueError(msg)
+    reserved = {"n_cells", "n_hits", "fraction"} | (set(_TEST_COLUMNS) if return_tests else set())
+    clash = [c for c in needed[1:] if c in reserved]
+    if clash:
+        msg = (
+            f"Column(s) {clash} of adata.obs have the name of an output column of the table "
+            f"({sorted(reserved)}); rename them first, e.g. adata.obs.rename(columns={{{clash[0]!r}: "
+            f"{clash[0] + '_'!r}}}, inplace=True)."
+        )
         raise ValueError(msg)
     hit = obs[hits_key]
     if hit.dtype != bool:
@@ -255,28 +268,102 @@ def hit_fractions(
         elif reference != "rest" and reference not in levels:
             msg = f"reference={reference!r} is not a level of {cols[0]!r} (levels: {levels})."
             raise ValueError(msg)
+        spans = obs[[sample_key, cols[0]]].dropna().groupby(sample_key, observed=True)[cols[0]].nunique()
+        shared = spans.index[spans.to_numpy() > 1].tolist()
+        if shared:
+            msg = (
+                f"Samples {shared[:5]} of {sample_key!r} have cells in several levels of {cols[0]!r}, so the two sides "
+                "of a test would share samples (e.g. a donor measured in both conditions): the Mann-Whitney test "
+                "needs independent samples. Pass a sample_key whose samples each belong to one level (e.g. a "
+                "sample ID per donor and condition), or return_tests=False and compare the donors' paired fractions "
+                "yourself."
+            )
+            raise ValueError(msg)
 
     keys = [*cols, *([sample_key] if sample_key is not None else [])]
     work = obs[keys].copy()
-    work["_hit"] = hit.astype(bool).to_numpy()
-    n_unlabeled = int(work[keys].isna().any(axis=1).sum())
+    work.columns = [f"k{i}" for i in range(len(keys))]  # private names: any obs column name is safe
+    work["hit"] = hit.astype(bool).to_numpy()
+    ks = list(work.columns[:-1])
+    n_unlabeled = int(work[ks].isna().any(axis=1).sum())
     if n_unlabeled:
         warnings.warn(
             f"{n_unlabeled} cells have a missing value in {keys} and are left out.", UserWarning, stacklevel=2
         )
-    grouped = work.dropna(subset=keys).groupby(keys, observed=True, sort=False)["_hit"]
+    grouped = work.dropna(subset=ks).groupby(ks, observed=True, sort=False)["hit"]
     frame = pd.DataFrame({"n_cells": grouped.size(), "n_hits": grouped.sum()}).reset_index()
+    frame.columns = [*keys, "n_cells", "n_hits"]
     frame["n_cells"] = frame["n_cells"].astype(np.int64)
     frame["n_hits"] = frame["n_hits"].astype(np.int64)
     frac = frame["n_hits"] / frame["n_cells"]
     frame["fraction"] = frac.where(frame["n_cells"] >= min_cells).astype(np.float64)
 
-    for col in cols:  # order each groupby column's levels by decreasing mean fraction
-        means = frame.groupby(col, observed=True, sort=False)["fraction"].mean()
-        order = means.sort_values(ascending=False, na_position="last", kind="stable").index.tolist()
-        frame[col] = pd.Categorical(frame[col], categories=order)
+    for col in keys:  # each column's levels in the obs column's own order (categories, else sorted), as scanpy
+        present = set(frame[col].tolist())
+        frame[col] = pd.Categorical(frame[col], categories=[lv for lv in _levels(obs[col]) if lv in present])
     frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
 
     if not return_tests:
         return frame
     return frame, _tests(frame, cols, levels, reference, min_samples)
+
+
+def hit_thresholds(adata: Any, key: str, *, mod: str = "rna") -> pd.DataFrame:
+    """The thresholds and counts of a hit call by :func:`scsig.tl.hits`, one row per group.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`scsig.tl.hits` ran (a :class:`~mudata.MuData`:
+        modality ``mod``).
+    key
+        The hit column (``key_added`` of :func:`scsig.tl.hits`, by default ``f"{key}_hit"``).
+    mod
+        Modality of a :class:`~mudata.MuData`.
+
+    Returns
+    -------
+    A DataFrame indexed by group (``"all"`` without ``groupby``) with ``threshold`` (on the score
+    scale), ``floor`` (the lowest score of the reference cells, which is never a hit; the highest
+    with ``above=False``), ``n_reference`` (cells the threshold was set on), ``n_cells`` and
+    ``n_hits``. Files written before these records were stored as lists give ``threshold`` and
+    ``n_hits`` only.
+
+    Examples
+    --------
+    >>> import scsig as sg
+    >>> adata, model = sg.datasets.toy()
+    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"])
+    >>> sg.tl.hits(adata, "score", reference={"group": "a"})
+    >>> sg.get.hit_thresholds(adata, "score_hit").columns.tolist()
+    ['threshold', 'floor', 'n_reference', 'n_cells', 'n_hits']
+    """
+    from .._uns import get_record, records
+
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
+    rec = get_record(data, "hits", key)
+    if rec is None:
+        msg = f"No hit call {key!r} recorded in adata.uns['scsig']['hits'] (recorded: {list(records(data, 'hits'))}). Run sg.tl.hits first."
+        raise KeyError(msg)
+    if isinstance(rec.get("thresholds"), dict):  # older layout: dicts keyed by group
+        groups = list(rec["thresholds"])
+        frame = pd.DataFrame(
+            {
+                "threshold": [float(rec["thresholds"][g]) for g in groups],
+                "n_hits": [int(rec.get("n_hits", {}).get(g, 0)) for g in groups],
+            },
+            index=pd.Index(groups, name="group"),
+        )
+        return frame
+    frame = pd.DataFrame(
+        {
+            "threshold": np.asarray(rec["thresholds"], dtype=np.float64),
+            "floor": np.asarray(rec["floors"], dtype=np.float64),
+            "n_reference": np.asarray(rec["n_reference"], dtype=np.int64),
+            "n_cells": np.asarray(rec["n_cells"], dtype=np.int64),
+            "n_hits": np.asarray(rec["n_hits"], dtype=np.int64),
+        },
+        index=pd.Index([str(g) for g in rec["groups"]], name="group"),
+    )
+    return frame

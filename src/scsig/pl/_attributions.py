@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._constants import IN_MODEL_SUFFIX, UNS_KEY
+from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params, doc_plot_common
+from .._uns import get_record
 from .._utils import resolve_adata
 from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
@@ -32,7 +34,7 @@ _KINDS = ("heatmap", "dotplot")
 def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> list[str]:
     """Gene list from a list, or from the genes a recorded score used (``genes`` = its ``key_added``)."""
     if isinstance(genes, str):
-        record = adata.uns.get(UNS_KEY, {}).get("scores", {}).get(genes)
+        record = get_record(adata, "scores", genes)
         if record is None:
             msg = (
                 f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
@@ -67,6 +69,52 @@ def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> li
             stacklevel=3,
         )
     return [g for g in gene_list if g not in set(dropped)]
+
+
+def _gene_groups(adata: AnnData, genes: Any) -> dict[str, list[str]]:
+    """``{label: genes}``: one unlabelled group for a list, the dict's groups, or a score's signatures."""
+    if isinstance(genes, Mapping):
+        if not genes:
+            msg = "genes is an empty dict; give label -> list of genes."
+            raise ValueError(msg)
+        out = {}
+        for label, gl in genes.items():
+            out[str(label)] = [gl] if isinstance(gl, str) else [str(g) for g in gl]
+        return out
+    if isinstance(genes, str):
+        record = get_record(adata, "scores", genes)
+        if record is None:
+            msg = (
+                f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
+                "(pass a list of genes, or the key_added of sg.tl.score)."
+            )
+            raise KeyError(msg)
+        return {
+            str(sig.get("name", name)): [str(g) for g in sig["genes"]] for name, sig in record["signatures"].items()
+        }
+    return {"": [str(g) for g in genes]}
+
+
+def _label_gene_groups(a: Axes, groups: dict[str, list[str]], shown: list[str], *, swap_axes: bool) -> None:
+    """A bracket and label over each group of genes (above the columns; left of the rows when swapped)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    pos = {g: i for i, g in enumerate(shown)}
+    seen: set[str] = set()
+    for label, gl in groups.items():
+        idx = [pos[g] for g in gl if g in pos and g not in seen]
+        seen.update(gl)
+        if not idx:
+            continue
+        lo, hi = min(idx) - 0.4, max(idx) + 0.4
+        if swap_axes:
+            tr = blended_transform_factory(a.transAxes, a.transData)
+            a.plot([-0.02, -0.02], [lo, hi], color="0.2", lw=0.8, transform=tr, clip_on=False)
+            a.text(-0.03, (lo + hi) / 2, label, transform=tr, ha="right", va="center", fontsize="small")
+        else:
+            tr = blended_transform_factory(a.transData, a.transAxes)
+            a.plot([lo, hi], [1.02, 1.02], color="0.2", lw=0.8, transform=tr, clip_on=False)
+            a.text((lo + hi) / 2, 1.03, label, transform=tr, ha="center", va="bottom", fontsize="small")
 
 
 def group_attribution_stats(
@@ -123,7 +171,7 @@ def gene_attributions(
     mod: str = "rna",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: bool | str | Path | None = None,
     return_fig: bool = False,
 ) -> Axes | Figure | None:
     """Show which signature genes drive the score in which groups of cells.
@@ -140,8 +188,11 @@ def gene_attributions(
     adata
         Annotated data matrix with an attribution layer from :func:`scsig.tl.attribute`.
     genes
-        Genes to show, or the ``key_added`` of a :func:`scsig.tl.score` call to show the genes that
-        score used. Genes missing from ``adata.var`` or unknown to the model are left out with a warning.
+        Genes to show; a dict label -> genes to show labelled groups of genes (as
+        :func:`scanpy.pl.dotplot`'s ``var_names``), e.g. one group per signature; or the
+        ``key_added`` of a :func:`scsig.tl.score` call to show the genes that score used (grouped by
+        signature when it scored several). Genes missing from ``adata.var`` or unknown to the model
+        are left out with a warning.
     groupby
         Column(s) of ``adata.obs`` with the groups; several columns are combined (e.g. cell type
         and condition).
@@ -187,7 +238,11 @@ def gene_attributions(
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data, layer)
     check_unique_var_names(data.var_names)
-    gene_list = _resolve_genes(data, genes, key)
+    gene_groups = _gene_groups(data, genes)
+    flat = [g for gl in gene_groups.values() for g in gl]
+    if isinstance(genes, Mapping | str):  # a gene may be in several groups: show it once
+        flat = list(dict.fromkeys(flat))
+    gene_list = _resolve_genes(data, flat, key)
     groups = group_labels(data, groupby)
     mean, frac = group_attribution_stats(data, gene_list, groups, key)
     color = _scale(mean, standard_scale)
@@ -271,4 +326,8 @@ def gene_attributions(
         cbar = fig.colorbar(mappable, ax=a, shrink=0.8, aspect=15, pad=0.03)
     cbar.set_label(label)
     cbar.outline.set_linewidth(0.4)
-    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig)
+    if len(gene_groups) > 1 or isinstance(genes, Mapping):
+        _label_gene_groups(a, gene_groups, gene_list, swap_axes=swap_axes)
+    return finish(
+        fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig, name="gene_attributions"
+    )

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .._constants import UNS_KEY
 from .._docs import doc_params, doc_plot_common
+from .._uns import get_record
+from .._utils import resolve_adata
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -20,14 +21,15 @@ __all__ = ["compare_scores"]
 _LABELS = {"auroc": "AUROC (contrast)", "depth_rho": "|Spearman| with total counts"}
 
 
-def _table(data: Any, key: str) -> pd.DataFrame:
+def _table(data: Any, key: str, mod: str = "rna") -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
-    uns = getattr(data, "uns", {}).get(UNS_KEY, {}).get("compare", {})
-    if key not in uns:
+    _, data = resolve_adata(data, mod=mod, read_only=True)
+    record = get_record(data, "compare", key)
+    if record is None:
         msg = f"No comparison {key!r} in adata.uns['scsig']['compare']. Run sg.tl.compare_scores(..., key_added={key!r}) first."
         raise KeyError(msg)
-    return pd.DataFrame({c: list(v) for c, v in uns[key]["table"].items()})
+    return pd.DataFrame({c: list(v) for c, v in record["table"].items()})
 
 
 @doc_params(doc_plot_common=doc_plot_common)
@@ -38,9 +40,10 @@ def compare_scores(
     metrics: tuple[str, ...] = ("auroc", "depth_rho"),
     palette: dict[str, str] | None = None,
     figsize: tuple[float, float] | None = None,
+    mod: str = "rna",
     ax: Axes | list[Axes] | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: bool | str | Path | None = None,
     return_fig: bool = False,
 ) -> Any:
     """Dot chart of :func:`scsig.tl.compare_scores`: one panel per metric, groups as rows, methods as colours.
@@ -58,6 +61,8 @@ def compare_scores(
         Colour per method.
     figsize
         Figure size in inches.
+    mod
+        Modality of a :class:`~mudata.MuData` (as given to :func:`scsig.tl.compare_scores`).
     {doc_plot_common}
 
     Returns
@@ -74,7 +79,7 @@ def compare_scores(
     """
     import matplotlib.pyplot as plt
 
-    table = _table(data, key)
+    table = _table(data, key, mod)
     for m in metrics:
         if m not in table:
             msg = f"metric {m!r} is not a column of the comparison (columns: {list(table.columns)})."
@@ -115,4 +120,4 @@ def compare_scores(
         a.set_ylim(len(groups) - 0.5, -0.5)
         a.grid(axis="x", color="0.9", zorder=0)
     axes[-1].legend(frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left", title="method")
-    return finish(fig, axes, ax_given=ax_given, show=show, save=save, return_fig=return_fig)
+    return finish(fig, axes, ax_given=ax_given, show=show, save=save, return_fig=return_fig, name="compare_scores")

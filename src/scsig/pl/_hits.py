@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params, doc_plot_common
-from ._utils import category_colors, finish, new_axes, palette_for
+from .._utils import resolve_adata
+from ._utils import category_colors, check_plot_kwargs, finish, new_axes, palette_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,9 +54,10 @@ def hit_fractions(
     rotation: float | None = None,
     ylabel: str | None = None,
     figsize: tuple[float, float] | None = None,
+    mod: str = "rna",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: bool | str | Path | None = None,
     return_fig: bool = False,
     **kwargs: Any,
 ) -> Axes | Figure | None:
@@ -101,6 +103,8 @@ def hit_fractions(
         Y-axis label.
     figsize
         Size of the figure, in inches.
+    mod
+        Modality of a :class:`~mudata.MuData`; only with a MuData.
     {doc_plot_common}
     **kwargs
         Passed to :func:`seaborn.boxplot`.
@@ -125,6 +129,7 @@ def hit_fractions(
     """
     import seaborn as sns
 
+    check_plot_kwargs(kwargs, "hit_fractions")
     if isinstance(data, pd.DataFrame):
         if hits_key is not None or sample_key is not None:
             msg = "hits_key= and sample_key= go with an AnnData; a DataFrame already holds the fractions."
@@ -137,12 +142,7 @@ def hit_fractions(
             msg = "Pass hits_key=, the hit column written by sg.tl.hits, together with an AnnData."
             raise ValueError(msg)
         by = [x] if hue is None or hue == x else [x, hue]
-        frame = get.hit_fractions(data, hits_key, groupby=by, sample_key=sample_key)
-        # keep the AnnData's own order of the levels (the table orders them by decreasing fraction)
-        for col in by:
-            if isinstance(data.obs[col].dtype, pd.CategoricalDtype):
-                cats = [c for c in data.obs[col].cat.categories if c in set(frame[col].astype(object))]
-                frame[col] = pd.Categorical(frame[col].astype(object), categories=cats)
+        frame = get.hit_fractions(data, hits_key, groupby=by, sample_key=sample_key, mod=mod)
     missing = [c for c in (x, y, hue) if c is not None and c not in frame.columns]
     if missing:
         msg = f"Column(s) {missing} not in the hit-fraction table (columns: {list(frame.columns)})."
@@ -160,7 +160,7 @@ def hit_fractions(
         h_order = None
         color_levels, color_col = x_order, x
     if palette is None:
-        adata = None if isinstance(data, pd.DataFrame) else data
+        adata = None if isinstance(data, pd.DataFrame) else resolve_adata(data, mod=mod, read_only=True)[1]
         palette = dict(zip(color_levels, category_colors(adata, color_col, color_levels), strict=True))
     else:
         palette = palette_for(palette, color_levels)
@@ -221,4 +221,4 @@ def hit_fractions(
         a.tick_params(axis="x", labelrotation=rot)
     if hue is not None and a.get_legend() is not None:
         sns.move_legend(a, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=hue)
-    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig)
+    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig, name="hit_fractions")

@@ -11,7 +11,7 @@ import pandas as pd
 from .._constants import SCORE_KEY
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._utils import resolve_adata
-from ._utils import category_colors, check_kind, finish, group_labels, obs_categories, palette_for
+from ._utils import category_colors, check_kind, check_plot_kwargs, finish, group_labels, obs_categories, palette_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,7 +60,7 @@ def scores(
     adata: Any,
     key: str | Sequence[str] = SCORE_KEY,
     *,
-    groupby: str | Sequence[str],
+    groupby: str | Sequence[str] | None = None,
     split: str | None = None,
     kind: Literal["violin", "box", "strip"] = "violin",
     order: Sequence[str] | None = None,
@@ -73,7 +73,7 @@ def scores(
     mod: str = "rna",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: bool | str | Path | None = None,
     return_fig: bool = False,
     **kwargs: Any,
 ) -> Axes | list[Axes] | Figure | None:
@@ -97,6 +97,7 @@ def scores(
         give one panel each.
     groupby
         Column(s) of ``adata.obs`` with the groups on the x axis; several columns are combined.
+        ``None``: one distribution of all cells.
     split
         Column of ``adata.obs`` that splits each group (hue), e.g. the condition.
     kind
@@ -137,13 +138,17 @@ def scores(
     import seaborn as sns
 
     check_kind(kind, _KINDS)
+    check_plot_kwargs(kwargs, "scores")
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     keys = _score_keys(data, key)
     if ax is not None and len(keys) > 1:
         msg = f"ax= takes one score, but {len(keys)} were given ({keys}); leave ax=None for one panel each."
         raise ValueError(msg)
 
-    groups = group_labels(data, groupby)
+    if groupby is None:  # one distribution of all cells, as sc.pl.violin without groupby
+        groups = pd.Series(pd.Categorical(["all cells"] * data.n_obs), index=data.obs_names, name="")
+    else:
+        groups = group_labels(data, groupby)
     group_order = [str(g) for g in (order if order is not None else groups.cat.categories)]
     unknown = sorted(set(group_order) - {str(c) for c in groups.cat.categories})
     if unknown:
@@ -223,5 +228,11 @@ def scores(
         if show_legend and a.get_legend() is not None:
             sns.move_legend(a, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=split)
     return finish(
-        fig, axes[0] if len(axes) == 1 else axes, ax_given=ax is not None, show=show, save=save, return_fig=return_fig
+        fig,
+        axes[0] if len(axes) == 1 else axes,
+        ax_given=ax is not None,
+        show=show,
+        save=save,
+        return_fig=return_fig,
+        name="scores",
     )

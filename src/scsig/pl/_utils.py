@@ -17,7 +17,61 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["category_colors", "finish", "group_labels", "new_axes", "obs_categories", "palette_for"]
+__all__ = [
+    "category_colors",
+    "check_plot_kwargs",
+    "finish",
+    "group_labels",
+    "new_axes",
+    "obs_categories",
+    "palette_for",
+    "save_path",
+]
+
+_SCANPY_ONLY = {
+    "use_raw": "scsig plots read adata.obs and the attribution layer, never adata.raw; drop use_raw=",
+    "gene_symbols": "pass the genes as they are in adata.var_names",
+    "log": "scores are shares of a fixed total; plot them on a linear scale",
+}
+
+
+def check_plot_kwargs(kwargs: dict[str, Any], func: str) -> None:
+    """A clear error for scanpy plotting options that do not apply here (instead of a seaborn traceback)."""
+    for key, why in _SCANPY_ONLY.items():
+        if key in kwargs:
+            msg = f"sg.pl.{func} does not take {key}= (a scanpy option that does not apply here): {why}."
+            raise TypeError(msg)
+
+
+def save_path(*, save: bool | str | Path | None, name: str) -> Path | None:
+    """Where ``save=`` writes, as in scanpy.
+
+    ``True``: ``{figdir}/{name}.{format}``; a string without a folder (``"_suffix.png"``):
+    ``{figdir}/{name}{suffix}`` (scanpy's default format appended when it has no extension); a
+    path with a folder, or a :class:`~pathlib.Path`: that path. ``figdir`` and ``format`` are
+    ``scanpy.settings.figdir`` and ``scanpy.settings.file_format_figs``. Missing folders are created.
+    """
+    if save is None or save is False:
+        return None
+    import scanpy as sc
+
+    fmt = str(sc.settings.file_format_figs).lstrip(".")
+    if save is True:
+        path = Path(sc.settings.figdir) / f"{name}.{fmt}"
+    elif isinstance(save, Path) or "/" in str(save) or "\\" in str(save):
+        path = Path(save)
+    elif isinstance(save, str):
+        suffix = (
+            save
+            if Path(save).suffix in {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".eps"}
+            else f"{save}.{fmt}"
+        )
+        path = Path(sc.settings.figdir) / f"{name}{suffix}"
+    else:
+        msg = f"save must be True, a filename suffix or a path, not {type(save).__name__}."
+        raise TypeError(msg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -36,8 +90,9 @@ def finish(
     *,
     ax_given: bool,
     show: bool | None,
-    save: str | Path | None,
+    save: bool | str | Path | None,
     return_fig: bool,
+    name: str = "scsig",
 ) -> Any:
     """Save, show and return as scanpy does.
 
@@ -45,8 +100,9 @@ def finish(
     :attr:`scsig.settings.autoshow` when ``show=None``) -> ``None``, else the Axes. Never calls
     :func:`matplotlib.pyplot.show` for a caller's ``ax``.
     """
-    if save is not None:
-        fig.savefig(Path(save), bbox_inches="tight")
+    path = save_path(save=save, name=name)
+    if path is not None:
+        fig.savefig(path, bbox_inches="tight")
     if return_fig:
         return fig
     if ax_given:

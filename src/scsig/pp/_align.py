@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ __all__ = ["GeneAlignment", "align_genes"]
 def _looks_ensembl(names: pd.Index) -> bool:
     sample = names[: min(len(names), 200)].astype(str)
     return len(sample) > 0 and float(np.mean(sample.str.match(r"^ENS[A-Z]*G\d{6,}"))) > 0.5
+
+
+LOW_OVERLAP = 0.5
+"""Below this fraction of the model's genes found in the data, aligning warns."""
 
 
 def default_min_overlap(n_model_genes: int) -> int:
@@ -176,10 +181,23 @@ def align_genes(
         elif model_ens and not data_ens:
             hint = f" The model uses Ensembl IDs but {what} do not: pass gene_symbols= a column of Ensembl IDs."
         else:
-            hint = " Check that both use the same kind of gene names (symbols vs Ensembl IDs) and species."
+            hint = (
+                " Check that both use the same kind of gene names (symbols vs Ensembl IDs) and species, and that "
+                "adata was not subset to highly variable genes: attributions need all genes (use the full counts, "
+                "e.g. layer='counts' of the object before subsetting)."
+            )
         msg = (
             f"Only {overlap} of the model's {n_model} genes are in {what} (at least {min_overlap} needed; "
             f"first data genes: {names[:3].tolist()}, first model genes: {model.gene_order[:3]}).{hint}"
         )
         raise ValueError(msg)
+    if overlap < LOW_OVERLAP * n_model:
+        warnings.warn(
+            f"The model sees only {overlap} of its {n_model} genes ({100 * overlap / n_model:.0f} %) in {what}; the "
+            "others are zeros to it, which changes its embedding and every attribution and score. Attributions need "
+            "all genes: if adata was subset (e.g. to highly variable genes), attribute the full counts instead (e.g. "
+            "layer='counts' of the object before subsetting).",
+            UserWarning,
+            stacklevel=3,
+        )
     return alignment

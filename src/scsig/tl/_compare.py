@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,12 +14,14 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _logging as logg
-from .._constants import UNS_KEY
+from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params
+from .._signature import parse_signatures, resolve_signatures
+from .._uns import check_key_added, put_record
 from .._utils import get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique_var_names
-from ._score import attribution_layer, score
+from ._score import attribution_layer, score_signature
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -126,22 +129,15 @@ def _label_set(value: Any, labels: pd.Series, side: str, contrast: str) -> set[s
 
 def _gene_list(genes: Any, var_names: pd.Index) -> list[str]:
     """The signature as a list of unique gene names, at least one of them in ``var_names``."""
-    if isinstance(genes, str) or not isinstance(genes, Iterable):
-        msg = f"genes must be a list of gene names, not {type(genes).__name__} ({genes!r:.40}); e.g. genes=[{genes!r:.40}]."
+    if isinstance(genes, Mapping) and len(genes) > 0 and not all(isinstance(v, Real) for v in genes.values()):
+        msg = "compare_scores compares one signature; pass one gene list (not a dict name -> genes)."
         raise TypeError(msg)
-    gene_list = [str(g) for g in genes]
-    index = pd.Index(gene_list)
-    if not gene_list or not index.is_unique:
-        dup = index[index.duplicated()].unique().tolist()[:5]
-        msg = (
-            "genes is empty."
-            if not gene_list
-            else f"genes lists some genes more than once ({dup}); remove the duplicates."
-        )
-        raise ValueError(msg)
-    if not index.isin(var_names).any():
-        msg = f"None of the {len(gene_list)} genes is in adata.var_names (e.g. {gene_list[:5]}). Check the gene names (symbols vs Ensembl IDs)."
-        raise ValueError(msg)
+    sigs, _ = parse_signatures(genes)
+    ((gene_list, weights),) = sigs.values()
+    if weights is not None:
+        msg = "compare_scores takes an unweighted gene list (the expression scores have no weights)."
+        raise TypeError(msg)
+    resolve_signatures(gene_list, index=var_names, where="adata.var_names", missing_text="not in adata.var_names")
     return gene_list
 
 
@@ -233,7 +229,7 @@ def compare_scores(
     >>> sorted(res["method"].unique())
     ['attribution', 'score_genes']
     """
-    _, data = resolve_adata(adata, mod=mod)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
     if contrast not in data.obs:
         msg = f"contrast={contrast!r} is not a column of adata.obs (columns: {list(data.obs.columns)})."
         raise KeyError(msg)
@@ -276,6 +272,8 @@ def compare_scores(
             msg = f"method {m!r} needs the package {pkg!r}: pip install 'scsig[compare]'"
             raise ImportError(msg)
 
+    reads = {contrast: "contrast"} | ({groupby: "groupby"} if groupby is not None else {})
+    check_key_added(data, [f"{key_added}_{m}" for m in methods], reads=reads)
     counts = to_memory(get_matrix(data, counts_layer))
     if check_counts:
         _check_counts(
@@ -287,16 +285,17 @@ def compare_scores(
     for m in methods:
         if m == "attribution":
             key = attribution_layer(data, layer)
-            tmp = AnnData(obs=pd.DataFrame(index=data.obs_names), var=data.var.copy())
-            tmp.layers[key] = data.layers[key]
-            tmp.uns[UNS_KEY] = {"layers": {key: {}}}
+            in_model = f"{key}{IN_MODEL_SUFFIX}"
+            known = data.var[in_model].to_numpy(bool) if in_model in data.var else None
             try:
-                score(tmp, list(genes), layer=key, key_added="_s")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # genes not in var were reported above
+                    (sig,), _ = resolve_signatures(genes, index=pd.Index(data.var_names), known=known)
             except ValueError as err:  # no signature gene is known to the model
                 warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=2)
                 results[m] = np.full(data.n_obs, np.nan)
                 continue
-            results[m] = tmp.obs["_s"].to_numpy(np.float64)
+            results[m] = score_signature(data.layers[key], sig)
         else:
             results[m] = _expression_scores(counts, data.obs_names, data.var_names, list(genes), m, seed=seed)
 
@@ -327,15 +326,21 @@ def compare_scores(
             rows[-len(groups)]["depth_rho"] = float(np.nanmean(within))
     table = pd.DataFrame(rows)
 
+    _, data = resolve_adata(adata, mod=mod)
     for m, values in results.items():
         data.obs[f"{key_added}_{m}"] = values
-    uns = data.uns.setdefault(UNS_KEY, {})
-    uns.setdefault("compare", {})[key_added] = {
-        "table": {c: table[c].tolist() for c in table.columns},
-        "genes": list(map(str, genes)),
-        "contrast": contrast,
-        "positive": sorted(pos_set),
-        "groupby": groupby if groupby is not None else "none",
-    }
+    put_record(
+        data,
+        "compare",
+        key_added,
+        {
+            "table": {c: table[c].tolist() for c in table.columns},
+            "genes": list(map(str, genes)),
+            "contrast": contrast,
+            "positive": sorted(pos_set),
+            "groupby": groupby if groupby is not None else "none",
+            "columns": [f"{key_added}_{m}" for m in results],
+        },
+    )
     logg.info(f"    finished: added obs['{key_added}_<method>'] for {list(results)}", time=start)
     return table

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._constants import SCORE_KEY, UNS_KEY
+from .._constants import SCORE_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
+from .._uns import check_key_added, put_record
 from .._utils import resolve_adata, wrap_return
 
 if TYPE_CHECKING:
@@ -40,6 +42,57 @@ def _threshold(values: np.ndarray, mode: str, cut: float) -> tuple[float, float,
     return float(cut), mean, std
 
 
+def _reference_mask(obs: pd.DataFrame, reference: Any) -> tuple[np.ndarray, str, list[str]]:
+    """(mask of reference cells, description for uns, obs columns read) from ``reference=``."""
+    n = len(obs)
+    if isinstance(reference, Mapping):
+        if not reference:
+            msg = "reference= is an empty dict; give {column: level}, e.g. {'condition': 'ctrl'}."
+            raise ValueError(msg)
+        mask = np.ones(n, dtype=bool)
+        parts = []
+        for col, levels in reference.items():
+            if col not in obs.columns:
+                msg = f"reference column {col!r} is not a column of adata.obs (columns: {list(obs.columns)[:10]})."
+                raise KeyError(msg)
+            wanted = [levels] if isinstance(levels, str) or not np.iterable(levels) else list(levels)
+            values = obs[col]
+            present = set(values.dropna().astype(str).unique())
+            unknown = sorted({str(v) for v in wanted} - present)
+            if unknown:
+                msg = f"reference level(s) {unknown} not found in adata.obs[{col!r}] (levels: {sorted(present)[:10]})."
+                raise ValueError(msg)
+            mask &= values.astype(str).isin({str(v) for v in wanted}).to_numpy() & values.notna().to_numpy()
+            parts.append(f"{col} in {sorted({str(v) for v in wanted})}")
+        return mask, " and ".join(parts), [str(c) for c in reference]
+    if (
+        isinstance(reference, pd.Series)
+        and not isinstance(reference.index, pd.RangeIndex)
+        and not reference.index.equals(obs.index)
+    ):
+        msg = "reference= is a Series whose index is not adata.obs_names; pass a mask aligned with the cells."
+        raise ValueError(msg)
+    mask = np.asarray(reference)
+    if mask.dtype != bool or mask.shape != (n,):
+        msg = (
+            f"reference= must be a boolean mask over the {n} cells or a dict {{column: level}}, got "
+            f"{type(reference).__name__} of dtype {getattr(mask, 'dtype', None)} and shape {getattr(mask, 'shape', None)}."
+        )
+        raise TypeError(msg)
+    return mask.copy(), f"mask of {int(mask.sum())} cells", []
+
+
+def _tie_message(ties: list[tuple[str, int, int, float]], *, above: bool) -> str:
+    end = "lowest" if above else "highest"
+    where = "; ".join(f"{g}: {k} of {n} cells at {v:g}" for g, k, n, v in ties[:5])
+    more = f" (and {len(ties) - 5} more groups)" if len(ties) > 5 else ""
+    return (
+        f"The hit threshold ties with the {end} score ({where}{more}). Cells at the {end} score (often 0: no counts "
+        "of the signature's genes) are never hits, so fewer cells are hits than the cut asks for. Use a signature of "
+        "more widely detected genes, a more extreme cut, or mode='value' with an explicit threshold."
+    )
+
+
 @doc_params(doc_adata=doc_adata, doc_copy=doc_copy, doc_mod=doc_mod)
 def hits(
     adata: Any,
@@ -49,6 +102,7 @@ def hits(
     cut: float | None = None,
     above: bool = True,
     groupby: str | None = None,
+    reference: Mapping[str, Any] | Any | None = None,
     key_added: str | None = None,
     mod: str = "rna",
     copy: bool = False,
@@ -75,11 +129,19 @@ def hits(
         the mean and population standard deviation (``ddof=0``) of the scores (of the group with
         ``groupby``): :math:`\theta = \bar s + \mathrm{cut}\,\sigma`. Default 2 (-2 below).
 
-    Percentile and quantile calls make a fixed fraction of each group hits by construction, so
-    compare hit *fractions* across conditions with thresholds set on all cells (or on a reference
-    condition) rather than within each condition. Cells with a missing (NaN) score, or a missing
+    With ``reference`` (e.g. ``{{"condition": "ctrl"}}``, or a boolean mask over the cells) the
+    threshold is set on the reference cells only (within each group with ``groupby``) and applied
+    to every cell: the usual way to call hits, defined on control cells and then counted in every
+    condition. Percentile and quantile calls without a reference make a fixed fraction of each
+    group hits by construction, so to compare hit *fractions* across conditions set the threshold
+    on a reference condition (or on all cells) rather than within each condition.
+
+    A cell whose score is at the lowest score of the cells the threshold is set on (often 0: none
+    of the signature's genes has counts) is never a hit (with ``above=False``: at the highest).
+    Scores of rare genes are mostly 0, so a percentile can fall on that minimum; the call then
+    warns how many cells tie there and what to do. Cells with a missing (NaN) score, or a missing
     ``groupby`` label, are never hits. A group whose scores are all equal has no z-score threshold
-    and no hits in ``"zscore"`` mode.
+    and no hits in ``"zscore"`` mode; a group without reference cells has no threshold and no hits.
 
     Parameters
     ----------
@@ -95,8 +157,12 @@ def hits(
         Hits are cells at or above the threshold; ``False``: at or below it.
     groupby
         Column of ``adata.obs``: set the threshold within each of its groups.
+    reference
+        Cells to set the threshold on: a dict ``{{column: level}}`` (a level or a list of levels;
+        several columns must all match) or a boolean mask over the cells. ``None``: all cells.
     key_added
-        Column to write; default ``f"{{key}}_hit"``.
+        Column to write; default ``f"{{key}}_hit"``. It must not be a column the call reads
+        (``key``, ``groupby``, ``reference``'s columns); replacing a column scsig did not write warns.
     {doc_mod}
     {doc_copy}
 
@@ -107,8 +173,10 @@ def hits(
     ``adata.obs[key_added]``
         Boolean: the cell is a hit.
     ``adata.uns["scsig"]["hits"][key_added]``
-        The parameters (``key``, ``mode``, ``cut``, ``above``, ``groupby``), the thresholds on
-        the score scale per group (``"all"`` without ``groupby``), and the numbers of hits.
+        The parameters (``key``, ``mode``, ``cut``, ``above``, ``groupby``, ``reference``) and,
+        as parallel lists over the groups (``"all"`` without ``groupby``), ``groups``,
+        ``thresholds`` (on the score scale), ``floors`` (the lowest reference score, never a hit),
+        ``n_reference``, ``n_cells`` and ``n_hits``.
 
     Examples
     --------
@@ -119,6 +187,10 @@ def hits(
     >>> sg.tl.hits(adata, "score", mode="percentile", cut=90)
     >>> int(adata.obs["score_hit"].sum())
     6
+
+    Thresholds set on the cells of group ``"a"`` (say, the controls), then counted in every cell:
+
+    >>> sg.tl.hits(adata, "score", reference={{"group": "a"}}, key_added="score_hit_ref")
     """
     if mode not in MODES:
         msg = f"mode must be one of {list(MODES)}, not {mode!r}."
@@ -168,10 +240,18 @@ def hits(
     if key_added == key:
         msg = f"key_added={key_added!r} would overwrite the scores it is computed from; choose another name."
         raise ValueError(msg)
+    if reference is None:
+        ref_mask, ref_desc, ref_cols = np.ones(scores.size, dtype=bool), "all cells", []
+    else:
+        ref_mask, ref_desc, ref_cols = _reference_mask(data_ro.obs, reference)
+        if not ref_mask.any():
+            msg = f"reference= selects no cells ({ref_desc}); the thresholds need reference cells."
+            raise ValueError(msg)
+    reads = {key: "the scores"} | ({groupby: "groupby"} if groupby is not None else {})
+    reads |= dict.fromkeys(ref_cols, "a reference column")
+    check_key_added(data_ro, [key_added], reads=reads)
     start = logg.info(f"calling hits on {key!r} ({mode}, cut={cut:g}, {'above' if above else 'below'})")
     is_hit = np.zeros(scores.size, dtype=bool)
-    thresholds: dict[str, float] = {}
-    counts: dict[str, int] = {}
     if groupby is None:
         groups = {"all": np.arange(scores.size)}
     else:
@@ -181,14 +261,33 @@ def hits(
         n_missing = int((codes.codes < 0).sum())
         if n_missing:
             warnings.warn(f"{n_missing} cells have no {groupby!r} label; they are not hits.", UserWarning, stacklevel=2)
+    table: dict[str, list] = {k: [] for k in ("groups", "thresholds", "floors", "n_reference", "n_cells", "n_hits")}
+    ties, no_reference = [], []
     for name, idx in groups.items():
         s = scores[idx]
-        theta, _, _ = _threshold(s, mode, cut)
-        thresholds[name] = theta
-        if np.isfinite(theta):
+        ref = s[ref_mask[idx] & np.isfinite(s)]
+        theta, _, _ = _threshold(ref, mode, cut)
+        floor = (ref.min() if above else ref.max()) if ref.size else np.nan
+        if ref.size == 0:
+            no_reference.append(name)
+        if np.isfinite(theta) and np.isfinite(floor):
             with np.errstate(invalid="ignore"):
-                is_hit[idx] = (s >= theta) if above else (s <= theta)
-        counts[name] = int(is_hit[idx].sum())
+                is_hit[idx] = ((s >= theta) & (s > floor)) if above else ((s <= theta) & (s < floor))
+            if (theta <= floor) if above else (theta >= floor):
+                ties.append((name, int((ref == floor).sum()), int(ref.size), float(floor)))
+        for k, v in zip(
+            table, (name, float(theta), float(floor), int(ref.size), int(idx.size), int(is_hit[idx].sum())), strict=True
+        ):
+            table[k].append(v)
+    if ties:
+        warnings.warn(_tie_message(ties, above=above), UserWarning, stacklevel=2)
+    if no_reference:
+        warnings.warn(
+            f"{len(no_reference)} group(s) of {groupby!r} have no reference cells ({no_reference[:5]}); they have no "
+            "threshold and no hits.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     container, data = resolve_adata(adata, mod=mod, copy=copy)
     data.obs[key_added] = is_hit
@@ -198,11 +297,12 @@ def hits(
         "cut": cut,
         "above": bool(above),
         "groupby": groupby if groupby is not None else "none",
-        "thresholds": {k: float(v) for k, v in thresholds.items()},
-        "n_hits": counts,
+        "reference": ref_desc,
+        "columns": [key_added],
+        **table,
         "n_hits_total": int(is_hit.sum()),
-        "n_cells": int(scores.size),
+        "n_cells_total": int(scores.size),
     }
-    data.uns.setdefault(UNS_KEY, {}).setdefault("hits", {})[key_added] = record
+    put_record(data, "hits", key_added, record)
     logg.info(f"    finished: {int(is_hit.sum())} hits; added obs[{key_added!r}]", time=start)
     return wrap_return(container, copy=copy)

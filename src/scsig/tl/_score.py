@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Mapping, Sequence
-from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -15,13 +13,17 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
+from .._signature import Signature, parse_signatures, resolve_signatures
+from .._uns import check_key_added, encode_key, put_record
 from .._utils import resolve_adata, wrap_return
 from ..pp._validate import check_unique_var_names
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from anndata import AnnData
 
-__all__ = ["attribution_layer", "parse_signatures", "score", "score_matrix"]
+__all__ = ["attribution_layer", "parse_signatures", "score", "score_matrix", "score_signature"]
 
 
 def attribution_layer(adata: AnnData, layer: str | None) -> str:
@@ -47,66 +49,6 @@ def attribution_layer(adata: AnnData, layer: str | None) -> str:
         raise KeyError(msg)
     msg = f"Several attribution layers are present ({recorded}); pass layer= one of them."
     raise ValueError(msg)
-
-
-def _is_weight_map(obj: Mapping) -> bool:
-    return len(obj) > 0 and all(isinstance(v, Real) and not isinstance(v, bool) for v in obj.values())
-
-
-def _as_gene_list(genes: Any, *, name: str) -> tuple[list[str], np.ndarray | None]:
-    if isinstance(genes, Mapping):
-        if not _is_weight_map(genes):
-            msg = f"Signature {name!r}: a dict must map gene -> numeric weight."
-            raise TypeError(msg)
-        return [str(g) for g in genes], np.asarray(list(genes.values()), dtype=np.float64)
-    if (
-        isinstance(genes, pd.Series)
-        and pd.api.types.is_numeric_dtype(genes.dtype)
-        and not pd.api.types.is_bool_dtype(genes.dtype)
-        and not pd.api.types.is_integer_dtype(genes.index.dtype)
-    ):  # weights indexed by gene, e.g. a column of a gene x signature table
-        return [str(g) for g in genes.index], genes.to_numpy(dtype=np.float64)
-    if isinstance(genes, str) or not isinstance(genes, Sequence | np.ndarray | pd.Index | pd.Series):
-        msg = f"Signature {name!r}: pass a list of genes, a dict gene -> weight, or a dict name -> list of genes."
-        raise TypeError(msg)
-    return [str(g) for g in genes], None
-
-
-def parse_signatures(
-    genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
-    weights: Sequence[float] | None = None,
-) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], bool]:
-    """Normalize the ``genes`` argument: ``({name: (genes, weights)}, several)``."""
-    several = isinstance(genes, Mapping) and len(genes) > 0 and not _is_weight_map(genes)
-    if several:
-        if weights is not None:
-            msg = "weights= goes with a single gene list; for several signatures give each a dict gene -> weight."
-            raise ValueError(msg)
-        sigs = {str(k): _as_gene_list(v, name=str(k)) for k, v in genes.items()}
-    else:
-        gl, w = _as_gene_list(genes, name="signature")
-        if weights is not None:
-            if w is not None:
-                msg = "Give weights either as a dict gene -> weight or as weights=, not both."
-                raise ValueError(msg)
-            w = np.asarray(weights, dtype=np.float64)
-            if w.shape != (len(gl),):
-                msg = f"weights has {w.size} values but the signature has {len(gl)} genes."
-                raise ValueError(msg)
-        sigs = {"signature": (gl, w)}
-    for name, (gl, w) in sigs.items():
-        if not gl:
-            msg = f"Signature {name!r} is empty."
-            raise ValueError(msg)
-        index = pd.Index(gl)
-        if not index.is_unique:
-            dup = index[index.duplicated()].unique().tolist()[:5]
-            msg = f"Signature {name!r} lists genes more than once ({dup}); remove the duplicates."
-            raise ValueError(msg)
-        if w is not None and (not np.all(np.isfinite(w)) or w.sum() == 0):
-            msg = f"Signature {name!r}: weights must be finite and must not sum to 0."
-            raise ValueError(msg)
-    return sigs, several
 
 
 @functools.cache
@@ -150,6 +92,15 @@ def score_matrix(x: np.ndarray | sparse.spmatrix, cols: np.ndarray, weights: np.
     return np.asarray(x[:, cols], dtype=np.float64) @ weights
 
 
+def score_signature(x: np.ndarray | sparse.spmatrix, sig: Signature) -> np.ndarray:
+    """The scores of one resolved signature on the attribution matrix ``x`` (cells x genes).
+
+    The one place a signature's score is computed from attributions: the coefficient-weighted sum
+    of its genes' attributions (coefficients sum to 1 for ``aggregate="mean"``).
+    """
+    return score_matrix(x, sig.cols, sig.coef)
+
+
 @doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
 def score(
     adata: Any,
@@ -170,6 +121,12 @@ def score(
     default ``target_sum=1000`` a score is in attribution units per gene: a mean of 1 means the
     signature's genes carry, on average, 1/1000 of the cell's attribution each. Scores are
     non-negative (with non-negative weights) and do not depend on the order of the genes.
+
+    Scores are shares of a fixed total: every cell's attributions sum to the same 1,000, so genes
+    compete for it. A strong program in a cell (e.g. an interferon response) takes a large share
+    and thereby lowers that cell's other scores, even when the other genes' expression did not
+    change. Compare a signature's scores across cells and conditions; read a drop in one
+    signature next to a rise in another with that in mind.
 
     Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
     a warning (and recorded); duplicates, an empty signature, or one with no usable gene are errors.
@@ -211,61 +168,34 @@ def score(
     >>> bool((adata.obs["score"] >= 0).all())
     True
     """
-    if aggregate not in ("mean", "sum"):
-        msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
-        raise ValueError(msg)
-    sigs, several = parse_signatures(genes, weights)
     _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data_ro, layer)
-    x = data_ro.layers[key]
     var_index = pd.Index(data_ro.var_names)
     check_unique_var_names(var_index)
     in_model_col = f"{key}{IN_MODEL_SUFFIX}"
-    known = data_ro.var[in_model_col].to_numpy(bool) if in_model_col in data_ro.var else np.ones(len(var_index), bool)
+    known = data_ro.var[in_model_col].to_numpy(bool) if in_model_col in data_ro.var else None
+    sigs, several = resolve_signatures(genes, weights, index=var_index, known=known, aggregate=aggregate)
+    columns = [f"{key_added}_{sig.name}" for sig in sigs] if several else [key_added]
+    check_key_added(data_ro, columns, reads={})
+    x = data_ro.layers[key]
 
     start = logg.info(f"scoring {len(sigs)} signature(s) from layer {key!r}")
-    scores: dict[str, np.ndarray] = {}
-    record: dict[str, Any] = {"layer": key, "aggregate": aggregate, "signatures": {}}
-    for name, (gl, w) in sigs.items():
-        pos = var_index.get_indexer(gl)
-        usable = (pos >= 0) & known[np.maximum(pos, 0)]
-        missing = [g for g, ok in zip(gl, usable, strict=True) if not ok]
-        label = f"signature {name!r}" if several else "the signature"
-        if not usable.any():
-            msg = (
-                f"None of the {len(gl)} genes of {label} is in adata.var_names and known to the model "
-                f"(e.g. {gl[:5]}). Check the gene names (symbols vs Ensembl IDs) and the layer."
-            )
-            raise ValueError(msg)
-        if missing:
-            warnings.warn(
-                f"{len(missing)} of {len(gl)} genes of {label} are not in adata.var or unknown to the model and are "
-                f"left out: {missing[:10]}{' ...' if len(missing) > 10 else ''}",
-                UserWarning,
-                stacklevel=2,
-            )
-        cols = pos[usable]
-        wv = np.ones(cols.size) if w is None else w[usable]
-        if w is not None and wv.sum() == 0:
-            msg = f"The weights of the usable genes of {label} sum to 0."
-            raise ValueError(msg)
-        coef = wv / wv.sum() if aggregate == "mean" else wv
-        scores[name] = score_matrix(x, cols, coef)
-        record["signatures"][name] = {
-            "genes": [g for g, ok in zip(gl, usable, strict=True) if ok],
-            "weights": wv.tolist() if w is not None else "none",
-            "missing": missing,
-        }
+    scores = {sig.name: score_signature(x, sig) for sig in sigs}
+    record: dict[str, Any] = {
+        "layer": key,
+        "aggregate": aggregate,
+        "columns": columns,
+        "signatures": {encode_key(sig.name): {**sig.record(), "name": sig.name} for sig in sigs},
+    }
 
     container, data = resolve_adata(adata, mod=mod, copy=copy)
     if several:
         frame = pd.DataFrame(scores, index=data.obs_names, dtype=np.float64)
-        for name in scores:
-            data.obs[f"{key_added}_{name}"] = frame[name].to_numpy()
+        for col, name in zip(columns, scores, strict=True):
+            data.obs[col] = frame[name].to_numpy()
         data.obsm[key_added] = frame
     else:
         data.obs[key_added] = scores["signature"]
-    uns = data.uns.setdefault(UNS_KEY, {})
-    uns.setdefault("scores", {})[key_added] = record
+    put_record(data, "scores", key_added, record)
     logg.info(f"    finished: added obs[{key_added!r}]", time=start)
     return wrap_return(container, copy=copy)

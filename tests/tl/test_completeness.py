@@ -1,0 +1,119 @@
+"""Integrated gradients' completeness gap: computed per cell as captum defines it, reported, and n_steps='auto'."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from scipy import sparse
+
+import scsig as sg
+from scsig.tl._attribute import AUTO_STEPS, GAP_TOLERANCE
+
+
+def _captum_gap(adata, model, n_steps):
+    """|captum's convergence delta| / |t(x) - t(0)| per cell, on captum's own IG of the same target."""
+    prepared = sg.pp.prepare(adata, model)
+    inputs = torch.tensor(prepared.X.toarray(), dtype=torch.float32)
+    module = sg.attribution.TargetModule(model.encoder, "self_similarity")
+    base = torch.zeros_like(inputs)
+    reference = module.reference(inputs, base)
+    _, delta = IntegratedGradients(module).attribute(
+        inputs.requires_grad_(),
+        baselines=base,
+        target=0,
+        additional_forward_args=(reference,),
+        n_steps=n_steps,
+        method="gausslegendre",
+        return_convergence_delta=True,
+    )
+    with torch.no_grad():
+        change = (module(inputs, reference) - module(base, reference))[:, 0].double().numpy()
+    return np.abs(delta.detach().double().numpy()) / np.abs(change)
+
+
+@pytest.mark.parametrize("n_steps", [5, 50])
+def test_gap_equals_captum_convergence_delta(toy, n_steps):
+    adata, model = toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sg.tl.attribute(adata, model, n_steps=n_steps, completeness_key="ig_gap", engine="captum")
+    expected = _captum_gap(adata, model, n_steps)
+    np.testing.assert_allclose(adata.obs["ig_gap"], expected, rtol=0.05, atol=2e-5)
+    summary = adata.uns["scsig"]["layers"]["attr_ig"]["completeness_gap"]
+    assert summary["median"] == pytest.approx(np.median(adata.obs["ig_gap"]))
+    assert summary["n_above_1pct"] == int((adata.obs["ig_gap"] > 0.01).sum())
+    assert summary["max"] == pytest.approx(adata.obs["ig_gap"].max())
+
+
+def test_fast_engine_gap_matches(toy):
+    adata, model = toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sg.tl.attribute(adata, model, n_steps=20, completeness_key="gap", engine="fast")
+    np.testing.assert_allclose(adata.obs["gap"], _captum_gap(adata, model, 20), rtol=0.05, atol=2e-5)
+
+
+def test_warning_names_n_steps_and_more_steps_close_the_gap(toy):
+    adata, model = toy
+    with pytest.warns(UserWarning, match=r"completeness gap .* median of .* at n_steps=5 .*Raise n_steps"):
+        sg.tl.attribute(adata, model, n_steps=5)
+    low = adata.uns["scsig"]["layers"]["attr_ig"]["completeness_gap"]["median"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sg.tl.attribute(adata, model, n_steps=800, key_added="attr_800")
+    high = adata.uns["scsig"]["layers"]["attr_800"]["completeness_gap"]["median"]
+    assert high < GAP_TOLERANCE < low
+    assert "ig_gap" not in adata.obs  # per-cell values only on request
+
+
+def test_auto_n_steps(toy):
+    adata, model = toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sg.tl.attribute(adata, model, n_steps="auto", completeness_key="gap")
+    rec = adata.uns["scsig"]["layers"]["attr_ig"]
+    chosen = rec["n_steps"]
+    medians = list(rec["auto_median_gaps"])
+    assert rec["n_steps_auto"] is True
+    assert chosen == AUTO_STEPS[len(medians) - 1]
+    assert medians[-1] <= GAP_TOLERANCE
+    assert all(m > GAP_TOLERANCE for m in medians[:-1])
+    assert chosen > AUTO_STEPS[0]  # the toy model needs more than 20 steps
+    assert rec["completeness_gap"]["median"] <= 2 * GAP_TOLERANCE
+    again = sg.tl.attribute(adata, model, n_steps=chosen, key_added="fixed", copy=True)
+    np.testing.assert_allclose(again.layers["fixed"].toarray(), adata.layers["attr_ig"].toarray(), rtol=1e-5)
+
+
+def test_bad_completeness_options(toy):
+    adata, model = toy
+    with pytest.raises(ValueError, match="needs method='ig'"):
+        sg.tl.attribute(adata, model, method="ixg", target="embedding_distance", completeness_key="gap")
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        sg.tl.attribute(adata, model, n_steps="many")
+
+
+def test_negative_input_refused_even_without_check_counts(toy):
+    adata, model = toy
+    x = adata.X.toarray().astype(np.float32)
+    x[0, 0] = -1.0
+    view = ad.AnnData(sparse.csr_matrix(x), obs=adata.obs, var=adata.var)[:30]
+    with pytest.raises(ValueError, match="negative values"):
+        sg.tl.attribute(view, model, check_counts=False)
+    assert view.is_view  # a failing call leaves the view a view
+    assert "attr_ig" not in view.layers
+
+
+def test_non_integer_allowed_with_check_counts_false(toy):
+    adata, model = toy
+    adata.X = adata.X.astype(np.float32) * 1.5
+    with pytest.raises(ValueError, match="non-integer"):
+        sg.tl.attribute(adata, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sg.tl.attribute(adata, model, check_counts=False)
+    assert "attr_ig" in adata.layers
