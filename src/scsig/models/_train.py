@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _logging as logg
-from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params
+from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
@@ -220,7 +220,7 @@ def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch
             norm.running_var.copy_(var.to(norm.running_var.dtype))
 
 
-@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod)
+@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_progress=doc_progress)
 def train_encoder(
     adata: Any,
     *,
@@ -315,8 +315,7 @@ def train_encoder(
         Name of the returned model (recorded in provenance).
     check_counts
         Refuse input that is not raw counts.
-    progress
-        Show a progress bar over epochs; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
     {doc_mod}
 
     Returns

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, LAYER_PREFIX, METHODS, UNS_KEY
-from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params
+from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, wrap_return
 from ..pp._align import align_genes
@@ -196,7 +196,13 @@ def _check_degenerate(raw_mass: np.ndarray, delta: np.ndarray, method: str, targ
     )
 
 
-@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_copy=doc_copy)
+@doc_params(
+    doc_adata=doc_adata,
+    doc_layer_counts=doc_layer_counts,
+    doc_mod=doc_mod,
+    doc_copy=doc_copy,
+    doc_progress=doc_progress,
+)
 def attribute(
     adata: Any,
     model: FoundationModel | str,
@@ -272,8 +278,7 @@ def attribute(
         write them anyway.
     key_added
         Layer to write; default ``f"attr_{{method}}"``.
-    progress
-        Show a progress bar; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
     {doc_mod}
     {doc_copy}
 
