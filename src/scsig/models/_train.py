@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +13,12 @@ from .. import _logging as logg
 from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, to_memory
+from .._utils import threads as _threads
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     import torch
     from anndata import AnnData
@@ -167,19 +167,6 @@ def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> 
     n_pos = pos.sum(dim=1)
     per_row = -(log_prob.masked_fill(~pos, 0.0)).sum(dim=1) / n_pos.clamp_min(1)
     return per_row[n_pos > 0].mean()
-
-
-@contextlib.contextmanager
-def _threads(n_jobs: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if n_jobs is not None:
-        torch.set_num_threads(max(1, int(n_jobs)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch_size: int, target_sum: float) -> None:
