@@ -14,6 +14,8 @@ NAMESPACES = ["pp", "tl", "pl", "get", "models", "datasets"]
 def _with_progress():
     funcs = [getattr(getattr(sg, ns), name) for ns in NAMESPACES for name in getattr(sg, ns).__all__]
     funcs += [scsig.quickstart.run]
+    funcs += [m for name, m in inspect.getmembers(sg.Atlas, inspect.isfunction) if not name.startswith("_")]
+    funcs += [sg.Atlas.from_signature.__func__]
     return [f for f in funcs if inspect.isfunction(f) and "progress" in inspect.signature(f).parameters]
 
 

@@ -15,7 +15,7 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import UNS_KEY
 from .._docs import doc_mod, doc_params
-from .._utils import get_matrix, resolve_adata, to_memory
+from .._utils import check_installed, get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique_var_names
 from ._score import attribution_layer, score
@@ -272,9 +272,8 @@ def compare_scores(
             msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
             raise ValueError(msg)
         pkg = SCORERS[m]
-        if pkg is not None and importlib.util.find_spec(pkg) is None:
-            msg = f"method {m!r} needs the package {pkg!r}: pip install 'scsig[compare]'"
-            raise ImportError(msg)
+        if pkg is not None:
+            check_installed(pkg, purpose=f"method {m!r}", extra="compare")
 
     counts = to_memory(get_matrix(data, counts_layer))
     if check_counts:
