@@ -52,8 +52,8 @@ def pick_engine(model: FoundationModel, method: str, module: TargetModule, engin
         msg = (
             f"The fast path does not cover this model/method/target ({type(model.encoder).__name__}, "
             f"method={method!r}, target={module.target_name!r}, device={device or 'cpu'!r}): it needs a CPU "
-            "encoder that is a SCimilarityEncoder or an nn.Sequential of per-row layers in eval mode starting "
-            "with an affine layer, and for 'ixg'/'dl' a target other than 'self_similarity'. "
+            "encoder with a plan builder (a SCimilarityEncoder, or an nn.Sequential of per-row layers in eval "
+            "mode starting with an affine layer), and for 'ixg'/'dl' a target other than 'self_similarity'. "
             "Use engine='auto' or 'captum'."
         )
         raise ValueError(msg)

@@ -116,7 +116,8 @@ def supports(model: FoundationModel, method: str, module: TargetModule, device: 
     per-row layers in eval mode whose first layer is affine); integrated gradients with any target;
     input x gradient and DeepLIFT (which captum computes as input x gradient on encoders without the
     activations it rescales) with any target but ``"self_similarity"``, where their gradient is
-    analytically zero.
+    analytically zero. Plans with covariates are run through :func:`attributions_from_plan` by the
+    caller that knows the covariates, not through this entry point.
     """
     if method not in ("ig", "ixg", "dl"):
         return False
