@@ -70,7 +70,7 @@ SCSIG = textwrap.dedent(
     sg.tl.attribute(warm, model, method="ig")
     profile = {}
     if len(sys.argv) > 6 and sys.argv[6] == "1":  # time the stages: kernels, the whole engine call
-        import scsig.attribution._fast as fast
+        import scsig.attribution._kernels as kernels
         import scsig.tl._attribute as tl_attr
 
         def timed(name, f):
@@ -81,9 +81,8 @@ SCSIG = textwrap.dedent(
                 return r
             return g
 
-        kernels = fast._kernels()
-        for name in list(kernels):
-            kernels[name] = timed("kernel " + name, kernels[name])
+        for name in kernels.__all__:
+            setattr(kernels, name, timed("kernel " + name, getattr(kernels, name)))
         tl_attr.compute_batch = timed("engine total (kernels + torch products)", tl_attr.compute_batch)
         tl_attr.model_input = timed("align + normalize input", tl_attr.model_input)
         tl_attr.normalize_rows = timed("normalize output rows", tl_attr.normalize_rows)

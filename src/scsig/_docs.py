@@ -25,6 +25,11 @@ doc_copy = """\
 copy
     Return a modified copy instead of writing into ``adata``."""
 
+doc_progress = """\
+progress
+    Show a progress bar. ``None`` follows :attr:`scsig.settings.progress` (on unless the
+    ``SCSIG_PROGRESS`` environment variable is ``0``)."""
+
 doc_plot_common = """\
 ax
     Axes to draw into. A new figure is made when ``None``.

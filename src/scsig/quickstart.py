@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._docs import doc_params, doc_progress
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -66,6 +68,7 @@ def summary_table(adata: AnnData, *, key: str = "ifn", baseline: str = "ifn_scor
     return pd.DataFrame(rows).set_index("cell type")
 
 
+@doc_params(doc_progress=doc_progress)
 def run(out: str | Path = "scsig_quickstart", *, progress: bool | None = None) -> tuple[AnnData, pd.DataFrame]:
     """Run the quickstart and write its figures to ``out``.
 
@@ -73,8 +76,7 @@ def run(out: str | Path = "scsig_quickstart", *, progress: bool | None = None) -
     ----------
     out
         Folder for the figures (created if needed).
-    progress
-        Show progress bars; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
 
     Returns
     -------

@@ -15,6 +15,7 @@ from scipy import sparse
 
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
+from .._docs import doc_params, doc_progress
 from .._settings import settings
 from .._signature import resolve_signatures
 from .._utils import get_matrix
@@ -231,6 +232,7 @@ class Atlas:
 
     # ------------------------------------------------------------------ writing
 
+    @doc_params(doc_progress=doc_progress)
     def add(
         self,
         adata: AnnData,
@@ -265,8 +267,7 @@ class Atlas:
         obs_columns
             Columns of ``adata.obs`` to keep (all by default). ``"dataset"`` is reserved for the
             dataset's name in query results.
-        progress
-            Show progress bars (``None`` follows :attr:`scsig.settings.progress`).
+        {doc_progress}
 
         Returns
         -------
@@ -425,6 +426,7 @@ class Atlas:
         return pos.astype(np.int64)
 
     @classmethod
+    @doc_params(doc_progress=doc_progress)
     def from_signature(
         cls,
         folder: str | Path,
@@ -453,8 +455,7 @@ class Atlas:
             The model's gene order (the array's ``y`` indexes it).
         cell_types
             Subfolders to import (all that have an ``attributions`` array by default).
-        progress
-            Show progress bars (``None`` follows :attr:`scsig.settings.progress`).
+        {doc_progress}
 
         Returns
         -------
@@ -533,6 +534,7 @@ class Atlas:
             coef[np.searchsorted(cols, pos), k] = c
         return cols, coef, [sig.name for sig in sigs] if several else [], record
 
+    @doc_params(doc_progress=doc_progress)
     def score(
         self,
         genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
@@ -577,8 +579,7 @@ class Atlas:
         client
             A :class:`distributed.Client`: run the per-dataset tasks on its cluster (the atlas
             folder must be readable by the workers at the same path). Default: local threads.
-        progress
-            Show a progress bar across datasets (``None`` follows :attr:`scsig.settings.progress`).
+        {doc_progress}
 
         Returns
         -------
@@ -601,6 +602,7 @@ class Atlas:
         logg.info(f"    finished: {len(frame)} cells scored", time=start)
         return frame
 
+    @doc_params(doc_progress=doc_progress)
     def to_anndata(
         self,
         genes: Sequence[str] | None = None,
@@ -623,8 +625,7 @@ class Atlas:
             Cells to keep, as in :meth:`score`.
         client
             A :class:`distributed.Client` to read on (see :meth:`score`).
-        progress
-            Show a progress bar across datasets.
+        {doc_progress}
 
         Returns
         -------

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._settings import settings
+from .._utils import import_optional
 from ._store import BLOCK_NNZ, ShardReader
 
 __all__ = ["DATASET_KEY", "ShardSpec", "matrix_shard", "run_tasks", "score_shard", "shard_obs"]
@@ -206,11 +207,9 @@ def run_tasks(
     show = settings.progress if progress is None else progress
     with tqdm(total=len(tasks), disable=not show, desc=desc, unit="dataset") as bar:
         if client is not None:
-            try:
-                from distributed import as_completed
-            except ImportError as err:  # pragma: no cover - depends on the environment
-                msg = "Querying on a cluster needs dask.distributed: pip install 'scsig[distributed]'"
-                raise ImportError(msg) from err
+            as_completed = import_optional(
+                "distributed", purpose="Querying on a cluster", extra="distributed"
+            ).as_completed
             futures = [client.submit(func, *args, pure=False) for args in tasks]
             for _ in as_completed(futures):
                 bar.update(1)
@@ -219,12 +218,10 @@ def run_tasks(
             out = [func(*args) for args in tasks]
             bar.update(len(tasks))
             return out
-        try:
-            import dask
-            from dask.callbacks import Callback
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            msg = "Querying several datasets in parallel needs dask: pip install 'scsig[atlas]'"
-            raise ImportError(msg) from err
+        dask = import_optional("dask", purpose="Querying several datasets in parallel", extra="atlas")
+        Callback = import_optional(
+            "dask.callbacks", purpose="Querying several datasets in parallel", extra="atlas"
+        ).Callback
         delayed = [dask.delayed(func, pure=False)(*args) for args in tasks]
         keys = {d.key for d in delayed}
 

@@ -60,12 +60,9 @@ ENCODING_VERSION = "0.1.0"
 
 def require_tensorstore() -> Any:
     """Import :mod:`tensorstore`, or raise an ImportError naming the extra."""
-    try:
-        import tensorstore as ts
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        msg = "sg.Atlas needs tensorstore and zarr: pip install 'scsig[atlas]'"
-        raise ImportError(msg) from err
-    return ts
+    from .._utils import import_optional
+
+    return import_optional("tensorstore", purpose="sg.Atlas", extra="atlas")
 
 
 def _context() -> Any:

@@ -20,12 +20,9 @@ METADATA = "cell_metadata.csv.gz"
 
 def require_tiledb() -> Any:
     """Import :mod:`tiledb`, or raise an ImportError naming the extra."""
-    try:
-        import tiledb
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        msg = "Importing TileDB attribution arrays needs tiledb: pip install 'scsig[tiledb]'"
-        raise ImportError(msg) from err
-    return tiledb
+    from .._utils import import_optional
+
+    return import_optional("tiledb", purpose="Importing TileDB attribution arrays", extra="tiledb")
 
 
 def find_cell_types(folder: Path, cell_types: Sequence[str] | None) -> list[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from .._utils import check_choice
 from ._captum import captum_attributions
 
 if TYPE_CHECKING:
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
     from ..models import FoundationModel
     from ._targets import TargetModule
 
-__all__ = ["compute_batch", "fast_path_applies", "pick_engine"]
+__all__ = ["Engine", "compute_batch", "fast_path_applies", "pick_engine"]
+
+Engine = Literal["auto", "captum", "fast"]
+"""The attribution engines ``engine=`` chooses from."""
 
 
 def fast_path_applies(
@@ -40,9 +44,7 @@ def fast_path_applies(
 
 def pick_engine(model: FoundationModel, method: str, module: TargetModule, engine: str, device: Any = None) -> str:
     """Resolve ``engine="auto"`` and check that a forced engine applies."""
-    if engine not in ("auto", "captum", "fast"):
-        msg = f"engine must be 'auto', 'captum' or 'fast', not {engine!r}."
-        raise ValueError(msg)
+    check_choice("engine", engine, Engine)
     if engine == "captum":
         return "captum"
     applies = fast_path_applies(model, method, module, device, forced=engine == "fast")
@@ -50,8 +52,8 @@ def pick_engine(model: FoundationModel, method: str, module: TargetModule, engin
         msg = (
             f"The fast path does not cover this model/method/target ({type(model.encoder).__name__}, "
             f"method={method!r}, target={module.target_name!r}, device={device or 'cpu'!r}): it needs a CPU "
-            "encoder that is a SCimilarityEncoder or an nn.Sequential of per-row layers in eval mode starting "
-            "with an affine layer, and for 'ixg'/'dl' a target other than 'self_similarity'. "
+            "encoder with a plan builder (a SCimilarityEncoder, or an nn.Sequential of per-row layers in eval "
+            "mode starting with an affine layer), and for 'ixg'/'dl' a target other than 'self_similarity'. "
             "Use engine='auto' or 'captum'."
         )
         raise ValueError(msg)

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from .. import _logging as logg
+from .._docs import doc_params, doc_progress
 from .._settings import settings
 
 __all__ = ["REGISTRY", "RemoteFile", "fetch", "registry"]
@@ -122,6 +123,7 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(pooch.os_cache("scsig"))
 
 
+@doc_params(doc_progress=doc_progress)
 def fetch(
     name: str,
     *,
@@ -149,8 +151,7 @@ def fetch(
     cache_dir
         Folder to keep downloads in. Default: ``$SCSIG_DATA_DIR`` when set, else the operating
         system's cache folder for ``scsig`` (e.g. ``~/.cache/scsig`` on Linux).
-    progress
-        Show a download progress bar; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
 
     Returns
     -------

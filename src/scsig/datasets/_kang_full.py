@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
+from .._docs import doc_params, doc_progress
 from ._fetch import REGISTRY, fetch
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ CONDITIONS = {
 METADATA_COLUMNS = ("tsne1", "tsne2", "ind", "stim", "cluster", "cell", "multiplets")
 
 
+@doc_params(doc_progress=doc_progress)
 def kang_ifnb_full(
     *,
     singlets_only: bool = True,
@@ -66,8 +68,7 @@ def kang_ifnb_full(
         29,065). With ``False`` all barcodes are kept and ``obs["multiplets"]`` tells them apart.
     cache_dir
         Folder for the downloaded files; see :func:`~scsig.datasets.fetch`.
-    progress
-        Show download progress bars; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
 
     Returns
     -------

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from .._utils import check_choice
+
 if TYPE_CHECKING:
     from ._base import FoundationModel
 
@@ -90,11 +92,14 @@ def registry() -> pd.DataFrame:
     return pd.DataFrame(rows).drop(columns="folder").set_index("name")
 
 
+SafetensorsDtype = Literal["float32", "float16"]
+
+
 def save_safetensors(
     model: FoundationModel,
     folder: str | Path,
     *,
-    dtype: Literal["float32", "float16"] = "float32",
+    dtype: SafetensorsDtype = "float32",
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write a SCimilarity-architecture model as a folder with safetensors weights.
@@ -138,9 +143,7 @@ def save_safetensors(
     if not isinstance(model.encoder, SCimilarityEncoder):
         msg = f"Only SCimilarityEncoder models can be saved this way, not {type(model.encoder).__name__}."
         raise TypeError(msg)
-    if dtype not in ("float32", "float16"):
-        msg = f"dtype must be 'float32' or 'float16', not {dtype!r}."
-        raise ValueError(msg)
+    check_choice("dtype", dtype, SafetensorsDtype)
     store = getattr(torch, dtype)
     state = {}
     for key, value in model.encoder.state_dict().items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,14 +10,15 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _logging as logg
-from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params
+from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, to_memory
+from .._utils import threads as _threads
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     import torch
     from anndata import AnnData
@@ -169,19 +169,6 @@ def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> 
     return per_row[n_pos > 0].mean()
 
 
-@contextlib.contextmanager
-def _threads(n_jobs: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if n_jobs is not None:
-        torch.set_num_threads(max(1, int(n_jobs)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch_size: int, target_sum: float) -> None:
     """Set BatchNorm running statistics to the exact mean and variance of their inputs on unaugmented cells.
 
@@ -220,7 +207,7 @@ def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch
             norm.running_var.copy_(var.to(norm.running_var.dtype))
 
 
-@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod)
+@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_progress=doc_progress)
 def train_encoder(
     adata: Any,
     *,
@@ -315,8 +302,7 @@ def train_encoder(
         Name of the returned model (recorded in provenance).
     check_counts
         Refuse input that is not raw counts.
-    progress
-        Show a progress bar over epochs; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
     {doc_mod}
 
     Returns

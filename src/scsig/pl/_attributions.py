@@ -13,7 +13,7 @@ from scipy import sparse
 from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._uns import get_record
-from .._utils import resolve_adata
+from .._utils import check_choice, resolve_adata
 from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
 from ._utils import check_kind, finish, group_labels, new_axes
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["gene_attributions", "group_attribution_stats"]
 
 _KINDS = ("heatmap", "dotplot")
+StandardScale = Literal["var", "group"]
 
 
 def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> list[str]:
@@ -161,7 +162,7 @@ def gene_attributions(
     groupby: str | Sequence[str],
     layer: str | None = None,
     kind: Literal["heatmap", "dotplot"] = "heatmap",
-    standard_scale: Literal["var", "group"] | None = None,
+    standard_scale: StandardScale | None = None,
     cmap: str = "Reds",
     vmin: float | None = None,
     vmax: float | None = None,
@@ -232,9 +233,7 @@ def gene_attributions(
     from matplotlib.lines import Line2D
 
     check_kind(kind, _KINDS)
-    if standard_scale not in (None, "var", "group"):
-        msg = f"standard_scale must be 'var', 'group' or None, not {standard_scale!r}."
-        raise ValueError(msg)
+    check_choice("standard_scale", standard_scale, StandardScale | None)
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data, layer)
     check_unique_var_names(data.var_names)

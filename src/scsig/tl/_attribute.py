@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,16 +10,18 @@ from scipy import sparse
 
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, LAYER_PREFIX, METHODS, UNS_KEY
-from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params
+from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
-from .._utils import get_matrix, resolve_adata, wrap_return
+from .._utils import CSRBuilder as _CSRBuilder
+from .._utils import check_choice, get_matrix, resolve_adata, to_memory, wrap_return
+from .._utils import threads as _threads
 from ..pp._align import align_genes
 from ..pp._prepare import model_input
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import warn_empty_cells
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from ..models import FoundationModel
 
@@ -30,6 +31,9 @@ DEGENERATE_RATIO = 1e-3
 """Attributions whose total raw mass is below this fraction of the target's change are degenerate."""
 
 _GRADIENT_AT_INPUT = {"ixg": "input x gradient", "dl": "DeepLIFT"}
+
+
+OnDegenerate = Literal["raise", "warn"]
 
 
 class DegenerateAttributionError(ValueError):
@@ -57,45 +61,8 @@ def _default_batch_size(model: FoundationModel, method: str, n_steps: int, engin
     return int(np.clip(rows // steps, 1, 4096))
 
 
-@contextlib.contextmanager
-def _threads(n_jobs: int | None, *, numba: bool = False) -> Iterator[None]:
-    """Use ``n_jobs`` torch threads (and numba threads for the fast path) inside the block."""
-    import torch
-
-    if n_jobs is None:
-        yield
-        return
-    n = max(1, int(n_jobs))
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    numba_before = None
-    if numba:
-        import numba as nb
-
-        numba_before = nb.get_num_threads()
-        nb.set_num_threads(min(n, nb.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        if numba_before is not None:
-            import numba as nb
-
-            nb.set_num_threads(numba_before)
-
-
 def _in_memory(x: Any) -> bool:
     return isinstance(x, np.ndarray) or sparse.issparse(x)
-
-
-def _rows(counts: Any, lo: int, hi: int) -> np.ndarray | sparse.spmatrix:
-    """Rows ``lo:hi`` as an in-memory matrix: in-memory, h5py/zarr-backed (anndata) or dask arrays."""
-    chunk = counts[lo:hi]
-    if hasattr(chunk, "compute"):  # dask
-        chunk = chunk.compute()
-    if not (isinstance(chunk, np.ndarray) or sparse.issparse(chunk)):
-        chunk = np.asarray(chunk)
-    return chunk
 
 
 def _to_var_csr(mat: sparse.csr_matrix, model_to_var: np.ndarray, n_vars: int) -> sparse.csr_matrix:
@@ -111,54 +78,6 @@ def _to_var_csr(mat: sparse.csr_matrix, model_to_var: np.ndarray, n_vars: int) -
     mat.has_sorted_indices = False
     mat.sort_indices()
     return mat
-
-
-class _CSRBuilder:
-    """Append CSR row blocks; one copy at the end (or none when the capacity is known)."""
-
-    def __init__(self, n_cols: int, capacity: int | None) -> None:
-        self.n_cols = n_cols
-        self.indptr = [np.zeros(1, dtype=np.int64)]
-        self.nnz = 0
-        self.n_rows = 0
-        self.capacity = capacity
-        if capacity is not None:
-            self.data = np.empty(capacity, dtype=np.float32)
-            self.indices = np.empty(capacity, dtype=np.int32)
-        else:
-            self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def append(self, block: sparse.csr_matrix) -> None:
-        k = block.nnz
-        if self.capacity is not None and self.nnz + k <= self.capacity:
-            self.data[self.nnz : self.nnz + k] = block.data
-            self.indices[self.nnz : self.nnz + k] = block.indices
-        else:
-            if self.capacity is not None:  # more entries than the input had: switch to parts
-                self.parts = [(self.data[: self.nnz].copy(), self.indices[: self.nnz].copy())]
-                self.capacity = None
-                del self.data, self.indices
-            self.parts.append((block.data.astype(np.float32, copy=False), block.indices.astype(np.int32, copy=False)))
-        self.indptr.append(block.indptr[1:].astype(np.int64) + self.nnz)
-        self.nnz += k
-        self.n_rows += block.shape[0]
-
-    def build(self) -> sparse.csr_matrix:
-        if self.capacity is not None:
-            data, indices = self.data, self.indices
-            del self.data, self.indices
-            if self.nnz < self.capacity:  # shrink in place (no second copy of the layer)
-                data.resize(self.nnz, refcheck=False)
-                indices.resize(self.nnz, refcheck=False)
-        else:
-            data = np.concatenate([p[0] for p in self.parts]) if self.parts else np.zeros(0, np.float32)
-            indices = np.concatenate([p[1] for p in self.parts]) if self.parts else np.zeros(0, np.int32)
-        indptr = np.concatenate(self.indptr)
-        if self.nnz < np.iinfo(np.int32).max:
-            indptr = indptr.astype(np.int32)
-        out = sparse.csr_matrix((data, indices, indptr), shape=(self.n_rows, self.n_cols))
-        out.has_sorted_indices = True
-        return out
 
 
 def _nnz_bound(counts: Any) -> int | None:
@@ -253,7 +172,7 @@ def _auto_n_steps(counts: Any, run: Callable[[Any, int], np.ndarray]) -> tuple[i
         idx = np.unique(np.linspace(0, n_obs - 1, min(n_obs, AUTO_CELLS)).round().astype(np.int64))
         chunk = counts[idx]
     else:
-        chunk = _rows(counts, 0, min(n_obs, AUTO_CELLS))
+        chunk = to_memory(counts[: min(n_obs, AUTO_CELLS)])
     medians = []
     for steps in AUTO_STEPS:
         gaps = run(chunk, steps)
@@ -264,7 +183,13 @@ def _auto_n_steps(counts: Any, run: Callable[[Any, int], np.ndarray]) -> tuple[i
     return AUTO_STEPS[-1], medians
 
 
-@doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_copy=doc_copy)
+@doc_params(
+    doc_adata=doc_adata,
+    doc_layer_counts=doc_layer_counts,
+    doc_mod=doc_mod,
+    doc_copy=doc_copy,
+    doc_progress=doc_progress,
+)
 def attribute(
     adata: Any,
     model: FoundationModel | str,
@@ -279,7 +204,7 @@ def attribute(
     min_overlap: int | None = None,
     check_counts: bool = True,
     engine: Literal["auto", "captum", "fast"] = "auto",
-    on_degenerate: Literal["raise", "warn"] = "raise",
+    on_degenerate: OnDegenerate = "raise",
     key_added: str | None = None,
     completeness_key: str | None = None,
     progress: bool | None = None,
@@ -350,8 +275,7 @@ def attribute(
         Layer to write; default ``f"attr_{{method}}"``.
     completeness_key
         With ``"ig"``, also write each cell's completeness gap to ``adata.obs[completeness_key]``.
-    progress
-        Show a progress bar; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
     {doc_mod}
     {doc_copy}
 
@@ -398,9 +322,7 @@ def attribute(
     if method not in METHODS:
         msg = f"Unknown attribution method {method!r}; use one of {list(METHODS)} (ig: integrated gradients, dl: DeepLIFT, ixg: input x gradient)."
         raise ValueError(msg)
-    if on_degenerate not in ("raise", "warn"):
-        msg = f"on_degenerate must be 'raise' or 'warn', not {on_degenerate!r}."
-        raise ValueError(msg)
+    check_choice("on_degenerate", on_degenerate, OnDegenerate)
     auto_steps = isinstance(n_steps, str) and n_steps == "auto"
     if not auto_steps and (isinstance(n_steps, str) or n_steps < 1):
         msg = f"n_steps must be a positive integer or 'auto', got {n_steps!r}."
@@ -490,7 +412,7 @@ def attribute(
     ):
         for lo in range(0, n_obs, batch_size):
             hi = min(lo + batch_size, n_obs)
-            chunk = _rows(counts, lo, hi)
+            chunk = to_memory(counts[lo:hi])
             if not in_memory:
                 _check_counts(
                     chunk,

@@ -18,7 +18,7 @@ from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params
 from .._signature import parse_signatures, resolve_signatures
 from .._uns import check_key_added, put_record
-from .._utils import get_matrix, resolve_adata, to_memory
+from .._utils import check_installed, get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique_var_names
 from ._score import attribution_layer, score_signature
@@ -268,9 +268,8 @@ def compare_scores(
             msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
             raise ValueError(msg)
         pkg = SCORERS[m]
-        if pkg is not None and importlib.util.find_spec(pkg) is None:
-            msg = f"method {m!r} needs the package {pkg!r}: pip install 'scsig[compare]'"
-            raise ImportError(msg)
+        if pkg is not None:
+            check_installed(pkg, purpose=f"method {m!r}", extra="compare")
 
     reads = {contrast: "contrast"} | ({groupby: "groupby"} if groupby is not None else {})
     check_key_added(data, [f"{key_added}_{m}" for m in methods], reads=reads)

@@ -13,14 +13,15 @@ from .. import _logging as logg
 from .._constants import SCORE_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._uns import check_key_added, put_record
-from .._utils import resolve_adata, wrap_return
+from .._utils import check_choice, literal_values, resolve_adata, wrap_return
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = ["hits"]
 
-MODES = ("percentile", "quantile", "value", "zscore")
+Mode = Literal["percentile", "quantile", "value", "zscore"]
+MODES = literal_values(Mode)
 
 _DEFAULT_CUT = {("percentile", True): 90.0, ("percentile", False): 10.0}
 _DEFAULT_CUT |= {("quantile", True): 0.9, ("quantile", False): 0.1}
@@ -98,7 +99,7 @@ def hits(
     adata: Any,
     key: str = SCORE_KEY,
     *,
-    mode: Literal["percentile", "quantile", "value", "zscore"] = "percentile",
+    mode: Mode = "percentile",
     cut: float | None = None,
     above: bool = True,
     groupby: str | None = None,
@@ -192,9 +193,7 @@ def hits(
 
     >>> sg.tl.hits(adata, "score", reference={{"group": "a"}}, key_added="score_hit_ref")
     """
-    if mode not in MODES:
-        msg = f"mode must be one of {list(MODES)}, not {mode!r}."
-        raise ValueError(msg)
+    check_choice("mode", mode, Mode)
     if cut is None:
         if mode == "value":
             msg = "mode='value' needs cut=, the score threshold (it has no default)."

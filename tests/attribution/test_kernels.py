@@ -1,0 +1,151 @@
+"""Each compiled kernel of the fast engine against a plain numpy / scipy / torch computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+
+from scsig.attribution import _kernels as K
+
+
+@pytest.fixture
+def csr():
+    rng = np.random.default_rng(0)
+    x = sparse.random(23, 41, density=0.15, format="csr", random_state=rng, dtype=np.float32)
+    x.data = (rng.random(x.nnz) * 3 + 0.1).astype(np.float32)
+    return x
+
+
+def _csc_parts(x):
+    return K.csr_to_csc(x.shape[0], x.shape[1], x.indptr.astype(np.int64), x.indices.astype(np.int32))
+
+
+def test_csr_to_csc_equals_scipy(csr):
+    colptr, rows, pos = _csc_parts(csr)
+    csc = csr.tocsc()
+    csc.sort_indices()
+    np.testing.assert_array_equal(colptr, csc.indptr)
+    np.testing.assert_array_equal(rows, csc.indices)
+    np.testing.assert_array_equal(csr.data[pos], csc.data)
+
+
+def test_csr_to_csc_empty_rows_and_columns():
+    x = sparse.csr_matrix((4, 6), dtype=np.float32)
+    colptr, rows, pos = _csc_parts(x)
+    np.testing.assert_array_equal(colptr, np.zeros(7))
+    assert rows.size == pos.size == 0
+
+
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_sparse_times_dense_equals_numpy(csr, chunk):
+    colptr, rows, pos = _csc_parts(csr)
+    wt = np.random.default_rng(1).standard_normal((41, 10)).astype(np.float32)
+    out = np.full((23, 10), np.nan)
+    K.sparse_times_dense(colptr, rows, pos, csr.data, wt, out, chunk)
+    np.testing.assert_allclose(out, csr.toarray().astype(np.float64) @ wt.astype(np.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_rows_dot_equals_numpy(csr):
+    colptr, rows, pos = _csc_parts(csr)
+    rng = np.random.default_rng(2)
+    wt = rng.standard_normal((41, 10)).astype(np.float32)
+    g = rng.standard_normal((23, 10)).astype(np.float32)
+    out = np.empty_like(csr.data)
+    K.sampled_rows_dot(colptr, rows, pos, csr.data, wt, g, out)
+    r, c = np.repeat(np.arange(23), np.diff(csr.indptr)), csr.indices
+    expected = csr.data * np.einsum("ph,ph->p", wt[c].astype(np.float64), g[r].astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def _events(n, h1, h2, s, *, act, per_cell_bias, seed=0):
+    """Run events_forward and events_backward; return inputs and outputs for a dense check."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, h1))
+    bias = rng.standard_normal((n if per_cell_bias else 1, h1))
+    neg = rng.uniform(-0.5, 0.5, h1)
+    alphas = np.sort(rng.random(s))
+    weights = rng.random(s)
+    w2t = rng.standard_normal((h1, h2))
+    c2 = rng.standard_normal(h2)
+    neg2 = rng.uniform(-0.5, 0.5, h2).astype(np.float32)
+    pos0 = bias > 0  # signs at alpha -> 0
+    slope0 = np.where(pos0, 1.0, neg)
+    a0 = (slope0 * v) @ w2t
+    b0 = (slope0 * bias) @ w2t
+    out = np.empty((n, s, h2), np.float32)
+    mask = np.empty((n, s, h2) if act else (1, 1, 1), np.uint8)
+    ev_unit = np.empty((n, h1), np.int32)
+    ev_step = np.empty((n, h1), np.int32)
+    ev_count = np.empty(n, np.int64)
+    K.events_forward(v, bias, neg, alphas, w2t, pos0, a0, b0, c2, act, neg2, out, mask, ev_unit, ev_step, ev_count)
+    # dense computation of the same path
+    pre1 = alphas[None, :, None] * v[:, None, :] + bias[:, None, :]
+    h = np.where(pre1 > 0, pre1, neg * pre1)
+    pre2 = h @ w2t + c2
+    expected = np.where(pre2 > 0, pre2, neg2 * pre2) if act else pre2
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # backward: the caller's g1 + slope0 * (r @ w2t.T) is sum_k w_k slope1_k * (g2'_k @ w2t.T)
+    g2 = rng.standard_normal((n, s, h2)).astype(np.float32)
+    g1 = np.zeros((n, h1))
+    r = np.empty((n, h2), np.float32)
+    w2t32 = w2t.astype(np.float32)
+    K.events_backward(g2, act, neg2, mask, weights, v, bias, neg, alphas, w2t32, ev_unit, ev_step, ev_count, g1, r)
+    total = g1 + slope0 * (r.astype(np.float64) @ w2t32.T.astype(np.float64))
+    g2b = np.where(pre2 > 0, g2, neg2 * g2) if act else g2.astype(np.float64)
+    slope1 = np.where(pre1 > 0, 1.0, neg)
+    dense = np.einsum("s,nsi->ni", weights, slope1 * (g2b @ w2t32.T.astype(np.float64)))
+    np.testing.assert_allclose(total, dense, rtol=1e-4, atol=1e-4)
+    assert ev_count.sum() > 0  # the test covers sign changes along the path
+
+
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("per_cell_bias", [False, True])
+def test_events_forward_and_backward_equal_dense(act, per_cell_bias):
+    _events(7, 30, 11, 12, act=act, per_cell_bias=per_cell_bias)
+
+
+def _torch_target_grad(fn, out, ref, n_points, normalize):
+    o = torch.tensor(out, dtype=torch.float64, requires_grad=True)
+    emb = torch.nn.functional.normalize(o, dim=1) if normalize else o
+    r = torch.tensor(ref, dtype=torch.float64)
+    r = r.repeat_interleave(n_points, dim=0) if r.shape[0] > 1 else r.expand(emb.shape[0], -1)
+    (g,) = torch.autograd.grad(fn(emb, r).sum(), o)
+    return g.numpy()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("per_cell", [False, True])
+def test_target_kernels_equal_autograd(normalize, per_cell):
+    rng = np.random.default_rng(3)
+    n_cells, n_points, d = 4, 5, 6
+    out = rng.standard_normal((n_cells * n_points, d)).astype(np.float32)
+    ref = rng.standard_normal((n_cells if per_cell else 1, d)).astype(np.float32)
+    for kernel, fn in [
+        (K.self_similarity_grad, lambda e, r: (r * e).abs().sum(1)),
+        (K.distance_grad, lambda e, r: torch.linalg.vector_norm(e - r, dim=1)),
+    ]:
+        grad = np.empty_like(out)
+        kernel(out, ref, per_cell, n_points, normalize, grad)
+        np.testing.assert_allclose(grad, _torch_target_grad(fn, out, ref, n_points, normalize), rtol=1e-5, atol=1e-6)
+
+
+def test_self_similarity_exact_recomputes_entries_near_zero():
+    """An entry of the float32 product within rounding of zero takes its float64 sign."""
+    rng = np.random.default_rng(4)
+    hidden = rng.standard_normal((3, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 8))
+    c = rng.standard_normal(5)
+    c[2] = -(hidden[1].astype(np.float64) @ w[2]) + 1e-9  # entry (1, 2) is +1e-9 in float64
+    exact = hidden.astype(np.float64) @ w.T + c
+    out = (hidden @ w.T.astype(np.float32) + c.astype(np.float32)).astype(np.float32)
+    out[1, 2] = -1e-7  # a float32 product may land on the other side of zero
+    ref = np.ones((1, 5), np.float32)
+    grad = np.empty_like(out)
+    norms = np.sqrt((w**2).sum(axis=1))
+    K.self_similarity_grad_exact(out, ref, False, 3, False, grad, hidden, w, c, norms, 2.0**-22 * 8)
+    np.testing.assert_array_equal(grad, np.sign(exact).astype(np.float32))
+    plain = np.empty_like(out)
+    K.self_similarity_grad(out, ref, False, 3, False, plain)
+    assert plain[1, 2] == -1.0

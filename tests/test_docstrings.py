@@ -1,0 +1,27 @@
+"""Shared docstring text: every public function with a ``progress`` option documents it the same way."""
+
+from __future__ import annotations
+
+import inspect
+
+import scsig as sg
+import scsig.quickstart
+from scsig._docs import doc_progress
+
+NAMESPACES = ["pp", "tl", "pl", "get", "models", "datasets"]
+
+
+def _with_progress():
+    funcs = [getattr(getattr(sg, ns), name) for ns in NAMESPACES for name in getattr(sg, ns).__all__]
+    funcs += [scsig.quickstart.run]
+    funcs += [m for name, m in inspect.getmembers(sg.Atlas, inspect.isfunction) if not name.startswith("_")]
+    funcs += [sg.Atlas.from_signature.__func__]
+    return [f for f in funcs if inspect.isfunction(f) and "progress" in inspect.signature(f).parameters]
+
+
+def test_progress_is_documented_by_the_shared_snippet():
+    funcs = _with_progress()
+    assert len(funcs) >= 5
+    text = " ".join(doc_progress.split()[1:])  # without the parameter name
+    missing = [f.__qualname__ for f in funcs if text not in " ".join((f.__doc__ or "").split())]
+    assert not missing, f"use {{doc_progress}} in: {missing}"
