@@ -20,6 +20,7 @@ from .._utils import get_matrix
 from ..models import gene_order_hash
 from ..tl._score import parse_signatures
 from . import _manifest as mf
+from ._integrity import check_name, seal_shard, verify_shards
 from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
 from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
 
@@ -67,11 +68,7 @@ class Atlas:
         self._root = Path(path)
         self._manifest = mf.read_manifest(self._root)
         self._stamp = mf.manifest_stamp(self._root)
-        genes = (self._root / mf.GENE_ORDER).read_text().split("\n")
-        self._genes = pd.Index(genes[:-1] if genes and genes[-1] == "" else genes, dtype=object)
-        if gene_order_hash(self._genes) != self._manifest["gene_order_hash"]:
-            msg = f"{self._root / mf.GENE_ORDER} does not match the gene order hash in the manifest; the atlas is damaged."
-            raise ValueError(msg)
+        self._genes = pd.Index(mf.read_gene_order(self._root, self._manifest["gene_order_hash"]), dtype=object)
 
     # ------------------------------------------------------------------ construction
 
@@ -216,6 +213,8 @@ class Atlas:
                 path=str(self._root / mf.SHARDS / shards[n]["dir"]),
                 layer=shards[n]["layer"],
                 n_obs=int(shards[n]["n_obs"]),
+                nnz=int(shards[n]["nnz"]),
+                seal=_seal(shards[n]),
             )
             for n in names
         ]
@@ -279,10 +278,7 @@ class Atlas:
                 f"Expected an AnnData, got {type(adata).__name__} (for a MuData, pass its modality, e.g. mdata['rna'])."
             )
             raise TypeError(msg)
-        name = str(name)
-        if not name:
-            msg = "name must be a non-empty string."
-            raise ValueError(msg)
+        name = check_name(name)
         if name in self.datasets:
             msg = f"The atlas already has a dataset named {name!r}; choose another name."
             raise ValueError(msg)
@@ -314,6 +310,7 @@ class Atlas:
         *,
         source: str,
     ) -> None:
+        check_name(name)
         with mf.writer_lock(self._root):
             self._manifest = mf.read_manifest(self._root)
             self._stamp = mf.manifest_stamp(self._root)
@@ -326,6 +323,7 @@ class Atlas:
             tmp = self._root / mf.TMP / uid
             try:
                 nnz = build(tmp / "shard", tmp / "scratch")
+                checksums = seal_shard(tmp / "shard")
                 mf.pause_point("written")
                 (self._root / mf.SHARDS / uid).parent.mkdir(exist_ok=True)
                 (tmp / "shard").rename(self._root / mf.SHARDS / uid)
@@ -342,12 +340,71 @@ class Atlas:
                 "provenance": mf.jsonable(provenance) if provenance is not None else None,
                 "source": source,
                 "added": _now(),
+                "checksums": checksums,
             }
             manifest = dict(self._manifest)
             manifest["shards"] = [*self._manifest["shards"], entry]
             mf.write_manifest(self._root, manifest)
             self._manifest = manifest
             self._stamp = mf.manifest_stamp(self._root)
+
+    def remove(self, name: str) -> None:
+        """Remove a dataset (e.g. a damaged one, before adding it again).
+
+        Parameters
+        ----------
+        name
+            The dataset's name.
+
+        Returns
+        -------
+        ``None``; the manifest no longer lists the dataset and its files are deleted.
+        """
+        with mf.writer_lock(self._root):
+            manifest = mf.read_manifest(self._root)
+            kept = [s for s in manifest["shards"] if s["name"] != name]
+            if len(kept) == len(manifest["shards"]):
+                msg = f"The atlas has no dataset named {name!r} (it has {[s['name'] for s in kept][:10]})."
+                raise KeyError(msg)
+            mf.write_manifest(self._root, {**manifest, "shards": kept})
+            self._manifest = mf.read_manifest(self._root)
+            self._stamp = mf.manifest_stamp(self._root)
+            self._clean_leftovers()
+
+    def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
+        """Check every stored file of the datasets against the checksums written when they were added.
+
+        Reads every byte of the datasets (all by default): the checksum of each file, the list of
+        files, and the structure of the stored matrix. Datasets added before scsig recorded
+        checksums are checked by decoding every chunk (a changed value cannot be detected there;
+        a warning says so). Queries check less, at every read: the small files against their
+        checksums, the matrix structure, and the per-chunk checksums of the values they read.
+
+        Parameters
+        ----------
+        datasets
+            Datasets to check (all by default).
+        progress
+            Show a progress bar across datasets (``None`` follows :attr:`scsig.settings.progress`).
+
+        Returns
+        -------
+        The names of the damaged datasets (empty when all is well); a warning per damaged dataset
+        says what is wrong. Repair one with :meth:`remove` and :meth:`add`.
+
+        Examples
+        --------
+        >>> import tempfile, scsig as sg
+        >>> adata, model = sg.datasets.toy()
+        >>> sg.tl.attribute(adata, model, progress=False)
+        >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
+        >>> atlas.add(adata, name="toy", progress=False)
+        >>> atlas.verify(progress=False)
+        []
+        """
+        specs = self._specs(datasets)
+        show = settings.progress if progress is None else progress
+        return list(verify_shards(self._root, self._manifest, [s.name for s in specs], progress=show))
 
     def _clean_leftovers(self) -> None:
         """Remove what killed writers left (called with the writer lock held)."""
@@ -682,6 +739,11 @@ class Atlas:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _seal(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    record = entry.get("checksums")
+    return None if record is None else (str(record["algorithm"]), str(record["checksum"]))
 
 
 def _check_filter(obs_filter: Any, applied: list[bool]) -> None:

@@ -168,7 +168,7 @@ def fetch(
         Required with a URL; must be ``None`` (or equal the registered hash) with a name.
     fname
         File name in the cache. Default: the registered name, or the URL's last path component.
-        A plain file name: separators (``/``, ``\\``), ``..`` and absolute paths are refused, so a
+        A plain file name: path separators, ``..`` and absolute paths are refused, so a
         download never lands outside ``cache_dir``.
     cache_dir
         Folder to keep downloads in. Default: ``$SCSIG_DATA_DIR`` when set, else the operating
