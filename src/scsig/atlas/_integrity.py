@@ -248,6 +248,19 @@ def check_rows(indices: np.ndarray, n_obs: int, name: str) -> None:
 # ---------------------------------------------------------------------- verify
 
 
+def _missing_chunk_files(folder: Path) -> list[str]:
+    """Chunk (or shard) files of the layer's 1-D arrays that their metadata implies but that are absent."""
+    problems = []
+    for array in ("data", "indices", "indptr"):
+        meta = json.loads((folder / array / "zarr.json").read_text())
+        n = int(meta["shape"][0])
+        step = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        for k in range(-(-n // step)):
+            if not (folder / array / "c" / str(k)).is_file():
+                problems.append(f"chunk file {array}/c/{k} is missing")
+    return problems
+
+
 def _structure(root: Path, entry: dict[str, Any], *, decode: bool) -> list[str]:
     """Open the shard as a query would (and, with ``decode``, read every value) and report what fails."""
     from ._query import ShardSpec, shard_obs
@@ -266,6 +279,9 @@ def _structure(root: Path, entry: dict[str, Any], *, decode: bool) -> list[str]:
         shard_obs(spec, cache=False)
         reader = ShardReader(Path(spec.path), spec.layer, name=name, n_obs=spec.n_obs, nnz=spec.nnz, strict=False)
         if decode:
+            problems = _missing_chunk_files(Path(spec.path) / "layers" / spec.layer)
+            if problems:
+                return problems
             step = CHUNK * 64
             for lo in range(0, int(reader.indptr[-1]), step):
                 hi = min(int(reader.indptr[-1]), lo + step)

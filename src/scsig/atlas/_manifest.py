@@ -58,7 +58,15 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest at ``root``, checked to be an atlas manifest."""
     path = root / MANIFEST
     if not path.is_file():
-        msg = f"{root} is not an scsig atlas (no {MANIFEST}). Create one with sg.Atlas.create(path, gene_order=...)."
+        if (root / SHARDS).is_dir() and (root / GENE_ORDER).is_file():
+            msg = (
+                f"The atlas manifest {path} is missing: the atlas at {root} is damaged. "
+                "Restore the atlas folder (or this file) from a copy."
+            )
+        else:
+            msg = (
+                f"{root} is not an scsig atlas (no {MANIFEST}). Create one with sg.Atlas.create(path, gene_order=...)."
+            )
         raise FileNotFoundError(msg)
     raw = path.read_bytes()
     try:
