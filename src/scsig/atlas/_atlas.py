@@ -498,7 +498,11 @@ class Atlas:
         and ``cell_metadata.csv.gz`` (first column = cell name, in the order of ``x``). Each cell type
         becomes one dataset. The number of cells is taken from the metadata: cells at the end of
         the array whose attributions are all zero are kept (they score 0), which the reference's
-        ``query_attributions`` silently drops.
+        ``query_attributions`` silently drops. When the metadata's first column holds distinct
+        whole numbers below the array's number of cells, it is read as each row's cell position
+        ``x`` (rows need not be in array order; a cell with values but no row is an error). Each
+        metadata column gets one dtype: numbers when all its values are numbers, booleans, or
+        else categories of the text.
 
         Parameters
         ----------
@@ -531,25 +535,30 @@ class Atlas:
 
     @staticmethod
     def _import_signature(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
-        from ._tiledb import read_gene_ranges
+        from ._tiledb import array_cells, read_gene_ranges, read_metadata
 
         show = settings.progress if progress is None else progress
         from .._utils._progress import tqdm
 
         for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
             sub = folder / ct
-            meta = pd.read_csv(sub / "cell_metadata.csv.gz", index_col=0)
-            meta.index = meta.index.astype(str)
-            for col in meta.columns:
-                if meta[col].dtype == object:
-                    meta[col] = meta[col].astype("category")
+            meta, positions = read_metadata(
+                sub / "cell_metadata.csv.gz", n_cells=array_cells(sub / "attributions"), name=ct
+            )
             obs = _shard_obs_frame(meta, None, ct)
             record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
             start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
 
-            def build(shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct) -> int:
+            def build(
+                shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct, pos: Any = positions
+            ) -> int:
                 ranges = read_gene_ranges(
-                    sub / "attributions", n_obs=len(obs), n_genes=len(atlas.gene_order), name=ct, progress=show
+                    sub / "attributions",
+                    n_obs=len(obs),
+                    n_genes=len(atlas.gene_order),
+                    name=ct,
+                    positions=pos,
+                    progress=show,
                 )
                 uns = {UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}}
                 return build_shard_from_columns(
