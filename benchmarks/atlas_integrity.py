@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 
-from atlas import N_GENES, gene_frequencies, gene_sets, generate  # noqa: E402
+from atlas import N_GENES, gene_sets, generate  # noqa: E402
 
 
 def _du(path: Path) -> int:

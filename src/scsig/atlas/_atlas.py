@@ -51,7 +51,9 @@ class Atlas:
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
     arrays are Blosc-compressed, sharded zarr v3 arrays). Adding a dataset is atomic: a writer that
-    dies leaves the atlas as it was, and readers can query while a writer adds.
+    dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
+    checksummed when its dataset is added: reads refuse damaged data with an error naming the
+    dataset, and :meth:`verify` checks every byte.
 
     Examples
     --------
