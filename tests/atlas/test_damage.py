@@ -239,3 +239,11 @@ def test_slash_names_and_obs_columns_round_trip(tmp_path):
     assert back.uns["scsig"]["atlas"]["datasets"] == ["plain"]
     assert reopened.summary().index.tolist() == ["study/2024/lung", "plain"]
     assert reopened.verify(progress=False) == []
+
+
+def test_dataset_name_types(tmp_path):
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=GENES)
+    with pytest.raises(TypeError, match="must be a string, not NoneType"):
+        atlas.add(synthetic_adata(5, GENES), name=None, progress=False)
+    atlas.add(synthetic_adata(5, GENES), name=7, progress=False)
+    assert atlas.datasets == ["7"]

@@ -81,6 +81,8 @@ def check_name(name: Any) -> str:
     including ``/``; control characters (newline, tab, NUL, ...), line separators, unpaired
     surrogates and names made only of whitespace are refused.
     """
+    if isinstance(name, int | np.integer) and not isinstance(name, bool):
+        name = str(name)
     if not isinstance(name, str):
         msg = f"A dataset name must be a string, not {type(name).__name__} ({name!r:.40})."
         raise TypeError(msg)
