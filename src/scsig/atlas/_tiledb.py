@@ -93,7 +93,7 @@ def read_metadata(path: Path, *, n_cells: int, name: str) -> tuple[pd.DataFrame,
     rows = None
     if index.notna().all() and index.str.fullmatch(r"\d{1,18}").all():
         positions = index.astype(np.int64).to_numpy()
-        if np.unique(positions).size == positions.size and positions.max(initial=-1) < n_cells:
+        if positions.size and np.unique(positions).size == positions.size and positions.max() < n_cells:
             rows = positions
     meta.index = pd.Index(index.fillna("nan").astype(str), name=meta.index.name)
     return meta, rows
@@ -137,9 +137,9 @@ def read_gene_ranges(
             msg = f"{uri}: the array has {y_hi + 1} gene positions but gene_order has {n_genes} genes; pass the model's gene order."
             raise ValueError(msg)
         row_of = None
-        if positions is not None:
-            row_of = np.full(int(schema.domain.dim(0).domain[1]) + 1, -1, dtype=np.int64)
-            row_of[positions] = np.arange(positions.size)
+        if positions is not None:  # position -> metadata row, by binary search over the sorted positions
+            by_position = np.argsort(positions, kind="stable")
+            row_of = (np.asarray(positions, dtype=np.int64)[by_position], by_position)
         nonempty = arr.nonempty_domain()
         if nonempty is not None and row_of is None and int(nonempty[0][1]) >= n_obs:
             msg = f"Cell type {name!r}: the array has cells up to index {int(nonempty[0][1])} but {METADATA} lists only {n_obs} cells."
@@ -152,10 +152,13 @@ def read_gene_ranges(
                 cells = np.asarray(res["x"], dtype=np.int64)
                 genes = np.asarray(res["y"], dtype=np.int64)
                 vals = np.asarray(res["vals"], dtype=np.float32)
-                if row_of is not None:
-                    cells = row_of[cells]
-                    if cells.size and cells.min() < 0:
-                        lost = int((cells < 0).sum())
+                if row_of is not None and cells.size:
+                    sorted_pos, rows = row_of
+                    k = np.minimum(np.searchsorted(sorted_pos, cells), sorted_pos.size - 1)
+                    found = sorted_pos[k] == cells
+                    cells = rows[k]
+                    if not found.all():
+                        lost = int((~found).sum())
                         msg = (
                             f"Cell type {name!r}: {lost} attribution values belong to array cells that no row of "
                             f"{METADATA} describes (its first column gives each row's cell position)."
