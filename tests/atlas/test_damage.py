@@ -197,6 +197,10 @@ def test_atlas_written_before_checksums(small_atlas, tmp_path, monkeypatch):
     (layer / "data" / "c" / "1").unlink()
     with pytest.warns(UserWarning, match=r"'A/1' is damaged: chunk file data/c/1 is missing"):
         assert atlas.verify(progress=False) == ["A/1"]
+    _clear_caches(monkeypatch)
+    with pytest.raises(DamagedDatasetError, match=r"chunk file data/c/1 is missing"):  # not zeros
+        atlas.score(GENES, datasets="A/1", progress=False)
+    assert len(atlas.score(GENES, datasets="B", progress=False)) == 30
     _damage(layer / "indptr" / "c" / "0", "flip")
     _clear_caches(monkeypatch)
     with pytest.raises(DamagedDatasetError, match="'A/1'"):

@@ -263,6 +263,26 @@ def _missing_chunk_files(folder: Path) -> list[str]:
     return problems
 
 
+def check_chunk_files(path: Path, layer: str, name: str, nnz: int | None) -> None:
+    """For shards written before checksums (read leniently): every chunk file the arrays imply exists.
+
+    Such shards were written without storing all-zero chunks, so a missing file could in principle
+    be zeros; for the value and row-index arrays of a non-empty shard that never happens in practice
+    (a file holds millions of values), and the column pointer is all zeros only when nothing is stored.
+    """
+    folder = path / "layers" / layer
+    try:
+        problems = _missing_chunk_files(folder)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise damaged(
+            name, [f"the metadata of its layer {layer!r} cannot be read ({type(err).__name__}: {err})"]
+        ) from err
+    if nnz == 0:
+        problems = [p for p in problems if "indptr/" not in p]
+    if problems:
+        raise damaged(name, problems)
+
+
 def _structure(root: Path, entry: dict[str, Any], *, decode: bool) -> list[str]:
     """Open the shard as a query would (and, with ``decode``, read every value) and report what fails."""
     from ._query import ShardSpec, shard_obs

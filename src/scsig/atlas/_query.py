@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._settings import settings
-from ._integrity import check_small_files, damaged
+from ._integrity import check_chunk_files, check_small_files, damaged
 from ._store import BLOCK_NNZ, OBS_NAMES_ATTR, ShardReader
 
 __all__ = ["DATASET_KEY", "ShardSpec", "matrix_shard", "run_tasks", "score_shard", "shard_obs"]
@@ -69,13 +69,14 @@ def _reader(spec: ShardSpec) -> ShardReader:
 
 
 def _check_once(spec: ShardSpec) -> None:
-    """Check a sealed shard's small files against their checksums, once per process."""
-    if spec.seal is None:
-        return
+    """Check a sealed shard's small files against their checksums (an older shard's chunk files exist), once per process."""
     with _LOCK:
         if spec.path in _CHECKED:
             return
-    check_small_files(Path(spec.path), spec.seal, spec.layer, spec.name)
+    if spec.seal is None:
+        check_chunk_files(Path(spec.path), spec.layer, spec.name, spec.nnz)
+    else:
+        check_small_files(Path(spec.path), spec.seal, spec.layer, spec.name)
     with _LOCK:
         _CHECKED.add(spec.path)
 
