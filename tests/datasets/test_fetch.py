@@ -81,3 +81,17 @@ def test_registry_entries_are_well_formed():
         assert re.fullmatch(r"[0-9a-f]{64}", row["sha256"]), name
         assert row["size"] > 0
         assert row["url"].rsplit("/", 1)[-1] == name
+
+
+@pytest.mark.parametrize("fname", ["../x", "../../etc/x", "sub/x", "..", "/tmp/abs_x", "a\\..\\x", ""])
+def test_fetch_fname_stays_inside_the_cache(http_server, tmp_path, fname):
+    base, served, requests = http_server
+    sha = _serve(served, "data.bin", b"payload")
+    cache = tmp_path / "deep" / "cache"
+    with pytest.raises(ValueError, match="plain file name"):
+        sg.datasets.fetch(f"{base}/data.bin", known_hash=sha, fname=fname, cache_dir=cache, progress=False)
+    assert requests == []  # refused before any download
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and served not in p.parents]
+    assert written == []
+    path = sg.datasets.fetch(f"{base}/data.bin", known_hash=sha, fname="renamed.bin", cache_dir=cache, progress=False)
+    assert path == cache / "renamed.bin"

@@ -21,6 +21,7 @@ from .._signature import resolve_signatures
 from .._utils import get_matrix
 from ..models import gene_order_hash
 from . import _manifest as mf
+from ._integrity import check_name, seal_shard, verify_shards
 from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
 from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
 
@@ -51,7 +52,9 @@ class Atlas:
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
     arrays are Blosc-compressed, sharded zarr v3 arrays). Adding a dataset is atomic: a writer that
-    dies leaves the atlas as it was, and readers can query while a writer adds.
+    dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
+    checksummed when its dataset is added: reads refuse damaged data with an error naming the
+    dataset, and :meth:`verify` checks every byte.
 
     Examples
     --------
@@ -68,11 +71,7 @@ class Atlas:
         self._root = Path(path)
         self._manifest = mf.read_manifest(self._root)
         self._stamp = mf.manifest_stamp(self._root)
-        genes = (self._root / mf.GENE_ORDER).read_text().split("\n")
-        self._genes = pd.Index(genes[:-1] if genes and genes[-1] == "" else genes, dtype=object)
-        if gene_order_hash(self._genes) != self._manifest["gene_order_hash"]:
-            msg = f"{self._root / mf.GENE_ORDER} does not match the gene order hash in the manifest; the atlas is damaged."
-            raise ValueError(msg)
+        self._genes = pd.Index(mf.read_gene_order(self._root, self._manifest["gene_order_hash"]), dtype=object)
 
     # ------------------------------------------------------------------ construction
 
@@ -217,6 +216,8 @@ class Atlas:
                 path=str(self._root / mf.SHARDS / shards[n]["dir"]),
                 layer=shards[n]["layer"],
                 n_obs=int(shards[n]["n_obs"]),
+                nnz=int(shards[n]["nnz"]),
+                seal=_seal(shards[n]),
             )
             for n in names
         ]
@@ -280,10 +281,7 @@ class Atlas:
                 f"Expected an AnnData, got {type(adata).__name__} (for a MuData, pass its modality, e.g. mdata['rna'])."
             )
             raise TypeError(msg)
-        name = str(name)
-        if not name:
-            msg = "name must be a non-empty string."
-            raise ValueError(msg)
+        name = check_name(name)
         if name in self.datasets:
             msg = f"The atlas already has a dataset named {name!r}; choose another name."
             raise ValueError(msg)
@@ -315,6 +313,7 @@ class Atlas:
         *,
         source: str,
     ) -> None:
+        check_name(name)
         with mf.writer_lock(self._root):
             self._manifest = mf.read_manifest(self._root)
             self._stamp = mf.manifest_stamp(self._root)
@@ -327,6 +326,7 @@ class Atlas:
             tmp = self._root / mf.TMP / uid
             try:
                 nnz = build(tmp / "shard", tmp / "scratch")
+                checksums = seal_shard(tmp / "shard")
                 mf.pause_point("written")
                 (self._root / mf.SHARDS / uid).parent.mkdir(exist_ok=True)
                 (tmp / "shard").rename(self._root / mf.SHARDS / uid)
@@ -343,12 +343,71 @@ class Atlas:
                 "provenance": mf.jsonable(provenance) if provenance is not None else None,
                 "source": source,
                 "added": _now(),
+                "checksums": checksums,
             }
             manifest = dict(self._manifest)
             manifest["shards"] = [*self._manifest["shards"], entry]
             mf.write_manifest(self._root, manifest)
             self._manifest = manifest
             self._stamp = mf.manifest_stamp(self._root)
+
+    def remove(self, name: str) -> None:
+        """Remove a dataset (e.g. a damaged one, before adding it again).
+
+        Parameters
+        ----------
+        name
+            The dataset's name.
+
+        Returns
+        -------
+        ``None``; the manifest no longer lists the dataset and its files are deleted.
+        """
+        with mf.writer_lock(self._root):
+            manifest = mf.read_manifest(self._root)
+            kept = [s for s in manifest["shards"] if s["name"] != name]
+            if len(kept) == len(manifest["shards"]):
+                msg = f"The atlas has no dataset named {name!r} (it has {[s['name'] for s in kept][:10]})."
+                raise KeyError(msg)
+            mf.write_manifest(self._root, {**manifest, "shards": kept})
+            self._manifest = mf.read_manifest(self._root)
+            self._stamp = mf.manifest_stamp(self._root)
+            self._clean_leftovers()
+
+    def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
+        """Check every stored file of the datasets against the checksums written when they were added.
+
+        Reads every byte of the datasets (all by default): the checksum of each file, the list of
+        files, and the structure of the stored matrix. Datasets added before scsig recorded
+        checksums are checked by decoding every chunk (a changed value cannot be detected there;
+        a warning says so). Queries check less, at every read: the small files against their
+        checksums, the matrix structure, and the per-chunk checksums of the values they read.
+
+        Parameters
+        ----------
+        datasets
+            Datasets to check (all by default).
+        progress
+            Show a progress bar across datasets (``None`` follows :attr:`scsig.settings.progress`).
+
+        Returns
+        -------
+        The names of the damaged datasets (empty when all is well); a warning per damaged dataset
+        says what is wrong. Repair one with :meth:`remove` and :meth:`add`.
+
+        Examples
+        --------
+        >>> import tempfile, scsig as sg
+        >>> adata, model = sg.datasets.toy()
+        >>> sg.tl.attribute(adata, model, progress=False)
+        >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
+        >>> atlas.add(adata, name="toy", progress=False)
+        >>> atlas.verify(progress=False)
+        []
+        """
+        specs = self._specs(datasets)
+        show = settings.progress if progress is None else progress
+        return list(verify_shards(self._root, self._manifest, [s.name for s in specs], progress=show))
 
     def _clean_leftovers(self) -> None:
         """Remove what killed writers left (called with the writer lock held)."""
@@ -443,7 +502,11 @@ class Atlas:
         and ``cell_metadata.csv.gz`` (first column = cell name, in the order of ``x``). Each cell type
         becomes one dataset. The number of cells is taken from the metadata: cells at the end of
         the array whose attributions are all zero are kept (they score 0), which the reference's
-        ``query_attributions`` silently drops.
+        ``query_attributions`` silently drops. When the metadata's first column holds distinct
+        whole numbers below the array's number of cells, it is read as each row's cell position
+        ``x`` (rows need not be in array order; a cell with values but no row is an error). Each
+        metadata column gets one dtype: numbers when all its values are numbers, booleans, or
+        else categories of the text.
 
         Parameters
         ----------
@@ -475,25 +538,30 @@ class Atlas:
 
     @staticmethod
     def _import_signature(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
-        from ._tiledb import read_gene_ranges
+        from ._tiledb import array_cells, read_gene_ranges, read_metadata
 
         show = settings.progress if progress is None else progress
         from .._utils._progress import tqdm
 
         for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
             sub = folder / ct
-            meta = pd.read_csv(sub / "cell_metadata.csv.gz", index_col=0)
-            meta.index = meta.index.astype(str)
-            for col in meta.columns:
-                if meta[col].dtype == object:
-                    meta[col] = meta[col].astype("category")
+            meta, positions = read_metadata(
+                sub / "cell_metadata.csv.gz", n_cells=array_cells(sub / "attributions"), name=ct
+            )
             obs = _shard_obs_frame(meta, None, ct)
             record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
             start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
 
-            def build(shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct) -> int:
+            def build(
+                shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct, pos: Any = positions
+            ) -> int:
                 ranges = read_gene_ranges(
-                    sub / "attributions", n_obs=len(obs), n_genes=len(atlas.gene_order), name=ct, progress=show
+                    sub / "attributions",
+                    n_obs=len(obs),
+                    n_genes=len(atlas.gene_order),
+                    name=ct,
+                    positions=pos,
+                    progress=show,
                 )
                 uns = {UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}}
                 return build_shard_from_columns(
@@ -668,6 +736,11 @@ class Atlas:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _seal(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    record = entry.get("checksums")
+    return None if record is None else (str(record["algorithm"]), str(record["checksum"]))
 
 
 def _check_filter(obs_filter: Any, applied: list[bool]) -> None:

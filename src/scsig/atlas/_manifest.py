@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ __all__ = ["FORMAT", "MANIFEST", "jsonable", "pause_point", "read_manifest", "wr
 FORMAT = "scsig-atlas"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CHECKSUM_KEY = "checksum"
+"""Key of the manifest's checksum of its own content (manifests written before it have none)."""
 GENE_ORDER = "gene_order.txt"
 LOCK = ".lock"
 SHARDS = "shards"
@@ -55,9 +58,36 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest at ``root``, checked to be an atlas manifest."""
     path = root / MANIFEST
     if not path.is_file():
-        msg = f"{root} is not an scsig atlas (no {MANIFEST}). Create one with sg.Atlas.create(path, gene_order=...)."
+        if (root / SHARDS).is_dir() and (root / GENE_ORDER).is_file():
+            msg = (
+                f"The atlas manifest {path} is missing: the atlas at {root} is damaged. "
+                "Restore the atlas folder (or this file) from a copy."
+            )
+        else:
+            msg = (
+                f"{root} is not an scsig atlas (no {MANIFEST}). Create one with sg.Atlas.create(path, gene_order=...)."
+            )
         raise FileNotFoundError(msg)
-    manifest = json.loads(path.read_text())
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = "is empty" if not raw.strip() else f"is not valid JSON ({err})"
+        msg = (
+            f"The atlas manifest {path} {why}: the file is damaged (scsig replaces it atomically, so a crash of a "
+            "writer does not do this; a disk, copy or edit did). Restore the atlas folder (or this file) from a copy."
+        )
+        raise ValueError(msg) from err
+    if not isinstance(manifest, dict):
+        msg = f"The atlas manifest {path} is damaged (it holds a {type(manifest).__name__}, not a JSON object); restore it from a copy."
+        raise ValueError(msg)
+    recorded = manifest.pop(CHECKSUM_KEY, None)
+    if recorded is not None and recorded != _manifest_checksum(manifest):
+        msg = (
+            f"The atlas manifest {path} is damaged: its content does not match its checksum (a byte changed). "
+            "Restore the atlas folder (or this file) from a copy."
+        )
+        raise ValueError(msg)
     if manifest.get("format") != FORMAT:
         msg = f"{path} is not an scsig atlas manifest (format {manifest.get('format')!r})."
         raise ValueError(msg)
@@ -88,9 +118,37 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return f"crc32:{zlib.crc32(canonical.encode()) & 0xFFFFFFFF:08x}"
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest."""
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
+    """Atomically replace the manifest; it records a checksum of its own content (checked on every read)."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    atomic_write_text(root / MANIFEST, json.dumps({**body, CHECKSUM_KEY: _manifest_checksum(body)}, indent=1))
+
+
+def read_gene_order(root: Path, expected_hash: str) -> list[str]:
+    """The atlas's genes from ``gene_order.txt``, checked against the manifest's hash."""
+    from ..models import gene_order_hash
+
+    path = root / GENE_ORDER
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        msg = (
+            f"{path} cannot be read ({err}); the atlas is damaged. Restore the atlas folder (or this file) from a copy."
+        )
+        raise ValueError(msg) from err
+    genes = lines[:-1] if lines and lines[-1] == "" else lines
+    if gene_order_hash(genes) != expected_hash:
+        msg = (
+            f"{path} does not match the gene order hash in the manifest; the atlas is damaged. "
+            "Restore the atlas folder (or this file) from a copy."
+        )
+        raise ValueError(msg)
+    return genes
 
 
 def manifest_stamp(root: Path) -> tuple[int, int, int]:

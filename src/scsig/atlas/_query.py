@@ -20,7 +20,8 @@ from scipy import sparse
 
 from .._settings import settings
 from .._utils import import_optional
-from ._store import BLOCK_NNZ, ShardReader
+from ._integrity import check_chunk_files, check_small_files, damaged
+from ._store import BLOCK_NNZ, OBS_NAMES_ATTR, ShardReader
 
 __all__ = ["DATASET_KEY", "ShardSpec", "matrix_shard", "run_tasks", "score_shard", "shard_obs"]
 
@@ -33,6 +34,7 @@ OBS_CACHE_ROWS = 10_000_000
 _LOCK = threading.Lock()
 _READERS: OrderedDict[tuple[str, str], ShardReader] = OrderedDict()
 _OBS: OrderedDict[str, pd.DataFrame] = OrderedDict()
+_CHECKED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class ShardSpec:
     path: str
     layer: str
     n_obs: int
+    nnz: int | None = None
+    """Values recorded in the manifest (``None``: not checked)."""
+    seal: tuple[str, str] | None = None
+    """``(algorithm, checksum)`` of the shard's checksum list (``None``: written before checksums)."""
 
 
 def _reader(spec: ShardSpec) -> ShardReader:
@@ -52,7 +58,10 @@ def _reader(spec: ShardSpec) -> ShardReader:
         if reader is not None:
             _READERS.move_to_end(key)
             return reader
-    reader = ShardReader(Path(spec.path), spec.layer)
+    _check_once(spec)
+    reader = ShardReader(
+        Path(spec.path), spec.layer, name=spec.name, n_obs=spec.n_obs, nnz=spec.nnz, strict=spec.seal is not None
+    )
     with _LOCK:
         _READERS[key] = reader
         while len(_READERS) > 1024:
@@ -60,21 +69,45 @@ def _reader(spec: ShardSpec) -> ShardReader:
     return reader
 
 
-def shard_obs(spec: ShardSpec) -> pd.DataFrame:
-    """The shard's cell metadata (cached; do not modify the returned frame)."""
+def _check_once(spec: ShardSpec) -> None:
+    """Check a sealed shard's small files against their checksums (an older shard's chunk files exist), once per process."""
     with _LOCK:
-        obs = _OBS.get(spec.path)
-        if obs is not None:
-            _OBS.move_to_end(spec.path)
-            return obs
+        if spec.path in _CHECKED:
+            return
+    if spec.seal is None:
+        check_chunk_files(Path(spec.path), spec.layer, spec.name, spec.nnz)
+    else:
+        check_small_files(Path(spec.path), spec.seal, spec.layer, spec.name)
+    with _LOCK:
+        _CHECKED.add(spec.path)
+
+
+def shard_obs(spec: ShardSpec, *, cache: bool = True) -> pd.DataFrame:
+    """The shard's cell metadata (cached; do not modify the returned frame)."""
+    if cache:
+        with _LOCK:
+            obs = _OBS.get(spec.path)
+            if obs is not None:
+                _OBS.move_to_end(spec.path)
+                return obs
     import anndata as ad
     import zarr
 
-    group = zarr.open_group(str(Path(spec.path) / "obs"), mode="r")
-    obs = ad.io.read_elem(group) if hasattr(ad, "io") else ad.experimental.read_elem(group)
-    if obs.shape[0] != spec.n_obs:  # pragma: no cover - a corrupted shard
-        msg = f"Dataset {spec.name!r}: metadata has {obs.shape[0]} cells, the manifest says {spec.n_obs}."
-        raise RuntimeError(msg)
+    _check_once(spec)
+    try:
+        group = zarr.open_group(str(Path(spec.path) / "obs"), mode="r")
+        obs = ad.io.read_elem(group) if hasattr(ad, "io") else ad.experimental.read_elem(group)
+        names = group.attrs.get(OBS_NAMES_ATTR)
+    except Exception as err:
+        raise damaged(spec.name, [f"its cell metadata cannot be read ({type(err).__name__}: {err})"]) from err
+    if names is not None:
+        if len(names) != obs.shape[1]:
+            raise damaged(spec.name, [f"its cell metadata has {obs.shape[1]} columns but {len(names)} names"])
+        obs.columns = list(names)
+    if obs.shape[0] != spec.n_obs:
+        raise damaged(spec.name, [f"its cell metadata has {obs.shape[0]} cells, the manifest recorded {spec.n_obs}"])
+    if not cache:
+        return obs
     with _LOCK:
         _OBS[spec.path] = obs
         while len(_OBS) > 1 and sum(len(o) for o in _OBS.values()) > OBS_CACHE_ROWS:

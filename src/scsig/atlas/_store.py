@@ -83,7 +83,8 @@ def _blosc(shuffle: str, typesize: int, clevel: int) -> dict[str, Any]:
 
 
 def _array_spec(path: Path, dtype: str, shape: int, *, chunk: int, shard: int | None, blosc: dict) -> dict[str, Any]:
-    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc]
+    # a crc32c per compressed chunk: a flipped bit fails the read instead of decoding to wrong values
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc, {"name": "crc32c"}]
     if shard is None:
         codecs, grid = inner, chunk
     else:
@@ -98,7 +99,13 @@ def _array_spec(path: Path, dtype: str, shape: int, *, chunk: int, shard: int | 
         "fill_value": 0,
         "codecs": codecs,
     }
-    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}, "metadata": metadata}
+    # every chunk is stored, even all-zero ones, so that a missing chunk file always means damage
+    return {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(path)},
+        "metadata": metadata,
+        "store_data_equal_to_fill_value": True,
+    }
 
 
 class _Appender:
@@ -156,6 +163,21 @@ def _write_small(path: Path, values: np.ndarray, dtype: str) -> None:
         arr.write(values.astype(dtype, copy=False)).result()
 
 
+OBS_NAMES_ATTR = "scsig-column-names"
+"""Attribute of a shard's ``obs`` group: the metadata's own column names when some had to be escaped."""
+
+
+def _escape_columns(obs: pd.DataFrame) -> pd.DataFrame:
+    """``obs`` with column names zarr can store: ``%`` and ``/`` percent-encoded (the real names go in an attribute)."""
+    names = [str(c) for c in obs.columns]
+    if not any("/" in n for n in names):
+        return obs
+    escaped = [n.replace("%", "%25").replace("/", "%2F") for n in names]
+    out = obs.copy(deep=False)
+    out.columns = escaped
+    return out
+
+
 def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: dict, layer: str, shape: tuple) -> Path:
     """The AnnData zarr store without its matrix; returns the folder the matrix arrays go into."""
     import anndata as ad
@@ -164,8 +186,10 @@ def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: di
     with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
-        ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(path)
+        ad.AnnData(obs=_escape_columns(obs), var=var, uns=uns).write_zarr(path)
     root = zarr.open_group(path, mode="a", zarr_format=3)
+    if list(obs.columns) != [str(c) for c in _escape_columns(obs).columns]:
+        root["obs"].attrs[OBS_NAMES_ATTR] = [str(c) for c in obs.columns]
     layers = root.require_group("layers")
     layers.attrs.update({"encoding-type": "dict", "encoding-version": ENCODING_VERSION})
     group = layers.create_group(layer)
@@ -407,26 +431,67 @@ def build_shard_from_columns(
 
 
 class ShardReader:
-    """Read gene columns of one shard's attribution layer (opened once, shards never change)."""
+    """Read gene columns of one shard's attribution layer (opened once, shards never change).
 
-    def __init__(self, path: Path, layer: str) -> None:
+    Opening checks the structure of the CSC arrays (see :mod:`scsig.atlas._integrity`); every read
+    checks that the row indices are cells of the dataset. With ``strict`` (shards written with
+    checksums), a missing chunk file is an error rather than zeros. Every failure raises
+    :class:`~scsig.atlas._integrity.DamagedDatasetError` naming the dataset and how to repair it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        layer: str,
+        *,
+        name: str | None = None,
+        n_obs: int | None = None,
+        nnz: int | None = None,
+        strict: bool = False,
+    ) -> None:
+        from ._integrity import DamagedDatasetError, check_indptr, damaged
+
         ts = require_tensorstore()
         ctx = _context()
         folder = path / "layers" / layer
+        self.name = name if name is not None else path.name
+        self.n_obs = n_obs
 
-        def open_(name: str) -> Any:
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(folder / name)}}
+        def open_(array: str) -> Any:
+            spec = {
+                "driver": "zarr3",
+                "kvstore": {"driver": "file", "path": str(folder / array)},
+                "fill_missing_data_reads": not strict,
+            }
             return ts.open(spec, read=True, context=ctx).result()
 
-        self.data = open_("data")
-        self.indices = open_("indices")
-        self.indptr = np.asarray(open_("indptr").read().result(), dtype=np.int64)
+        try:
+            self.data = open_("data")
+            self.indices = open_("indices")
+            self.indptr = np.asarray(open_("indptr").read().result(), dtype=np.int64)
+        except DamagedDatasetError:
+            raise
+        except Exception as err:
+            raise damaged(self.name, [f"its layer {layer!r} cannot be opened ({type(err).__name__}: {err})"]) from err
+        if self.indptr.ndim != 1:
+            raise damaged(self.name, ["its column pointer (indptr) is not one-dimensional"])
+        check_indptr(
+            self.indptr,
+            n_values=int(self.data.shape[0]),
+            n_values_indices=int(self.indices.shape[0]),
+            nnz=nnz,
+            name=self.name,
+        )
         self.path = path
         self.n_genes = self.indptr.size - 1
 
     def _start(self, cols: np.ndarray) -> tuple[Any, Any, np.ndarray]:
         """Start reading columns ``cols``: ``(data future, indices future, indptr)``; futures may be None."""
         ts = require_tensorstore()
+        if cols.size and (int(cols.max()) >= self.n_genes or int(cols.min()) < 0):
+            from ._integrity import damaged
+
+            raise damaged(self.name, [f"it stores {self.n_genes} genes, fewer than the atlas's gene order"])
         starts, stops = self.indptr[cols], self.indptr[cols + 1]
         indptr = np.zeros(cols.size + 1, dtype=np.int64)
         np.cumsum(stops - starts, out=indptr[1:])
@@ -447,12 +512,19 @@ class ShardReader:
         fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
         return fd, fi, indptr
 
-    @staticmethod
-    def _finish(started: tuple[Any, Any, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _finish(self, started: tuple[Any, Any, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from ._integrity import check_rows, damaged
+
         fd, fi, indptr = started
         if fd is None:
             return np.empty(0, np.float32), np.empty(0, np.int32), indptr
-        return np.asarray(fd.result()), np.asarray(fi.result()), indptr
+        try:
+            data, indices = np.asarray(fd.result()), np.asarray(fi.result())
+        except Exception as err:
+            raise damaged(self.name, [f"reading its attributions fails ({type(err).__name__}: {err})"]) from err
+        if self.n_obs is not None:
+            check_rows(indices, self.n_obs, self.name)
+        return data, indices, indptr
 
     def columns(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(data, row_indices, indptr)`` of the CSC sub-matrix of columns ``cols`` (any order)."""

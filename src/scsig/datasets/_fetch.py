@@ -123,6 +123,28 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(pooch.os_cache("scsig"))
 
 
+def _safe_fname(fname: str, *, given: bool) -> str:
+    """``fname`` checked to be a plain file name inside the cache folder (no separators, no ``..``)."""
+    name = str(fname)
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or Path(name).is_absolute()
+        or Path(name).name != name
+    )
+    if bad:
+        what = "fname" if given else "The file name taken from the URL"
+        msg = (
+            f"{what} {name!r} is not a plain file name; it must name a file inside the cache folder "
+            "(no '/', '\\', '..' or absolute path). Pass fname='<name>' and choose the folder with cache_dir=."
+        )
+        raise ValueError(msg)
+    return name
+
+
 @doc_params(doc_progress=doc_progress)
 def fetch(
     name: str,
@@ -148,6 +170,8 @@ def fetch(
         Required with a URL; must be ``None`` (or equal the registered hash) with a name.
     fname
         File name in the cache. Default: the registered name, or the URL's last path component.
+        A plain file name: path separators, ``..`` and absolute paths are refused, so a
+        download never lands outside ``cache_dir``.
     cache_dir
         Folder to keep downloads in. Default: ``$SCSIG_DATA_DIR`` when set, else the operating
         system's cache folder for ``scsig`` (e.g. ``~/.cache/scsig`` on Linux).
@@ -192,10 +216,11 @@ def fetch(
         raise ValueError(msg)
     sha = sha.lower().removeprefix("sha256:")
 
+    target = _safe_fname(fname if fname is not None else default_fname, given=fname is not None)
     folder = _cache_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     show = settings.progress if progress is None else progress
     start = logg.info(f"fetching {url}")
-    path = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=fname or default_fname, path=folder, progressbar=show)
+    path = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=target, path=folder, progressbar=show)
     logg.info(f"    finished: {path}", time=start)
     return Path(path)
