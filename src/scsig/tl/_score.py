@@ -17,6 +17,7 @@ from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._utils import resolve_adata, wrap_return
 from ..pp._validate import check_unique_var_names
+from ._score_modes import check_mode, mode_scores
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -158,6 +159,8 @@ def score(
     layer: str | None = None,
     weights: Sequence[float] | None = None,
     aggregate: Literal["mean", "sum"] = "mean",
+    mode: Literal["classic", "top", "rank", "control_diff", "control_ratio", "detected"] = "classic",
+    mode_kwds: Mapping[str, Any] | None = None,
     key_added: str = SCORE_KEY,
     mod: str = "rna",
     copy: bool = False,
@@ -186,6 +189,22 @@ def score(
         Weights for a gene list, in the same order.
     aggregate
         ``"mean"`` or ``"sum"``.
+    mode
+        How attributions become a score (see ``docs/validity.md`` for what each does to the depth
+        confound). ``"classic"`` (default): the score above, what the published method computes.
+        ``"top"``: the classic score times the cell's attribution total over the sum of its
+        ``top_k`` (300) largest attributions, so that a deeper cell, which spreads its attribution
+        over more detected genes, is not scored lower for it. ``"rank"``: from each cell's ranking
+        of its genes by attribution (1 = largest), a gene of rank :math:`r \le R` counts
+        :math:`(R - r + 1) / R` (``max_rank`` :math:`R`, 200), others 0; scores are in [0, 1].
+        ``"control_diff"`` / ``"control_ratio"``: as :func:`scanpy.tl.score_genes` on attributions,
+        the score minus (divided by) the mean attribution of ``ctrl_size`` (50) control genes drawn
+        (with ``seed``, 0) from the signature genes' bins (``n_bins``, 25) of mean attribution.
+        ``"detected"``: the classic score times the cell's number of non-zero attributions over its
+        attribution total (attribution relative to the cell's mean over its detected genes).
+    mode_kwds
+        Options of the mode: ``top_k`` (``"top"``), ``max_rank`` (``"rank"``), ``n_bins``,
+        ``ctrl_size`` and ``seed`` (``"control_*"``).
     key_added
         Name of the score column. For several signatures the columns are
         ``f"{{key_added}}_{{name}}"`` and ``adata.obsm[key_added]`` holds them all.
@@ -200,7 +219,7 @@ def score(
         float64 scores (one signature), or ``adata.obs[f"{{key_added}}_{{name}}"]`` and
         ``adata.obsm[key_added]`` (a DataFrame, one column per signature) for several.
     ``adata.uns["scsig"]["scores"][key_added]``
-        The layer, aggregate, and per signature the genes used, their weights and the missing genes.
+        The layer, aggregate, mode (and its options), and per signature the genes used, their weights and the missing genes.
 
     Examples
     --------
@@ -214,6 +233,7 @@ def score(
     if aggregate not in ("mean", "sum"):
         msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
         raise ValueError(msg)
+    mode_kwds = check_mode(mode, mode_kwds)
     sigs, several = parse_signatures(genes, weights)
     _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data_ro, layer)
@@ -225,7 +245,8 @@ def score(
 
     start = logg.info(f"scoring {len(sigs)} signature(s) from layer {key!r}")
     scores: dict[str, np.ndarray] = {}
-    record: dict[str, Any] = {"layer": key, "aggregate": aggregate, "signatures": {}}
+    record: dict[str, Any] = {"layer": key, "aggregate": aggregate, "mode": mode, "signatures": {}}
+    mode_cache: dict = {}
     for name, (gl, w) in sigs.items():
         pos = var_index.get_indexer(gl)
         usable = (pos >= 0) & known[np.maximum(pos, 0)]
@@ -250,8 +271,11 @@ def score(
             msg = f"The weights of the usable genes of {label} sum to 0."
             raise ValueError(msg)
         coef = wv / wv.sum() if aggregate == "mean" else wv
-        scores[name] = score_matrix(x, cols, coef)
+        scores[name], used = mode_scores(
+            x, cols, coef, mode=mode, score_matrix=score_matrix, pool=known, cache=mode_cache, **mode_kwds
+        )
         record["signatures"][name] = {
+            **({"mode_options": used} if used else {}),
             "genes": [g for g, ok in zip(gl, usable, strict=True) if ok],
             "weights": wv.tolist() if w is not None else "none",
             "missing": missing,
