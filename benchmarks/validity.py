@@ -150,14 +150,17 @@ def signatures_of(adata: ad.AnnData) -> dict[str, list[str]]:
     return {name: genes for name, genes in MARKERS.items() if target_mask(adata, name).sum() >= 10}
 
 
-def mode_scores(adata: ad.AnnData, signatures: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
-    """Every scoring mode of sg.tl.score on the (attributed) data: {method: cells x signatures}."""
+def mode_scores(adata: ad.AnnData, signatures: dict[str, list[str]], top_ks: list[int]) -> dict[str, pd.DataFrame]:
+    """Every scoring mode of sg.tl.score on the (attributed) data: {method: cells x signatures}.
+
+    ``top_ks`` adds ``mode="top"`` with other ``top_k`` values (``attr_top_k<k>``)."""
     out = {}
-    for mode in MODES:
+    runs = [(f"attr_{mode}", mode, None) for mode in MODES] + [(f"attr_top_k{k}", "top", {"top_k": k}) for k in top_ks]
+    for label, mode, kwds in runs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # genes the model lacks are reported by sg.tl.score
-            sg.tl.score(adata, signatures, mode=mode, key_added="_s")
-        out[f"attr_{mode}"] = adata.obsm["_s"].copy()
+            sg.tl.score(adata, signatures, mode=mode, mode_kwds=kwds, key_added="_s")
+        out[label] = adata.obsm["_s"].copy()
     return out
 
 
@@ -277,6 +280,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="epochs of the locally trained encoders")
     parser.add_argument("--datasets", nargs="+", default=None, help="subset of kang_ifnb kang_muscat pbmc3k")
     parser.add_argument("--expression", nargs="*", default=None, help="expression scores (default: all installed)")
+    parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sg.settings.progress = False
@@ -308,7 +312,7 @@ def main() -> None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # cells left without counts after thinning
                     sg.tl.attribute(work, model, progress=False, on_degenerate="warn")
-                scored[which] = mode_scores(work, sigs)
+                scored[which] = mode_scores(work, sigs, args.top_k_sweep)
             e_orig, e_thin = expression[dname]
             marker_cols = [s for s in sigs if s != "interferon"]
             orig = {m: t[marker_cols] for m, t in scored["orig"].items()} | e_orig
