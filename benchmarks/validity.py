@@ -280,6 +280,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="epochs of the locally trained encoders")
     parser.add_argument("--datasets", nargs="+", default=None, help="subset of kang_ifnb kang_muscat pbmc3k")
     parser.add_argument("--expression", nargs="*", default=None, help="expression scores (default: all installed)")
+    parser.add_argument(
+        "--trained-on",
+        nargs="*",
+        default=[],
+        metavar="MODEL=DATASET",
+        help="datasets a model folder was trained on (pbmc-demo and its variants: pbmc3k)",
+    )
     parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +295,10 @@ def main() -> None:
     expr = expr if args.expression is None else [m for m in expr if m in args.expression]
     print(f"expression scores: {expr}; attribution modes: {list(MODES)}")
 
+    trained_on = {k: set(v) for k, v in TRAINED_ON.items()}
+    for pair in args.trained_on:
+        label, _, dname = pair.partition("=")
+        trained_on.setdefault(label, set()).add(dname)
     data = {k: v for k, v in load_datasets().items() if not args.datasets or k in args.datasets}
     rows, ifn_rows, cross_rows = [], [], []
     expression = {}
@@ -305,7 +316,10 @@ def main() -> None:
             if contrast:
                 sigs = {**sigs, "interferon": ISG}
             model = load_model(mname, adata, dname, args.epochs)
-            in_training = label == "trained" or dname in TRAINED_ON.get(label, set())
+            seen = trained_on.get(label, set()) | (
+                TRAINED_ON["pbmc-demo"] if model.name.startswith("pbmc-demo") else set()
+            )
+            in_training = label == "trained" or dname in seen
             scored = {}
             for which, counts in (("orig", adata), ("thin", thin(adata))):
                 work = counts.copy()
