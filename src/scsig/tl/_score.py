@@ -229,6 +229,9 @@ def score(
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> bool((adata.obs["score"] >= 0).all())
     True
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"], mode="top", mode_kwds={"top_k": 10}, key_added="score_top")
+    >>> adata.uns["scsig"]["scores"]["score_top"]["mode"]
+    'top'
     """
     if aggregate not in ("mean", "sum"):
         msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
