@@ -25,6 +25,7 @@ Commands::
     python scripts/train_demo_model.py --data /path/to/pbmc3k.h5ad --select   # compare recipes on pbmc3k
     python scripts/train_demo_model.py --data /path/to/pbmc3k.h5ad --report-kang  # also measure on Kang
     python scripts/train_demo_model.py --evaluate-only                             # measure the bundled model
+    python scripts/train_demo_model.py --data … --recipe wide-consistency --out /tmp/wc   # a depth-robust variant
 
 Without ``--data`` the counts come from ``scanpy.datasets.pbmc3k()`` (needs the internet).
 """
@@ -89,6 +90,14 @@ CANDIDATES = {
 }
 """Recipes compared by ``--select``."""
 
+DEPTH_RECIPES = {
+    "wide-consistency": {**RECIPE, "thinning": (0.1, 1.0), "consistency": 1.0},
+    "attribution-consistency": {**RECIPE, "thinning": (0.1, 1.0), "attribution_consistency": 5.0},
+}
+"""Depth-robust variants of ``RECIPE`` (``--recipe``), measured by ``benchmarks/validity.py`` on the Kang cells.
+
+They are not shipped: ``docs/validity.md`` shows that neither makes the attribution score depend less on depth."""
+
 KANG_ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
 
 
@@ -102,8 +111,11 @@ def sha256_file(path: Path) -> str:
 
 
 def load_pbmc3k(path: str | None) -> tuple[ad.AnnData, dict]:
-    """Raw pbmc3k counts from ``path``, or from scanpy's download when ``path`` is None."""
-    if path is not None:
+    """Raw pbmc3k counts from ``path``, the bundled copy (``"bundled"``), or scanpy's download (``None``)."""
+    if path == "bundled":
+        adata = sg.datasets.pbmc3k()
+        source = {"path": "sg.datasets.pbmc3k()", "sha256": "see scsig.datasets (checksum-pinned bundled file)"}
+    elif path is not None:
         adata = ad.read_h5ad(path)
         source = {"path": str(path), "sha256": sha256_file(Path(path))}
     else:
@@ -247,7 +259,10 @@ def git_state() -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="pbmc3k .h5ad with raw counts; default scanpy.datasets.pbmc3k()")
+    parser.add_argument(
+        "--data",
+        help="pbmc3k .h5ad with raw counts, or 'bundled' for sg.datasets.pbmc3k(); default scanpy.datasets.pbmc3k()",
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: the bundled model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
@@ -257,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-kang", action="store_true", help="after training, measure ISG AUROC on Kang")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true", help="only measure the model in --out on Kang")
+    parser.add_argument(
+        "--recipe", choices=["shipped", *DEPTH_RECIPES], default="shipped", help="train a depth-robust variant"
+    )
     args = parser.parse_args(argv)
     progress = not args.no_progress
     if args.evaluate_only:
@@ -275,10 +293,14 @@ def main(argv: list[str] | None = None) -> None:
         print(table.to_string())
         return
 
-    recipe = {**RECIPE, "epochs": args.epochs}
+    if args.recipe != "shipped" and Path(args.out).resolve() == DEFAULT_OUT.resolve():
+        msg = "--recipe trains a variant that is not shipped; pass --out a folder outside the package."
+        raise SystemExit(msg)
+    recipe = {**(RECIPE if args.recipe == "shipped" else DEPTH_RECIPES[args.recipe]), "epochs": args.epochs}
     git = git_state()  # before the output is written into the source tree
     t0 = time.perf_counter()
-    model = train(adata, genes, recipe, seed=args.seed, name="pbmc-demo", progress=progress)
+    name = "pbmc-demo" if args.recipe == "shipped" else f"pbmc-demo-{args.recipe}"
+    model = train(adata, genes, recipe, seed=args.seed, name=name, progress=progress)
     seconds = time.perf_counter() - t0
     out = Path(args.out)
     sg.models.save_safetensors(model, out, dtype=args.dtype, metadata={"trained_by": "scripts/train_demo_model.py"})

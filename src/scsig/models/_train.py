@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from ._base import FoundationModel
 
-__all__ = ["select_genes", "train_encoder"]
+__all__ = ["attribution_shares", "depth_consistency_losses", "select_genes", "train_encoder"]
 
 
 def select_genes(
@@ -169,6 +169,64 @@ def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> 
     return per_row[n_pos > 0].mean()
 
 
+def attribution_shares(encoder: torch.nn.Module, x: torch.Tensor, anchor: torch.Tensor, n_steps: int) -> torch.Tensor:
+    r"""Differentiable integrated-gradient attribution shares of the self-similarity target.
+
+    For each row of ``x`` (normalized input) the target is :math:`t(x') = \sum_k |a_k f(x')_k|`
+    with ``anchor`` :math:`a` fixed (the embedding of the unaugmented cell), as in
+    :func:`scsig.tl.attribute`. Integrated gradients from the zero baseline are approximated by the
+    midpoint rule with ``n_steps`` points, :math:`x_g \frac{1}{m}\sum_j \partial t / \partial x_g
+    ((j - \tfrac12) x / m)`, and the absolute values are divided by their row sum. The graph is kept
+    (``create_graph``), so a loss on the shares trains the encoder. The encoder should be in eval
+    mode, so that each row is attributed on its own, as at inference.
+    """
+    import torch
+
+    x = x.detach()
+    alphas = (torch.arange(n_steps, dtype=x.dtype) + 0.5) / n_steps
+    path = (alphas[:, None, None] * x[None]).reshape(-1, x.shape[1]).requires_grad_(requires_grad=True)
+    target = (encoder(path) * anchor.repeat(n_steps, 1)).abs().sum()
+    (grad,) = torch.autograd.grad(target, path, create_graph=True)
+    attr = (x * grad.reshape(n_steps, *x.shape).mean(dim=0)).abs()
+    return attr / attr.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def depth_consistency_losses(
+    encoder: torch.nn.Module, views: torch.Tensor, full: torch.Tensor, *, attributions: bool, n_steps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""Consistency of an embedding, and of its attributions, between cells and their augmented views.
+
+    ``views`` holds normalized augmented views (``k * n`` rows, ``k`` views of each cell, stacked)
+    and ``full`` the same ``n`` cells normalized without augmentation. Both pass through
+    ``encoder`` in one batch (in the encoder's current mode). Returns the views' embeddings, the
+    mean embedding term :math:`1 - \cos(f(x), f(v))` over views, and (with ``attributions``) the
+    mean total-variation distance :math:`\tfrac12 \sum_g |s_g(x) - s_g(v)|` between the attribution
+    shares (``attribution_shares``, ``n_steps`` points) of each view and of its cell, both with the
+    cell's own embedding as anchor. The shares are computed with the encoder in eval mode (dropout
+    off, BatchNorm on its running statistics, each row on its own, as at inference), then the
+    encoder's mode is restored. The attribution term is 0 when a view spreads its attribution over
+    the genes exactly as its cell does and 1 when they share no gene.
+    """
+    import torch
+
+    n = full.shape[0]
+    k = views.shape[0] // n
+    z = encoder(torch.cat([views, full]))
+    z_views, z_full = z[: k * n], z[k * n :]
+    embed = (1 - (z_views * z_full.repeat(k, 1)).sum(dim=1)).mean()
+    if not attributions:
+        return z_views, embed, None
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        anchor = encoder(full).detach()
+        shares = attribution_shares(encoder, torch.cat([views, full]), anchor.repeat(k + 1, 1), n_steps)
+    finally:
+        encoder.train(was_training)
+    s_views, s_full = shares[: k * n], shares[k * n :].repeat(k, 1)
+    return z_views, embed, 0.5 * (s_views - s_full).abs().sum(dim=1).mean()
+
+
 def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch_size: int, target_sum: float) -> None:
     """Set BatchNorm running statistics to the exact mean and variance of their inputs on unaugmented cells.
 
@@ -228,6 +286,9 @@ def train_encoder(
     temperature: float = 0.1,
     thinning: tuple[float, float] = (0.3, 1.0),
     gene_dropout: float = 0.2,
+    consistency: float = 0.0,
+    attribution_consistency: float = 0.0,
+    attribution_steps: int = 4,
     seed: int = 0,
     name: str = "trained-encoder",
     check_counts: bool = True,
@@ -296,6 +357,20 @@ def train_encoder(
         Range of the fraction of counts each view keeps; ``(1.0, 1.0)`` turns thinning off.
     gene_dropout
         Probability that a view loses a gene's counts.
+    consistency
+        Weight of a depth-consistency term added to the loss: the mean of
+        :math:`1 - \cos(f(x), f(v))` between each cell at full depth (no augmentation) and its two
+        views (see ``depth_consistency_losses``). 0 (the default) leaves it out.
+    attribution_consistency
+        Weight of a term on the attributions themselves: the total-variation distance between the
+        input x gradient attribution shares of each cell at full depth and of its views (the
+        self-similarity target of :func:`scsig.tl.attribute`, integrated gradients with
+        ``attribution_steps`` midpoint steps; see ``depth_consistency_losses``). It asks a thinned
+        cell to spread its attribution over its genes as the full cell does, so attribution shares
+        (and scores) depend less on depth. It needs ``attribution_steps`` extra forward passes and
+        a second backward pass, several times the training time. 0 (the default) leaves it out.
+    attribution_steps
+        Steps of the integrated-gradient approximation of ``attribution_consistency``.
     seed
         Seed of every random choice; torch's global random state is left as it was.
     name
@@ -334,6 +409,13 @@ def train_encoder(
         if not 0 <= value < 1:
             msg = f"{label} must be in [0, 1), got {value!r}."
             raise ValueError(msg)
+    for label, value in (("consistency", consistency), ("attribution_consistency", attribution_consistency)):
+        if not (isinstance(value, int | float) and np.isfinite(value) and value >= 0):
+            msg = f"{label} must be a finite number >= 0, got {value!r}."
+            raise ValueError(msg)
+    if isinstance(attribution_steps, bool) or not isinstance(attribution_steps, int) or attribution_steps < 1:
+        msg = f"attribution_steps must be a positive integer, got {attribution_steps!r}."
+        raise ValueError(msg)
     if epochs < 1 or batch_size < 2:
         msg = f"epochs must be >= 1 and batch_size >= 2 (BatchNorm needs 2 cells), got {epochs} and {batch_size}."
         raise ValueError(msg)
@@ -392,9 +474,21 @@ def train_encoder(
                         _augment(batch, thinning=(lo_thin, hi_thin), gene_dropout=gene_dropout, gen=gen)
                         for _ in range(2)
                     ]
-                    z = encoder(_normalize(torch.cat(views), target_sum))
                     bid = ids_t[torch.as_tensor(idx)]
-                    loss = contrastive_loss(z, torch.cat([bid, bid]), temperature)
+                    if consistency > 0 or attribution_consistency > 0:
+                        z, embed, attr = depth_consistency_losses(
+                            encoder,
+                            _normalize(torch.cat(views), target_sum),
+                            _normalize(batch, target_sum),
+                            attributions=attribution_consistency > 0,
+                            n_steps=int(attribution_steps),
+                        )
+                        loss = contrastive_loss(z, torch.cat([bid, bid]), temperature) + consistency * embed
+                        if attr is not None:
+                            loss = loss + attribution_consistency * attr
+                    else:
+                        z = encoder(_normalize(torch.cat(views), target_sum))
+                        loss = contrastive_loss(z, torch.cat([bid, bid]), temperature)
                     optim.zero_grad()
                     loss.backward()
                     optim.step()
@@ -430,6 +524,9 @@ def train_encoder(
         "temperature": float(temperature),
         "thinning": [lo_thin, hi_thin],
         "gene_dropout": float(gene_dropout),
+        "consistency": float(consistency),
+        "attribution_consistency": float(attribution_consistency),
+        "attribution_steps": int(attribution_steps),
         "seed": int(seed),
         "loss": losses,
         "seconds": round(seconds, 2),

@@ -294,7 +294,7 @@ def compare_scores(
                 warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=2)
                 results[m] = np.full(data.n_obs, np.nan)
                 continue
-            results[m] = score_signature(data.layers[key], sig)
+            results[m], _ = score_signature(data.layers[key], sig)
         else:
             results[m] = _expression_scores(counts, data.obs_names, data.var_names, list(genes), m, seed=seed)
 

@@ -17,6 +17,7 @@ from .._signature import Signature, parse_signatures, resolve_signatures
 from .._uns import check_key_added, encode_key, put_record
 from .._utils import resolve_adata, wrap_return
 from ..pp._validate import check_unique_var_names
+from ._score_modes import check_mode, mode_scores
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -92,13 +93,17 @@ def score_matrix(x: np.ndarray | sparse.spmatrix, cols: np.ndarray, weights: np.
     return np.asarray(x[:, cols], dtype=np.float64) @ weights
 
 
-def score_signature(x: np.ndarray | sparse.spmatrix, sig: Signature) -> np.ndarray:
-    """The scores of one resolved signature on the attribution matrix ``x`` (cells x genes).
+def score_signature(
+    x: np.ndarray | sparse.spmatrix, sig: Signature, *, mode: str = "classic", **mode_kwds: Any
+) -> tuple[np.ndarray, dict]:
+    """The scores of one resolved signature on the attribution matrix ``x`` (cells x genes), and the mode's options.
 
-    The one place a signature's score is computed from attributions: the coefficient-weighted sum
-    of its genes' attributions (coefficients sum to 1 for ``aggregate="mean"``).
+    The one place a signature's score is computed from attributions. ``"classic"`` is the
+    coefficient-weighted sum of its genes' attributions (coefficients sum to 1 for
+    ``aggregate="mean"``); the other modes are in :mod:`scsig.tl._score_modes`. ``mode_kwds`` go to
+    :func:`~scsig.tl._score_modes.mode_scores` (``pool``, ``cache``, the mode's own options).
     """
-    return score_matrix(x, sig.cols, sig.coef)
+    return mode_scores(x, sig.cols, sig.coef, mode=mode, score_matrix=score_matrix, **mode_kwds)
 
 
 @doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
@@ -109,6 +114,8 @@ def score(
     layer: str | None = None,
     weights: Sequence[float] | None = None,
     aggregate: Literal["mean", "sum"] = "mean",
+    mode: Literal["classic", "top", "rank", "control_diff", "control_ratio", "detected"] = "classic",
+    mode_kwds: Mapping[str, Any] | None = None,
     key_added: str = SCORE_KEY,
     mod: str = "rna",
     copy: bool = False,
@@ -143,6 +150,22 @@ def score(
         Weights for a gene list, in the same order.
     aggregate
         ``"mean"`` or ``"sum"``.
+    mode
+        How attributions become a score (see ``docs/validity.md`` for what each does to the depth
+        confound). ``"classic"`` (default): the score above, what the published method computes.
+        ``"top"``: the classic score times the cell's attribution total over the sum of its
+        ``top_k`` (300) largest attributions, so that a deeper cell, which spreads its attribution
+        over more detected genes, is not scored lower for it. ``"rank"``: from each cell's ranking
+        of its genes by attribution (1 = largest), a gene of rank :math:`r \le R` counts
+        :math:`(R - r + 1) / R` (``max_rank`` :math:`R`, 200), others 0; scores are in [0, 1].
+        ``"control_diff"`` / ``"control_ratio"``: as :func:`scanpy.tl.score_genes` on attributions,
+        the score minus (divided by) the mean attribution of ``ctrl_size`` (50) control genes drawn
+        (with ``seed``, 0) from the signature genes' bins (``n_bins``, 25) of mean attribution.
+        ``"detected"``: the classic score times the cell's number of non-zero attributions over its
+        attribution total (attribution relative to the cell's mean over its detected genes).
+    mode_kwds
+        Options of the mode: ``top_k`` (``"top"``), ``max_rank`` (``"rank"``), ``n_bins``,
+        ``ctrl_size`` and ``seed`` (``"control_*"``).
     key_added
         Name of the score column. For several signatures the columns are
         ``f"{{key_added}}_{{name}}"`` and ``adata.obsm[key_added]`` holds them all.
@@ -157,7 +180,7 @@ def score(
         float64 scores (one signature), or ``adata.obs[f"{{key_added}}_{{name}}"]`` and
         ``adata.obsm[key_added]`` (a DataFrame, one column per signature) for several.
     ``adata.uns["scsig"]["scores"][key_added]``
-        The layer, aggregate, and per signature the genes used, their weights and the missing genes.
+        The layer, aggregate, mode (and its options), and per signature the genes used, their weights and the missing genes.
 
     Examples
     --------
@@ -167,7 +190,11 @@ def score(
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> bool((adata.obs["score"] >= 0).all())
     True
+    >>> sg.tl.score(adata, ["g0", "g1", "g2"], mode="top", mode_kwds={"top_k": 10}, key_added="score_top")
+    >>> adata.uns["scsig"]["scores"]["score_top"]["mode"]
+    'top'
     """
+    mode_kwds = check_mode(mode, mode_kwds)
     _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
     key = attribution_layer(data_ro, layer)
     var_index = pd.Index(data_ro.var_names)
@@ -180,12 +207,24 @@ def score(
     x = data_ro.layers[key]
 
     start = logg.info(f"scoring {len(sigs)} signature(s) from layer {key!r}")
-    scores = {sig.name: score_signature(x, sig) for sig in sigs}
+    scores: dict[str, np.ndarray] = {}
+    used: dict[str, dict] = {}
+    mode_cache: dict = {}
+    for sig in sigs:
+        scores[sig.name], used[sig.name] = score_signature(x, sig, mode=mode, pool=known, cache=mode_cache, **mode_kwds)
     record: dict[str, Any] = {
         "layer": key,
         "aggregate": aggregate,
+        "mode": mode,
         "columns": columns,
-        "signatures": {encode_key(sig.name): {**sig.record(), "name": sig.name} for sig in sigs},
+        "signatures": {
+            encode_key(sig.name): {
+                **sig.record(),
+                "name": sig.name,
+                **({"mode_options": used[sig.name]} if used[sig.name] else {}),
+            }
+            for sig in sigs
+        },
     }
 
     container, data = resolve_adata(adata, mod=mod, copy=copy)

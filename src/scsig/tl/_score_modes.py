@@ -1,0 +1,221 @@
+r"""Scoring modes of ``sg.tl.score``: how a cell's attributions over a signature's genes become one number.
+
+Every mode is a pure function of the attribution matrix (cells x genes, the normalized layer written
+by :func:`scsig.tl.attribute`), the signature's columns and their coefficients (weights, already
+divided by their sum for a mean). None of them reads counts or expression: a gene's attribution is 0
+exactly where the model saw no input for it, so the number of genes a cell detects (in the model's
+gene space) is the number of non-zero attributions in its row.
+
+Why more than one mode: each cell's attributions sum to ``target_sum``. A deeper cell detects more
+genes, the same total is spread over more of them, and every gene's share shrinks, so the classic
+mean falls with sequencing depth inside a pure population. The modes differ in how they take the
+cell's own attribution profile into account:
+
+``"classic"``
+    The classic score (what the published method computes): :math:`\sum_g c_g a_{cg}`.
+``"top"``
+    The classic score times :math:`T_c / S_c`, with :math:`T_c` the cell's row sum (the layer's
+    ``target_sum``) and :math:`S_c` the sum of its ``top_k`` largest attributions: each cell is
+    rescaled so that its ``top_k`` largest attributions, rather than all of them, sum to the
+    layer's ``target_sum``. The genes a deeper cell adds are mostly small
+    attributions outside its top ``top_k``, so this total does not grow with the number of genes
+    detected. Cells with at most ``top_k`` detected genes keep their classic score.
+``"rank"``
+    Rank-based, from the top: in each cell, genes are ranked by attribution (1 = largest, among
+    the genes with a non-zero attribution); a gene of rank :math:`r \le R` contributes
+    :math:`(R - r + 1) / R`, others 0; the score is :math:`\sum_g c_g` of those, in [0, 1] for a
+    mean. Genes a deeper cell adds enter at the bottom of the ranking, so the top ``R`` ranks (and the
+    score) hardly move.
+``"control_diff"`` / ``"control_ratio"``
+    As :func:`scanpy.tl.score_genes`, on attributions: genes are put in ``n_bins`` bins of their
+    mean attribution over all cells, ``ctrl_size`` control genes are drawn (seeded) from the bin of
+    each signature gene, and the score is the signature's mean minus (or divided by) the mean of the
+    control genes in the same cell.
+``"detected"``
+    Attribution relative to the cell's mean attribution over its detected genes:
+    :math:`\sum_g c_g a_{cg} n_c / T`, with :math:`n_c` the cell's number of non-zero attributions
+    and :math:`T` its row sum (1 for a cell at the mean of its detected genes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["MODES", "check_mode", "control_genes", "detected_counts", "mode_scores", "rank_matrix", "top_sums"]
+
+MODES = ("classic", "top", "rank", "control_diff", "control_ratio", "detected")
+"""The scoring modes of :func:`scsig.tl.score`."""
+
+
+_OPTIONS = {
+    "classic": (),
+    "top": ("top_k",),
+    "rank": ("max_rank",),
+    "control_diff": ("n_bins", "ctrl_size", "seed"),
+    "control_ratio": ("n_bins", "ctrl_size", "seed"),
+    "detected": (),
+}
+
+
+def check_mode(mode: str, mode_kwds: Mapping[str, Any] | None) -> dict[str, int]:
+    """Validate ``mode`` and its options; the options as a dict."""
+    if mode not in MODES:
+        msg = f"mode must be one of {list(MODES)}, not {mode!r}."
+        raise ValueError(msg)
+    kwds = dict(mode_kwds or {})
+    extra = sorted(set(kwds) - set(_OPTIONS[mode]))
+    if extra:
+        msg = f"mode_kwds {extra} do not apply to mode={mode!r} (it takes {list(_OPTIONS[mode])})."
+        raise ValueError(msg)
+    for opt, value in kwds.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or (value < 1 and opt != "seed"):
+            msg = f"mode_kwds[{opt!r}] must be a{' non-negative' if opt == 'seed' else ' positive'} integer, not {value!r}."
+            raise ValueError(msg)
+    return {k: int(v) for k, v in kwds.items()}
+
+
+def _csr(x: np.ndarray | sparse.spmatrix) -> sparse.csr_matrix:
+    out = sparse.csr_matrix(x, dtype=np.float64)
+    out.eliminate_zeros()
+    return out
+
+
+def _row_sums(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    return np.asarray(abs(_csr(x)).sum(axis=1), dtype=np.float64).ravel()
+
+
+def detected_counts(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    """Number of non-zero attributions per cell."""
+    if sparse.issparse(x):
+        return np.asarray((x != 0).sum(axis=1)).ravel().astype(np.int64)
+    return np.count_nonzero(np.asarray(x), axis=1).astype(np.int64)
+
+
+def rank_matrix(x: np.ndarray | sparse.spmatrix, max_rank: int) -> sparse.csr_matrix:
+    """Per cell, ``(R - r + 1) / R`` for the genes of rank ``r <= R`` (1 = largest non-zero value), 0 elsewhere.
+
+    Ties get the ranks of their order in the cell's stored entries (any order is equally valid and
+    they are rare among float attributions); the value depends on the attribution's magnitude only.
+    """
+    m = _csr(x)
+    m.data = np.abs(m.data)
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))  # by row, then largest first, then gene
+    rank = np.empty(m.data.size, dtype=np.int64)
+    rank[order] = np.arange(m.data.size) - m.indptr[rows[order]] + 1
+    value = np.where(rank <= max_rank, (max_rank - rank + 1) / max_rank, 0.0)
+    out = sparse.csr_matrix((value, m.indices.copy(), m.indptr.copy()), shape=m.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def top_sums(x: np.ndarray | sparse.spmatrix, top_k: int) -> np.ndarray:
+    """Per cell, the sum of its ``top_k`` largest absolute values."""
+    m = _csr(x)
+    m.data = np.abs(m.data)
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((-m.data, rows))
+    within = np.empty(m.data.size, dtype=np.int64)
+    within[order] = np.arange(m.data.size) - m.indptr[rows[order]]
+    keep = within < top_k
+    return np.bincount(rows[keep], weights=m.data[keep], minlength=m.shape[0])
+
+
+def control_genes(
+    gene_means: np.ndarray, cols: np.ndarray, *, pool: np.ndarray, n_bins: int, ctrl_size: int, seed: int
+) -> np.ndarray:
+    """Matched control genes for ``cols``: per signature gene, ``ctrl_size`` genes of its mean-attribution bin.
+
+    Genes are ranked by ``gene_means`` among ``pool`` (a boolean mask of eligible genes) and cut
+    into ``n_bins`` bins of (nearly) equal size; the signature's genes are never controls. The
+    union of the draws is returned (sorted).
+    """
+    rng = np.random.default_rng(seed)
+    eligible = np.flatnonzero(pool)
+    order = eligible[np.argsort(gene_means[eligible], kind="stable")]
+    bin_of = np.full(gene_means.size, -1, dtype=np.int64)
+    bin_of[order] = np.arange(order.size) * n_bins // max(order.size, 1)
+    candidates = np.ones(gene_means.size, dtype=bool)
+    candidates[cols] = False
+    candidates &= pool
+    chosen: set[int] = set()
+    for b in np.unique(bin_of[cols]):
+        if b < 0:
+            continue
+        in_bin = np.flatnonzero(candidates & (bin_of == b))
+        if in_bin.size:
+            take = rng.choice(in_bin, size=min(ctrl_size, in_bin.size), replace=False)
+            chosen.update(int(g) for g in take)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def mode_scores(
+    x: np.ndarray | sparse.spmatrix,
+    cols: np.ndarray,
+    coef: np.ndarray,
+    *,
+    mode: str,
+    score_matrix: Callable[[np.ndarray | sparse.spmatrix, np.ndarray, np.ndarray], np.ndarray],
+    pool: np.ndarray | None = None,
+    top_k: int = 300,
+    max_rank: int = 200,
+    n_bins: int = 25,
+    ctrl_size: int = 50,
+    seed: int = 0,
+    cache: dict | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Scores of one signature in ``mode`` and what the mode used (recorded with the score).
+
+    ``score_matrix(x, cols, coef)`` computes ``x[:, cols] @ coef``; ``pool`` marks the genes that
+    may serve as controls (default: all); ``cache`` (a dict) keeps per-layer work (ranks, gene
+    means) between the signatures of one call.
+    """
+    cache = {} if cache is None else cache
+    if mode == "classic":
+        return score_matrix(x, cols, coef), {}
+    if mode == "top":
+        if ("top", top_k) not in cache:
+            top = top_sums(x, top_k)
+            totals = _row_sums(x)
+            cache["top", top_k] = np.divide(totals, top, out=np.zeros_like(top), where=top > 0)
+        return score_matrix(x, cols, coef) * cache["top", top_k], {"top_k": int(top_k)}
+    if mode == "rank":
+        if ("rank", max_rank) not in cache:
+            cache["rank", max_rank] = rank_matrix(x, max_rank)
+        return score_matrix(cache["rank", max_rank], cols, coef), {"max_rank": int(max_rank)}
+    if mode == "detected":
+        if "detected" not in cache:
+            totals = _row_sums(x)
+            n = detected_counts(x).astype(np.float64)
+            cache["detected"] = np.divide(n, totals, out=np.zeros_like(n), where=totals > 0)
+        return score_matrix(x, cols, coef) * cache["detected"], {}
+    if mode in ("control_diff", "control_ratio"):
+        if "gene_means" not in cache:
+            cache["gene_means"] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+        pool = np.ones(x.shape[1], dtype=bool) if pool is None else pool
+        ctrl = control_genes(cache["gene_means"], cols, pool=pool, n_bins=n_bins, ctrl_size=ctrl_size, seed=seed)
+        if ctrl.size == 0:
+            msg = "No control genes are left (the signature covers every eligible gene); use another mode."
+            raise ValueError(msg)
+        sig = score_matrix(x, cols, coef)
+        background = score_matrix(x, ctrl, np.full(ctrl.size, coef.sum() / ctrl.size))
+        if mode == "control_diff":
+            out = sig - background
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = np.where(background > 0, sig / np.where(background > 0, background, 1.0), np.nan)
+        used = {
+            "n_bins": int(n_bins),
+            "ctrl_size": int(ctrl_size),
+            "seed": int(seed),
+            "n_control_genes": int(ctrl.size),
+        }
+        return out, used
+    msg = f"mode must be one of {list(MODES)}, not {mode!r}."
+    raise ValueError(msg)

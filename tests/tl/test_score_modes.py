@@ -1,0 +1,197 @@
+"""Scoring modes of sg.tl.score, each against a plain numpy computation written independently here."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scsig as sg
+from scsig.tl._score_modes import MODES, control_genes
+
+GENES = ["g3", "g0", "g7", "g12"]
+
+
+@pytest.fixture
+def attributed(toy):
+    adata, model = toy
+    sg.tl.attribute(adata, model)
+    return adata
+
+
+def _dense(adata):
+    return adata.layers["attr_ig"].toarray().astype(np.float64)
+
+
+def _cols(adata, genes):
+    return np.array([adata.var_names.get_loc(g) for g in genes])
+
+
+def _numpy_top(a, cols, k):
+    out = np.empty(a.shape[0])
+    for i, row in enumerate(a):
+        top = np.sort(row)[::-1][:k].sum()
+        out[i] = row[cols].mean() * row.sum() / top if top > 0 else 0.0
+    return out
+
+
+def _numpy_rank(a, cols, r_max):
+    out = np.empty(a.shape[0])
+    for i, row in enumerate(a):
+        vals = []
+        for c in cols:
+            if row[c] == 0:
+                vals.append(0.0)
+                continue
+            r = 1 + int((row > row[c]).sum())  # no ties in float attributions of the toy data
+            vals.append((r_max - r + 1) / r_max if r <= r_max else 0.0)
+        out[i] = np.mean(vals)
+    return out
+
+
+def _numpy_detected(a, cols):
+    n = (a != 0).sum(1)
+    t = a.sum(1)
+    return np.where(t > 0, a[:, cols].mean(1) * n / np.where(t > 0, t, 1), 0.0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+@pytest.mark.parametrize(
+    ("mode", "kwds"), [("top", {"top_k": 5}), ("top", {}), ("rank", {"max_rank": 6}), ("detected", {})]
+)
+def test_modes_match_numpy(attributed, fmt, mode, kwds):
+    adata = attributed
+    a = _dense(adata)
+    layer = adata.layers["attr_ig"]
+    adata.layers["attr_ig"] = {"csr": layer, "csc": layer.tocsc(), "dense": layer.toarray()}[fmt]
+    sg.tl.score(adata, GENES, mode=mode, mode_kwds=kwds)
+    cols = _cols(adata, GENES)
+    expected = {
+        "top": lambda: _numpy_top(a, cols, kwds.get("top_k", 300)),
+        "rank": lambda: _numpy_rank(a, cols, kwds["max_rank"]),
+        "detected": lambda: _numpy_detected(a, cols),
+    }[mode]()
+    np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
+    assert adata.obs["score"].dtype == np.float64
+    assert adata.uns["scsig"]["scores"]["score"]["mode"] == mode
+
+
+def test_classic_is_default_and_mean(attributed):
+    adata = attributed
+    sg.tl.score(adata, GENES, key_added="default")
+    sg.tl.score(adata, GENES, mode="classic", key_added="classic")
+    np.testing.assert_array_equal(adata.obs["default"], adata.obs["classic"])
+    np.testing.assert_allclose(adata.obs["classic"], _dense(adata)[:, _cols(adata, GENES)].mean(1), rtol=1e-6)
+    assert adata.uns["scsig"]["scores"]["default"]["mode"] == "classic"
+
+
+def test_top_large_k_is_classic(attributed):
+    adata = attributed
+    sg.tl.score(adata, GENES, key_added="classic")
+    sg.tl.score(adata, GENES, mode="top", mode_kwds={"top_k": adata.n_vars}, key_added="top")
+    np.testing.assert_allclose(adata.obs["top"], adata.obs["classic"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["control_diff", "control_ratio"])
+def test_control_modes_match_numpy(attributed, mode):
+    adata = attributed
+    a = _dense(adata)
+    cols = _cols(adata, GENES)
+    sg.tl.score(adata, GENES, mode=mode, mode_kwds={"n_bins": 4, "ctrl_size": 3, "seed": 1})
+    # the control set, drawn independently: rank genes by mean, 4 equal bins, 3 per signature gene's bin
+    means = a.mean(0)
+    order = np.argsort(means, kind="stable")
+    bin_of = np.empty(a.shape[1], int)
+    bin_of[order] = np.arange(a.shape[1]) * 4 // a.shape[1]
+    ctrl = control_genes(means, cols, pool=np.ones(a.shape[1], bool), n_bins=4, ctrl_size=3, seed=1)
+    assert not set(ctrl) & set(cols)
+    assert set(bin_of[ctrl]) <= set(bin_of[cols])
+    for b in set(bin_of[cols]):
+        in_bin = [g for g in ctrl if bin_of[g] == b]
+        assert len(in_bin) == min(3, int(((bin_of == b) & ~np.isin(np.arange(a.shape[1]), cols)).sum()))
+    sig, bg = a[:, cols].mean(1), a[:, ctrl].mean(1)
+    expected = sig - bg if mode == "control_diff" else sig / bg
+    np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
+    opts = adata.uns["scsig"]["scores"]["score"]["signatures"]["signature"]["mode_options"]
+    assert opts["n_control_genes"] == len(ctrl)
+
+
+def test_control_genes_respect_pool():
+    means = np.arange(20, dtype=float)
+    pool = np.ones(20, bool)
+    pool[[1, 2, 3]] = False
+    ctrl = control_genes(means, np.array([0]), pool=pool, n_bins=2, ctrl_size=50, seed=0)
+    assert set(ctrl) == set(range(4, 12))  # bin 0 of the 17 eligible genes: ranks 0-8, i.e. gene 0 and 4..11
+
+
+def test_rank_ties_and_zero():
+    from scsig.tl._score_modes import rank_matrix
+
+    x = sparse.csr_matrix(np.array([[3.0, 0.0, 1.0, 2.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 5.0, 0.0]]))
+    r = rank_matrix(x, 2).toarray()
+    np.testing.assert_allclose(r[0], [1.0, 0.0, 0.0, 0.5])
+    np.testing.assert_allclose(r[1], 0.0)
+    assert r[2, 2] == 1.0
+    assert sorted(r[2, :2]) == [0.0, 0.5]  # a tie takes ranks 2 and 3 in some order
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modes_h5ad_roundtrip_and_several(attributed, tmp_path, mode):
+    adata = attributed
+    sg.tl.score(adata, {"a": GENES, "b": ["g1", "g2"]}, mode=mode)
+    one = sg.tl.score(adata, ["g1", "g2"], mode=mode, key_added="single", copy=True)
+    np.testing.assert_allclose(adata.obs["score_b"], one.obs["single"])  # per-signature caching changes nothing
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert back.uns["scsig"]["scores"]["score"]["mode"] == mode
+    np.testing.assert_allclose(back.obs["score_a"], adata.obs["score_a"])
+
+
+def test_gene_order_does_not_matter(attributed):
+    adata = attributed
+    for mode in MODES:
+        sg.tl.score(adata, GENES, mode=mode, key_added="x")
+        sg.tl.score(adata, GENES[::-1], mode=mode, key_added="y")
+        np.testing.assert_allclose(adata.obs["x"], adata.obs["y"], err_msg=mode)
+
+
+def test_depth_spread_classic_falls_top_does_not():
+    """A cell that detects many extra small genes: the classic score falls, the top score stays."""
+    base = np.zeros((1, 50))
+    base[0, :5] = [40, 30, 20, 10, 5]
+    deep = base.copy()
+    deep[0, 5:] = 0.1
+    x = np.vstack([base, deep])
+    x = x / x.sum(1, keepdims=True) * 1000
+    adata = ad.AnnData(X=np.zeros_like(x), layers={"attr": x.astype(np.float32)})
+    adata.var_names = [f"g{i}" for i in range(50)]
+    adata.uns["scsig"] = {"layers": {"attr": {}}}
+    sg.tl.score(adata, ["g0", "g1"], layer="attr", key_added="classic")
+    sg.tl.score(adata, ["g0", "g1"], layer="attr", mode="top", mode_kwds={"top_k": 5}, key_added="top")
+    assert adata.obs["classic"].iloc[1] < adata.obs["classic"].iloc[0]
+    np.testing.assert_allclose(adata.obs["top"].iloc[1], adata.obs["top"].iloc[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwds", "match"),
+    [
+        ("average", None, "mode must be one of"),
+        ("top", {"max_rank": 3}, "do not apply to mode='top'"),
+        ("classic", {"top_k": 3}, "do not apply"),
+        ("top", {"top_k": 0}, "positive integer"),
+        ("rank", {"max_rank": 2.5}, "positive integer"),
+        ("control_diff", {"seed": -1}, "non-negative integer"),
+    ],
+)
+def test_bad_mode_errors(attributed, mode, kwds, match):
+    before = attributed.obs.copy()
+    with pytest.raises(ValueError, match=match):
+        sg.tl.score(attributed, GENES, mode=mode, mode_kwds=kwds)
+    assert attributed.obs.equals(before)
+
+
+def test_control_mode_without_controls(attributed):
+    adata = attributed
+    with pytest.raises(ValueError, match="No control genes"):
+        sg.tl.score(adata, list(adata.var_names), mode="control_diff")
