@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,27 +12,32 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _logging as logg
-from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
+from .._constants import SCORE_KEY, UNS_KEY
 from .._settings import settings
 from .._utils import get_matrix
 from ..models import gene_order_hash
 from ..tl._score import parse_signatures
+from . import _ingest as ingest
 from . import _manifest as mf
-from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
-from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
+from ._query import (
+    DATASET_KEY,
+    ShardSpec,
+    check_filter,
+    concat_frames,
+    matrix_shard,
+    run_tasks,
+    score_shard,
+    shard_obs,
+    warn_no_cells,
+)
+from ._store import build_shard_from_columns, remove_tree
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from anndata import AnnData
 
 __all__ = ["Atlas"]
 
 ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class Atlas:
@@ -119,7 +122,7 @@ class Atlas:
             "format_version": mf.FORMAT_VERSION,
             "gene_order_hash": gene_order_hash(genes),
             "n_genes": len(genes),
-            "created": _now(),
+            "created": ingest.now(),
             "shards": [],
         }
         mf.write_manifest(root, manifest)
@@ -227,7 +230,7 @@ class Atlas:
         frames = [
             shard_obs(s).assign(**{DATASET_KEY: pd.Categorical([s.name] * s.n_obs, categories=cats)}) for s in specs
         ]
-        return _concat(frames, cats, columns=[DATASET_KEY])
+        return concat_frames(frames, cats, columns=[DATASET_KEY])
 
     # ------------------------------------------------------------------ writing
 
@@ -288,23 +291,32 @@ class Atlas:
             raise ValueError(msg)
         x = get_matrix(adata, layer)
         prov = adata.uns.get(UNS_KEY, {}).get("layers", {}).get(layer) if layer is not None else None
-        lut = self._var_lookup(adata, layer, prov, name)
-        obs = _shard_obs_frame(adata.obs, obs_columns, name)
+        lut = ingest.var_lookup(adata, layer, prov, name, genes=self._genes, gene_order_hash=self.gene_order_hash)
+        obs = ingest.shard_obs_frame(adata.obs, obs_columns, name)
         layer_key = layer if layer is not None else "attributions"
         start = logg.info(f"adding dataset {name!r} ({adata.n_obs} cells) to the atlas")
         show = settings.progress if progress is None else progress
         record = prov if prov is not None else {"provenance": "none", "gene_order_hash": self.gene_order_hash}
-        self._write_shard(
-            name,
-            layer_key,
-            obs,
-            record,
-            lambda path, scratch: _build(path, scratch, x, lut, obs, self._genes, layer_key, record, name, show=show),
-            source="anndata",
-        )
+        self._warn_mixed(name, record)
+
+        def build(shard: Path, scratch: Path) -> int:
+            return ingest.build_from_layer(
+                shard,
+                scratch,
+                x,
+                lut,
+                obs=obs,
+                genes=self._genes,
+                layer=layer_key,
+                provenance=record,
+                name=name,
+                show=show,
+            )
+
+        self._write_dataset(name, layer_key, obs, record, build, source="anndata")
         logg.info(f"    finished: dataset {name!r} added", time=start)
 
-    def _write_shard(
+    def _write_dataset(
         self,
         name: str,
         layer: str,
@@ -314,49 +326,17 @@ class Atlas:
         *,
         source: str,
     ) -> None:
-        with mf.writer_lock(self._root):
-            self._manifest = mf.read_manifest(self._root)
-            self._stamp = mf.manifest_stamp(self._root)
-            if name in [s["name"] for s in self._manifest["shards"]]:
-                msg = f"The atlas already has a dataset named {name!r}; choose another name."
-                raise ValueError(msg)
-            self._clean_leftovers()
-            self._warn_mixed(name, provenance)
-            uid = uuid.uuid4().hex
-            tmp = self._root / mf.TMP / uid
-            try:
-                nnz = build(tmp / "shard", tmp / "scratch")
-                mf.pause_point("written")
-                (self._root / mf.SHARDS / uid).parent.mkdir(exist_ok=True)
-                (tmp / "shard").rename(self._root / mf.SHARDS / uid)
-            finally:
-                remove_tree(tmp)
-            mf.pause_point("renamed")
-            entry = {
-                "name": name,
-                "dir": uid,
-                "n_obs": int(len(obs)),
-                "nnz": int(nnz),
-                "layer": layer,
-                "obs_columns": [str(c) for c in obs.columns],
-                "provenance": mf.jsonable(provenance) if provenance is not None else None,
-                "source": source,
-                "added": _now(),
-            }
-            manifest = dict(self._manifest)
-            manifest["shards"] = [*self._manifest["shards"], entry]
-            mf.write_manifest(self._root, manifest)
-            self._manifest = manifest
-            self._stamp = mf.manifest_stamp(self._root)
-
-    def _clean_leftovers(self) -> None:
-        """Remove what killed writers left (called with the writer lock held)."""
-        listed = {s["dir"] for s in self._manifest["shards"]}
-        for folder in (self._root / mf.TMP, self._root / mf.SHARDS):
-            folder.mkdir(exist_ok=True)
-            for child in folder.iterdir():
-                if folder.name == mf.TMP or child.name not in listed:
-                    remove_tree(child)
+        self._manifest = ingest.write_dataset(
+            self._root,
+            name=name,
+            layer=layer,
+            n_obs=len(obs),
+            obs_columns=obs.columns,
+            provenance=provenance,
+            build=build,
+            source=source,
+        )
+        self._stamp = mf.manifest_stamp(self._root)
 
     def _warn_mixed(self, name: str, provenance: dict | None) -> None:
         if not isinstance(provenance, Mapping) or "method" not in provenance:
@@ -374,55 +354,6 @@ class Atlas:
                         stacklevel=4,
                     )
                     return
-
-    def _var_lookup(self, adata: AnnData, layer: str | None, prov: Mapping | None, name: str) -> np.ndarray:
-        """For each column of the layer, its position in the atlas gene order, or -1 (not stored)."""
-        genes = self._genes
-        if prov is not None:
-            recorded = prov.get("gene_order_hash") or (prov.get("model") or {}).get("gene_order_hash")
-            if recorded != self.gene_order_hash:
-                model = prov.get("model") or {}
-                msg = (
-                    f"Dataset {name!r}: layer {layer!r} was attributed with model {model.get('name', 'unknown')!r} "
-                    f"(source {model.get('source', 'unknown')!r}, {model.get('n_genes', '?')} genes, gene order hash "
-                    f"{str(recorded)[:12]}), but this atlas expects gene order hash {self.gene_order_hash[:12]} "
-                    f"({len(genes)} genes). An atlas holds one model's attributions: build one atlas per model, or "
-                    "attribute this dataset with the atlas's model."
-                )
-                raise ValueError(msg)
-            symbols = prov.get("gene_symbols", "var_names")
-            names = (
-                adata.var[symbols].astype(str)
-                if symbols not in (None, "var_names") and symbols in adata.var
-                else adata.var_names
-            )
-            pos = genes.get_indexer(pd.Index(names, dtype=object))
-            in_model_col = f"{layer}{IN_MODEL_SUFFIX}"
-            if in_model_col in adata.var:
-                in_model = adata.var[in_model_col].to_numpy(bool)
-                lost = np.flatnonzero(in_model & (pos < 0))
-                if lost.size:
-                    msg = f"Dataset {name!r}: {lost.size} genes marked as in the model are not in the atlas gene order (e.g. {list(adata.var_names[lost[:5]])})."
-                    raise ValueError(msg)
-                pos = np.where(in_model, pos, -1)
-        else:
-            pos = genes.get_indexer(pd.Index(adata.var_names, dtype=object))
-            outside = np.flatnonzero(pos < 0)
-            if outside.size:
-                where = f"layer {layer!r}" if layer is not None else "adata.X"
-                msg = (
-                    f"Dataset {name!r}: {where} has no scsig provenance (adata.uns['scsig']['layers'][{layer!r}]), so its "
-                    f"columns must all be genes of the atlas gene order, but {outside.size} of {adata.n_vars} var names "
-                    f"are not (e.g. {list(adata.var_names[outside[:5]])}). Attribute the data with sg.tl.attribute, "
-                    "or subset it to the atlas's genes."
-                )
-                raise ValueError(msg)
-        mapped = pos[pos >= 0]
-        if np.unique(mapped).size != mapped.size:
-            dup_pos = pd.Index(mapped)[pd.Index(mapped).duplicated()].unique()[:5]
-            msg = f"Dataset {name!r}: several columns map to the same atlas genes ({list(genes[dup_pos])}); make the gene names unique."
-            raise ValueError(msg)
-        return pos.astype(np.int64)
 
     @classmethod
     def from_signature(
@@ -486,7 +417,7 @@ class Atlas:
             for col in meta.columns:
                 if meta[col].dtype == object:
                     meta[col] = meta[col].astype("category")
-            obs = _shard_obs_frame(meta, None, ct)
+            obs = ingest.shard_obs_frame(meta, None, ct)
             record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
             start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
 
@@ -501,12 +432,12 @@ class Atlas:
                     n_obs=len(obs),
                     n_genes=len(atlas.gene_order),
                     obs=obs,
-                    var=_shard_var(atlas.gene_order, "attr_ig"),
+                    var=ingest.shard_var(atlas.gene_order, "attr_ig"),
                     uns=uns,
                     layer="attr_ig",
                 )
 
-            atlas._write_shard(ct, "attr_ig", obs, record, build, source="signature")
+            atlas._write_dataset(ct, "attr_ig", obs, record, build, source="signature")
             logg.info(f"    finished: imported {ct!r}", time=start)
         return atlas
 
@@ -609,9 +540,9 @@ class Atlas:
         start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets")
         tasks = [(s, cols, coef, keys, obs_filter, cats) for s in specs]
         results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
-        _check_filter(obs_filter, [ok for _, ok in results])
-        frame = _concat([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
-        _warn_no_cells(obs_filter, len(frame))
+        check_filter(obs_filter, [ok for _, ok in results])
+        frame = concat_frames([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
+        warn_no_cells(obs_filter, len(frame))
         frame.attrs[UNS_KEY] = {"aggregate": aggregate, "signatures": record}
         logg.info(f"    finished: {len(frame)} cells scored", time=start)
         return frame
@@ -658,10 +589,10 @@ class Atlas:
         cats = [s.name for s in specs]
         tasks = [(s, cols, obs_filter, cats) for s in specs]
         results = run_tasks(matrix_shard, tasks, client=client, progress=progress, desc="read")
-        _check_filter(obs_filter, [ok for *_, ok in results])
+        check_filter(obs_filter, [ok for *_, ok in results])
         kept = [(f, m) for f, m, _ in results if f is not None]
-        obs = _concat([f for f, _ in kept], cats, columns=[DATASET_KEY])
-        _warn_no_cells(obs_filter, len(obs))
+        obs = concat_frames([f for f, _ in kept], cats, columns=[DATASET_KEY])
+        warn_no_cells(obs_filter, len(obs))
         mat = (
             sparse.vstack([m for _, m in kept], format="csr", dtype=np.float32)
             if kept
@@ -669,7 +600,7 @@ class Atlas:
         )
         layers = {s.layer for s in specs}
         layer = layers.pop() if len(layers) == 1 else "attributions"
-        var = _shard_var(self._genes[cols], layer)
+        var = ingest.shard_var(self._genes[cols], layer)
         shards = {s["name"]: s for s in self._manifest["shards"]}
         first = shards[specs[0].name].get("provenance") if specs else None
         uns = {UNS_KEY: {"atlas": {"path": str(self._root), "datasets": cats, "gene_order_hash": self.gene_order_hash}}}
@@ -679,124 +610,3 @@ class Atlas:
         out = ad.AnnData(obs=obs, var=var, uns=uns)
         out.layers[layer] = mat
         return out
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _check_filter(obs_filter: Any, applied: list[bool]) -> None:
-    if obs_filter is not None and applied and not any(applied):
-        msg = f"obs_filter {obs_filter!r} names a column that no queried dataset has."
-        raise KeyError(msg)
-
-
-def _warn_no_cells(obs_filter: Any, n_cells: int) -> None:
-    if obs_filter is not None and n_cells == 0:
-        warnings.warn(
-            f"obs_filter {obs_filter!r} selects no cells; check its values against atlas.obs() "
-            "(values are compared exactly, e.g. case-sensitive).",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
-def _concat(frames: list[pd.DataFrame], categories: list[str], *, columns: list[str]) -> pd.DataFrame:
-    if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns})
-        empty[DATASET_KEY] = pd.Categorical([], categories=categories)
-        return empty
-    if len(frames) == 1:
-        return frames[0]
-    frame = pd.concat(frames, axis=0, join="outer", sort=False)
-    for col in frame.columns:
-        if col == DATASET_KEY or isinstance(frame[col].dtype, pd.CategoricalDtype):
-            continue
-        parts = [f[col] for f in frames if col in f]
-        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):  # categories differed across datasets
-            frame[col] = frame[col].astype("category")
-    if not isinstance(frame[DATASET_KEY].dtype, pd.CategoricalDtype):
-        frame[DATASET_KEY] = pd.Categorical(frame[DATASET_KEY].astype(str), categories=categories)
-    last = [c for c in columns if c != DATASET_KEY]
-    middle = [c for c in frame.columns if c != DATASET_KEY and c not in last]
-    return frame[[DATASET_KEY, *middle, *last]]
-
-
-def _shard_obs_frame(obs: pd.DataFrame, obs_columns: Sequence[str] | None, name: str) -> pd.DataFrame:
-    if obs_columns is not None:
-        cols = [str(c) for c in obs_columns]
-        missing = [c for c in cols if c not in obs.columns]
-        if missing:
-            msg = f"obs_columns {missing} are not in adata.obs (it has {list(obs.columns)[:10]})."
-            raise KeyError(msg)
-        obs = obs[cols]
-    if DATASET_KEY in obs.columns:
-        msg = (
-            f"Dataset {name!r}: obs column {DATASET_KEY!r} is reserved for the dataset's name in query results; "
-            "rename it, or leave it out with obs_columns=."
-        )
-        raise ValueError(msg)
-    obs = obs.copy()
-    obs.index = pd.Index(obs.index.astype(str), name=obs.index.name)
-    return obs
-
-
-def _shard_var(genes: pd.Index, layer: str) -> pd.DataFrame:
-    return pd.DataFrame(
-        {f"{layer}{IN_MODEL_SUFFIX}": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes, dtype=object, name=None)
-    )
-
-
-def _row_blocks(x: Any) -> Iterator[Any]:
-    """Row blocks of a row-sliceable matrix, about :data:`BLOCK_NNZ` values each (views of a CSR)."""
-    n = x.shape[0]
-    if sparse.issparse(x) and x.format == "csr":
-        bounds = np.searchsorted(x.indptr, np.arange(0, x.nnz + BLOCK_NNZ, BLOCK_NNZ), side="left")
-        bounds = np.unique(np.clip(np.append(bounds, n), 0, n))
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            a, b = x.indptr[lo], x.indptr[hi]
-            yield (x.indptr[lo : hi + 1] - a, x.indices[a:b], x.data[a:b])  # views: no copy of the block
-        return
-    lo, rows = 0, 1024
-    while lo < n:
-        hi = min(n, lo + rows)
-        blk = x[lo:hi]
-        yield blk
-        nnz = blk.nnz if sparse.issparse(blk) else np.count_nonzero(blk)
-        rows = int(min(max(BLOCK_NNZ / max(nnz / (hi - lo), 1.0), 64), 1 << 20))
-        lo = hi
-
-
-def _build(
-    path: Path,
-    scratch: Path,
-    x: Any,
-    lut: np.ndarray,
-    obs: pd.DataFrame,
-    genes: pd.Index,
-    layer: str,
-    provenance: dict,
-    name: str,
-    *,
-    show: bool,
-) -> int:
-    from .._utils._progress import tqdm
-
-    uns = {UNS_KEY: {"layers": {layer: provenance}, "atlas": {"name": name}}}
-    n_genes = len(genes)
-    common = {"n_genes": n_genes, "obs": obs, "var": _shard_var(genes, layer), "uns": uns, "layer": layer, "name": name}
-    with tqdm(total=n_genes, disable=not show, desc=f"add {name}", unit="genes") as bar:
-        done = [0]
-
-        def on_range(g1: int, _n: int) -> None:
-            bar.update(g1 - done[0])
-            if done[0] == 0:
-                mf.pause_point("writing")
-            done[0] = g1
-
-        if sparse.issparse(x) and x.format != "csr":
-            x = sparse.csr_matrix(x)  # row blocks of CSC/COO are slow to cut: one conversion
-        if sparse.issparse(x) and x.nnz <= BLOCK_NNZ:  # one gene range: gather straight from the CSR
-            return build_shard_from_csr(path, sparse.csr_matrix(x), lut, on_range=on_range, **common)
-        return build_shard_from_rows(
-            path, _row_blocks(x), lut, n_obs=len(obs), scratch=scratch, on_range=on_range, **common
-        )
