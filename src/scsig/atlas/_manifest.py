@@ -13,13 +13,13 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 __all__ = ["FORMAT", "MANIFEST", "jsonable", "read_manifest", "write_manifest", "writer_lock"]
 
@@ -30,6 +30,7 @@ GENE_ORDER = "gene_order.txt"
 LOCK = ".lock"
 SHARDS = "shards"
 TMP = "tmp"
+
 
 def jsonable(obj: Any) -> Any:
     """A JSON-safe copy of a provenance record (numpy scalars and arrays become Python values)."""
