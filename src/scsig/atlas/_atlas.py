@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -316,6 +317,117 @@ class Atlas:
         self._write_dataset(name, layer_key, obs, record, build, source="anndata")
         logg.info(f"    finished: dataset {name!r} added", time=start)
 
+    def attribute(
+        self,
+        sources: Any,
+        model: Any,
+        *,
+        names: Sequence[str] | str | None = None,
+        client: Any = None,
+        obs_columns: Sequence[str] | None = None,
+        on_error: Literal["raise", "warn"] = "raise",
+        progress: bool | None = None,
+        **attribute_options: Any,
+    ) -> pd.DataFrame:
+        """Attribute datasets straight into the atlas, each streamed batch by batch into its own shard.
+
+        Each source becomes one dataset: its cells are read, attributed (as by
+        :func:`scsig.tl.attribute`, with the same values) and written into the shard one batch at a
+        time, so memory does not grow with the number of cells and nothing is written into the
+        sources. Each dataset is committed to the manifest on its own as soon as its shard is
+        complete (atomically, under the atlas's writer lock, as :meth:`add`); once all are done they
+        are listed in the order of ``sources``, whichever finished first. A dataset that fails
+        leaves the atlas as it was and does not stop the others; datasets whose name the atlas
+        already has are skipped, so rerunning the same call after a failure or an interruption
+        attributes only what is missing.
+
+        Parameters
+        ----------
+        sources
+            Paths of ``.h5ad`` files (opened with ``backed="r"``) or AnnData objects (in memory,
+            backed, or holding dask arrays), or a single one. Counts are read from ``adata.X`` or
+            ``layer=``.
+        model
+            The atlas's model: a :class:`~scsig.models.FoundationModel` or a path
+            :func:`scsig.models.load` reads. Its gene order must be the atlas's.
+        names
+            One dataset name per source; by default each file's stem (required for AnnData objects).
+        client
+            A :class:`distributed.Client`: one task per dataset on its cluster, each worker
+            streaming its shard (the atlas folder and the source files must be reachable at the same
+            paths from the workers; a backed AnnData is sent as its file's path). Each task uses its
+            worker's threads. Default: the datasets one after the other in this process.
+        obs_columns
+            Columns of each source's ``obs`` to keep (all by default).
+        on_error
+            When a dataset fails: ``"raise"`` a :class:`RuntimeError` naming the failed datasets
+            once all the others are done, or ``"warn"`` and return the report.
+        progress
+            Show a progress bar over cells (``None`` follows :attr:`scsig.settings.progress`).
+        **attribute_options
+            Options of :func:`scsig.tl.attribute` (``method``, ``layer``, ``n_steps``,
+            ``batch_size``, ``gene_symbols``, ``key_added`` (the shard's layer name), ...).
+
+        Returns
+        -------
+        A DataFrame indexed by dataset name: ``status`` (``"added"``, ``"skipped"`` (the atlas
+        already had it) or ``"failed"``), ``n_obs``, ``nnz`` (stored values) and ``error``.
+
+        Examples
+        --------
+        >>> import tempfile, scsig as sg
+        >>> adata, model = sg.datasets.toy()
+        >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
+        >>> atlas.attribute([adata[:30], adata[30:]], model, names=["a", "b"], progress=False)["status"].tolist()
+        ['added', 'added']
+        >>> atlas.datasets
+        ['a', 'b']
+        """
+        from .._utils._progress import tqdm
+        from ..models import FoundationModel, load
+
+        if on_error not in ("raise", "warn"):
+            msg = f"on_error must be 'raise' or 'warn', not {on_error!r}."
+            raise ValueError(msg)
+        options = ingest.check_options(attribute_options)
+        many = isinstance(sources, Sequence) and not isinstance(sources, str)
+        sources = list(sources) if many else [sources]
+        labels = ingest.source_names(sources, names)
+        loaded = model if isinstance(model, FoundationModel) else load(model)
+        if loaded.gene_order_hash != self.gene_order_hash:
+            msg = (
+                f"Model {loaded.name!r} has gene order hash {loaded.gene_order_hash[:12]} ({loaded.n_genes} genes), "
+                f"but this atlas expects {self.gene_order_hash[:12]} ({len(self._genes)} genes). "
+                "Attribute with the atlas's model, or build one atlas per model."
+            )
+            raise ValueError(msg)
+        have = set(self.datasets)
+        todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
+        jobs = [{"root": str(self._root), "source": ingest.for_worker(s), "name": n} for s, n in todo]
+        common = {"model": loaded, "options": options, "genes": list(self._genes)}
+        common |= {"gene_order_hash": self.gene_order_hash, "obs_columns": obs_columns}
+        total = sum(ingest.n_cells(s) for s, _ in todo)
+        show = settings.progress if progress is None else progress
+        start = logg.info(f"attributing {len(todo)} datasets ({total:,} cells) into the atlas")
+        with tqdm(total=total, disable=not show, desc="attribute", unit="cells") as bar:
+            run = ingest.run_local if client is None else partial(ingest.run_on_client, client)
+            results = run(jobs, common=common, bar=bar)
+        ingest.reorder(self._root, [j["name"] for j in jobs])
+        self._refresh()
+        report = _attribute_report(labels, have, results)
+        logg.info(f"    finished: {int((report['status'] == 'added').sum())} datasets added", time=start)
+        failed = report[report["status"] == "failed"]
+        if len(failed):
+            lines = "; ".join(f"{n!r}: {e}" for n, e in failed["error"].items())
+            msg = (
+                f"{len(failed)} of {len(todo)} datasets failed and were not added ({lines}). The others were added; "
+                "fix the failed sources and rerun the same call (datasets already in the atlas are skipped)."
+            )
+            if on_error == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        return report
+
     def _write_dataset(
         self,
         name: str,
@@ -610,3 +722,17 @@ class Atlas:
         out = ad.AnnData(obs=obs, var=var, uns=uns)
         out.layers[layer] = mat
         return out
+
+
+def _attribute_report(names: list[str], had: set[str], results: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per dataset of :meth:`Atlas.attribute`: status, cells, stored values, error."""
+    rows = []
+    for name in names:
+        got = results.get(name)
+        if name in had:
+            rows.append({"status": "skipped", "n_obs": -1, "nnz": -1, "error": ""})
+        elif isinstance(got, BaseException):
+            rows.append({"status": "failed", "n_obs": -1, "nnz": -1, "error": f"{type(got).__name__}: {got}"})
+        else:
+            rows.append({"status": "added", "n_obs": got["n_obs"], "nnz": got["nnz"], "error": ""})
+    return pd.DataFrame(rows, index=pd.Index(names, name=DATASET_KEY))

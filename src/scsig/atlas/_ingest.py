@@ -170,6 +170,25 @@ def commit(root: Path, staged: Path, entry: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def reorder(root: Path, names: Sequence[str]) -> None:
+    """List the datasets ``names`` in this order, in the places they already hold in the manifest.
+
+    Datasets committed as they finish (on a cluster) are listed in the order they finished; this
+    puts them in the order they were given, so an atlas's order does not depend on timing.
+    """
+    rank = {n: k for k, n in enumerate(names)}
+    with mf.writer_lock(root):
+        manifest = mf.read_manifest(root)
+        shards = list(manifest["shards"])
+        where = [k for k, s in enumerate(shards) if s["name"] in rank]
+        ordered = sorted((shards[k] for k in where), key=lambda s: rank[s["name"]])
+        if [shards[k]["name"] for k in where] == [s["name"] for s in ordered]:
+            return
+        for k, entry in zip(where, ordered, strict=True):
+            shards[k] = entry
+        mf.write_manifest(root, dict(manifest, shards=shards))
+
+
 def write_dataset(
     root: Path,
     *,
@@ -465,3 +484,144 @@ def attribute_dataset(
     warn_empty_cells(run.totals, obs.index, what="in the model's genes")
     entry = next(s for s in manifest["shards"] if s["name"] == name)
     return {"name": name, "n_obs": int(entry["n_obs"]), "nnz": int(entry["nnz"])}
+
+
+# ---------------------------------------------------------------------- many datasets, in-process or on a cluster
+
+_NOT_OPTIONS = {"adata", "model", "store", "copy", "mod", "progress"}
+"""Parameters of :func:`scsig.tl.attribute` that :meth:`scsig.Atlas.attribute` does not pass on."""
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The attribution options, checked against :func:`scsig.tl.attribute`'s keywords."""
+    import inspect
+
+    from ..tl._attribute import _check_attribute_args, attribute
+
+    allowed = [p for p in inspect.signature(attribute).parameters if p not in _NOT_OPTIONS]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        msg = f"Unknown attribution options {unknown}; Atlas.attribute passes on {allowed} (see sg.tl.attribute)."
+        raise TypeError(msg)
+    _check_attribute_args(
+        options.get("method", "ig"),
+        on_degenerate=options.get("on_degenerate", "raise"),
+        n_steps=options.get("n_steps", 50),
+        target_sum=options.get("target_sum", 1000.0),
+        batch_size=options.get("batch_size"),
+    )
+    return dict(options)
+
+
+def source_names(sources: Sequence[Any], names: Sequence[str] | None) -> list[str]:
+    """Dataset names: ``names``, or each file's stem; checked to be unique and non-empty."""
+    from anndata import AnnData
+
+    if names is None:
+        out = []
+        for k, src in enumerate(sources):
+            if isinstance(src, AnnData):
+                msg = f"sources[{k}] is an AnnData: pass names= (one dataset name per source)."
+                raise ValueError(msg)
+            out.append(Path(src).stem)
+    else:
+        out = [names] if isinstance(names, str) else [str(n) for n in names]
+        if len(out) != len(sources):
+            msg = f"names has {len(out)} entries but there are {len(sources)} sources; give one name per source."
+            raise ValueError(msg)
+    empty = [k for k, n in enumerate(out) if not n]
+    if empty:
+        msg = f"Dataset names must be non-empty strings (sources {empty})."
+        raise ValueError(msg)
+    dup = pd.Index(out)[pd.Index(out).duplicated()].unique().tolist()
+    if dup:
+        msg = f"Dataset names {dup} are given to more than one source; pass names= to tell them apart."
+        raise ValueError(msg)
+    return out
+
+
+def n_cells(source: Any) -> int:
+    """Cells of an AnnData or of an .h5ad file (read from the file's obs index, not the matrix)."""
+    from anndata import AnnData
+
+    if isinstance(source, AnnData):
+        return int(source.n_obs)
+    import h5py
+
+    path = Path(source)
+    if not path.is_file():
+        msg = f"{str(path)!r} is not a file; pass paths of .h5ad files or AnnData objects."
+        raise FileNotFoundError(msg)
+    with h5py.File(path, "r") as fh:
+        obs = fh["obs"]
+        return int(obs[obs.attrs["_index"]].shape[0])
+
+
+def for_worker(source: Any) -> Any:
+    """What to send to a worker for ``source``: a backed AnnData's file path, else the source itself."""
+    from anndata import AnnData
+
+    if isinstance(source, AnnData) and source.isbacked:
+        return str(source.filename)
+    return str(source) if isinstance(source, Path) else source
+
+
+def dask_task(
+    root: str, source: Any, name: str, model: Any, options: Mapping[str, Any], queue: str | None, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`attribute_dataset` on a dask worker: its threads, and cells done sent to ``queue``."""
+    from distributed import Queue, get_worker
+
+    try:
+        n_jobs = int(get_worker().state.nthreads)
+    except (ValueError, AttributeError):  # pragma: no cover - not on a worker
+        n_jobs = None
+    report = Queue(queue).put if queue is not None else None
+    return attribute_dataset(root, source, name, model, options, on_cells=report, n_jobs=n_jobs, **kwargs)
+
+
+def run_local(jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Run the jobs one after the other in this process; ``{name: result or exception}``."""
+    results: dict[str, Any] = {}
+    for job in jobs:
+        try:
+            results[job["name"]] = attribute_dataset(**job, **common, on_cells=bar.update)
+        except Exception as err:  # noqa: BLE001 - one dataset's failure is reported, the others go on
+            results[job["name"]] = err
+    return results
+
+
+def run_on_client(client: Any, jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Run one task per job on ``client``'s cluster; ``{name: result or exception}``."""
+    from distributed import Queue
+
+    queue_name = f"scsig-attribute-{uuid.uuid4().hex}"
+    queue = Queue(queue_name, client=client)
+    model = common["model"]
+    shared = dict(common, model=client.scatter(model, broadcast=True) if not isinstance(model, str) else model)
+    futures = {
+        client.submit(dask_task, **job, **shared, queue=queue_name, pure=False, key=f"{queue_name}-{k}"): job["name"]
+        for k, job in enumerate(jobs)
+    }
+    results: dict[str, Any] = {}
+    pending = set(futures)
+
+    def drain() -> None:
+        while True:
+            got = queue.get(batch=True)
+            if not got:
+                return
+            bar.update(int(sum(got)))
+
+    while pending:
+        time.sleep(0.2)
+        drain()
+        done = {f for f in pending if f.done()}
+        pending -= done
+        for fut in done:
+            try:
+                results[futures[fut]] = fut.result()
+            except Exception as err:  # noqa: BLE001 - reported per dataset
+                results[futures[fut]] = err
+    drain()
+    return results
