@@ -138,7 +138,8 @@ def test_attribute_argument_errors(toy, tmp_path):
     other = sg.Atlas.create(tmp_path / "other", gene_order=[f"x{i}" for i in range(5)])
     with pytest.raises(ValueError, match="gene order hash"):
         other.attribute(adata, model, names="x")
-    assert atlas.datasets == [] and other.datasets == []
+    assert atlas.datasets == []
+    assert other.datasets == []
 
 
 def test_live_builds_survive_cleaning(tmp_path, genes):

@@ -25,7 +25,8 @@ def test_store_equals_in_memory(toy, tmp_path, engine):
     assert backed.uns["scsig"]["layers"]["attr_ig"]["engine"] == engine
     stored = ad.read_h5ad(out)
     assert (stored.layers["attr_ig"] != want.layers["attr_ig"]).nnz == 0
-    assert stored.obs_names.equals(adata.obs_names) and stored.var_names.equals(adata.var_names)
+    assert stored.obs_names.equals(adata.obs_names)
+    assert stored.var_names.equals(adata.var_names)
     np.testing.assert_array_equal(stored.var["attr_ig_in_model"], want.var["attr_ig_in_model"])
     assert stored.uns["scsig"]["layers"]["attr_ig"]["method"] == "ig"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attr.h5ad", "counts.h5ad"]
