@@ -44,10 +44,10 @@ def test_attribute_equals_in_memory_path(toy, tmp_path, engine):
     paths = _files(adata, tmp_path)
     # the same batches: captum's float32 sums depend on a batch's composition (the fast engine's do not)
     want = _reference_atlas(
-        tmp_path / "ref", adata, model, (0, 25, 60), ["part0", "part1"], engine=engine, batch_size=7
+        tmp_path / "ref", adata, model, (0, 25, 60), ["part0", "part1"], engine=engine, batch_size=7, n_steps=10
     )
     atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
-    report = atlas.attribute([str(p) for p in paths], model, engine=engine, batch_size=7)
+    report = atlas.attribute([str(p) for p in paths], model, engine=engine, batch_size=7, n_steps=10)
     assert report["status"].tolist() == ["added", "added"]
     assert report["n_obs"].tolist() == [25, 35]
     _assert_same(atlas, want)

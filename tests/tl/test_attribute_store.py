@@ -12,12 +12,12 @@ import scsig as sg
 @pytest.mark.parametrize("engine", ["fast", "captum"])
 def test_store_equals_in_memory(toy, tmp_path, engine):
     adata, model = toy
-    want = sg.tl.attribute(adata, model, engine=engine, batch_size=7, copy=True)
+    want = sg.tl.attribute(adata, model, engine=engine, batch_size=7, n_steps=10, copy=True)
     src = tmp_path / "counts.h5ad"
     adata.write_h5ad(src)
     backed = ad.read_h5ad(src, backed="r")
     out = tmp_path / "attr.h5ad"
-    sg.tl.attribute(backed, model, engine=engine, batch_size=7, store=out)
+    sg.tl.attribute(backed, model, engine=engine, batch_size=7, n_steps=10, store=out)
     layer = backed.layers["attr_ig"]
     assert not isinstance(layer, np.ndarray)  # read from the file, not held in memory
     got = layer[0 : adata.n_obs]

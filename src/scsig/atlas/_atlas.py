@@ -371,7 +371,8 @@ class Atlas:
         Returns
         -------
         A DataFrame indexed by dataset name: ``status`` (``"added"``, ``"skipped"`` (the atlas
-        already had it) or ``"failed"``), ``n_obs``, ``nnz`` (stored values) and ``error``.
+        already had it) or ``"failed"``), ``n_obs`` and ``nnz`` (cells and stored values in the
+        atlas; missing for failed datasets) and ``error``.
 
         Examples
         --------
@@ -401,7 +402,8 @@ class Atlas:
                 "Attribute with the atlas's model, or build one atlas per model."
             )
             raise ValueError(msg)
-        have = set(self.datasets)
+        self._refresh()
+        have = {s["name"]: s for s in self._manifest["shards"]}
         todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
         jobs = [{"root": str(self._root), "source": ingest.for_worker(s), "name": n} for s, n in todo]
         common = {"model": loaded, "options": options, "genes": list(self._genes)}
@@ -724,15 +726,16 @@ class Atlas:
         return out
 
 
-def _attribute_report(names: list[str], had: set[str], results: Mapping[str, Any]) -> pd.DataFrame:
+def _attribute_report(names: list[str], had: Mapping[str, Mapping], results: Mapping[str, Any]) -> pd.DataFrame:
     """One row per dataset of :meth:`Atlas.attribute`: status, cells, stored values, error."""
     rows = []
     for name in names:
         got = results.get(name)
         if name in had:
-            rows.append({"status": "skipped", "n_obs": -1, "nnz": -1, "error": ""})
+            rows.append({"status": "skipped", "n_obs": had[name]["n_obs"], "nnz": had[name]["nnz"], "error": ""})
         elif isinstance(got, BaseException):
-            rows.append({"status": "failed", "n_obs": -1, "nnz": -1, "error": f"{type(got).__name__}: {got}"})
+            rows.append({"status": "failed", "n_obs": pd.NA, "nnz": pd.NA, "error": f"{type(got).__name__}: {got}"})
         else:
             rows.append({"status": "added", "n_obs": got["n_obs"], "nnz": got["nnz"], "error": ""})
-    return pd.DataFrame(rows, index=pd.Index(names, name=DATASET_KEY))
+    frame = pd.DataFrame(rows, index=pd.Index(names, name=DATASET_KEY), columns=["status", "n_obs", "nnz", "error"])
+    return frame.astype({"n_obs": "Int64", "nnz": "Int64"})

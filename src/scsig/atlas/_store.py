@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,10 @@ byte shuffle saved about 5 % of their size but made reading them about 3 times s
 (about 3.5x smaller)."""
 
 ENCODING_VERSION = "0.1.0"
+
+_WARNINGS_LOCK = threading.Lock()
+"""``warnings.catch_warnings`` is not thread-safe: shards built in parallel threads (a dask worker's)
+take turns in the sections that silence zarr's warnings, so none leaks."""
 
 
 def require_tensorstore() -> Any:
@@ -164,7 +169,7 @@ def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: di
     import anndata as ad
     import zarr
 
-    with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+    with _WARNINGS_LOCK, ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
         ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(path)
@@ -179,7 +184,7 @@ def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: di
 def _finish(path: Path) -> None:
     import zarr
 
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
         zarr.consolidate_metadata(str(path))
 
