@@ -156,3 +156,14 @@ def test_live_builds_survive_cleaning(tmp_path, genes):
         assert not dead.exists()
     assert list((atlas.path / "tmp").iterdir()) == []
     assert atlas.datasets == ["other"]
+
+
+def test_attribute_dask_backed(toy, tmp_path):
+    da = pytest.importorskip("dask.array")
+    adata, model = toy
+    want = _reference_atlas(tmp_path / "ref", adata, model, (0, 60), ["d"], batch_size=16)
+    lazy = adata.copy()
+    lazy.X = da.from_array(adata.X.toarray(), chunks=(16, -1))
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
+    atlas.attribute(lazy, model, names="d", batch_size=16)
+    _assert_same(atlas, want)
