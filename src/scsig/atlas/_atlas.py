@@ -252,8 +252,10 @@ class Atlas:
         (``adata.uns["scsig"]["layers"][layer]``) names another gene order is refused. A layer
         without provenance is accepted when its ``var_names`` are all genes of the atlas.
 
-        The write is atomic: the shard is built in the atlas's ``tmp/`` folder, renamed into
-        ``shards/``, and only then listed in the manifest. Memory stays bounded (about 1 GB beyond
+        The write is atomic: the shard is built in its own folder under the atlas's ``tmp/``,
+        renamed into ``shards/``, and only then listed in the manifest; only that last step takes
+        the atlas's writer lock, so several processes can build shards at once. To attribute and
+        add in one step without holding the layer in memory, see :meth:`attribute`. Memory stays bounded (about 1 GB beyond
         the input) whatever the dataset's size: the layer is read in row blocks, transposed through
         scratch files and written gene range by gene range.
 
