@@ -33,7 +33,7 @@ from scipy import sparse
 from .._constants import IN_MODEL_SUFFIX, UNS_KEY
 from . import _manifest as mf
 from ._query import DATASET_KEY
-from ._store import BLOCK_NNZ, build_shard_from_csr, build_shard_from_rows, remove_tree
+from ._store import BLOCK_NNZ, build_shard_from_csr, build_shard_from_rows, release_memory, remove_tree
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -398,7 +398,9 @@ def _grouped(batches: Iterable[sparse.csr_matrix], budget: int) -> Iterator[tupl
         if held >= budget:
             block = sparse.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
             parts, held = [], 0
+            release_memory()  # the batches' memory, freed by vstack's copy
             yield block.indptr, block.indices, block.data
+            del block
     if parts:
         block = sparse.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
         yield block.indptr, block.indices, block.data

@@ -35,6 +35,7 @@ __all__ = [
     "build_shard_from_columns",
     "build_shard_from_csr",
     "build_shard_from_rows",
+    "release_memory",
     "require_tensorstore",
 ]
 
@@ -71,6 +72,36 @@ def require_tensorstore() -> Any:
         msg = "sg.Atlas needs tensorstore and zarr: pip install 'scsig[atlas]'"
         raise ImportError(msg) from err
     return ts
+
+
+def _malloc_trim() -> Any:
+    """The C library's ``malloc_trim`` (glibc), or None where there is none."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+
+        try:
+            _TRIM = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):  # pragma: no cover - not glibc
+            _TRIM = False
+    return _TRIM or None
+
+
+_TRIM: Any = None
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc only; elsewhere nothing happens).
+
+    A build allocates and frees blocks of ~100 MB from several threads (its own, numba's,
+    TensorStore's); glibc keeps such memory in per-thread arenas, so without this the process's
+    resident memory crept up with the number of blocks (0.93 -> 1.17 GB from 2 to 8 blocks of 17M
+    values, flat at ~1.0 GB with it). Called once per block and per gene range: microseconds next
+    to the block's work.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _context() -> Any:
@@ -346,11 +377,14 @@ def build_shard_from_rows(
             for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
                 data.tofile(fd)
                 indices.tofile(fi)
+                del data, indices
             seg = np.zeros(n_genes + 1, dtype=np.int64)
             np.cumsum(counts, out=seg[1:])
             segs.append(seg)
             rows.append(block[0].size - 1)
             col_nnz += counts
+            del block, raw
+            release_memory()
             if on_block is not None:
                 on_block(rows[-1])
     if sum(rows) != n_obs:  # pragma: no cover - internal consistency
@@ -379,6 +413,8 @@ def build_shard_from_rows(
             merge_blocks(seg, base[:-1], row_off[:-1], buf_data, buf_idx, out_data, out_idx)
             del buf_data, buf_idx
             sink.add(g0, col_nnz[g0:g1], out_data, out_idx)
+            del out_data, out_idx
+            release_memory()
             if on_range is not None:
                 on_range(g1, n_genes)
     shutil.rmtree(scratch, ignore_errors=True)
