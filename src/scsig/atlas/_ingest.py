@@ -439,22 +439,15 @@ def attribute_dataset(
     :data:`~scsig.atlas._store.BLOCK_NNZ` values), whatever the number of cells. Returns what was
     added: ``{"name", "n_obs", "nnz"}``.
     """
-    from ..pp._validate import warn_empty_cells
-    from ..tl._attribute import _batches, _check_attribute_args, _provenance, _set_up, _threads
+    import inspect
 
-    opts = dict(options)
-    _check_attribute_args(
-        opts.get("method", "ig"),
-        on_degenerate=opts.get("on_degenerate", "raise"),
-        n_steps=opts.get("n_steps", 50),
-        target_sum=opts.get("target_sum", 1000.0),
-        batch_size=opts.get("batch_size"),
-    )
+    from ..pp._validate import warn_empty_cells
+    from ..tl._attribute import _batches, _provenance, _set_up, _threads
+
+    opts = attribute_defaults() | check_options(options)
+    takes = inspect.signature(_set_up).parameters
     adata = _open_source(source)
-    defaults = {"method": "ig", "layer": None, "target": None, "n_steps": 50, "batch_size": None}
-    defaults |= {"target_sum": 1000.0, "gene_symbols": None, "min_overlap": None, "check_counts": True}
-    defaults |= {"engine": "auto", "on_degenerate": "raise", "key_added": None}
-    run = _set_up(adata, model, **(defaults | opts))
+    run = _set_up(adata, model, **{k: v for k, v in opts.items() if k in takes})
     if run.model.gene_order_hash != gene_order_hash:
         msg = (
             f"Dataset {name!r}: model {run.model.name!r} has gene order hash {run.model.gene_order_hash[:12]} "
@@ -494,13 +487,21 @@ _NOT_OPTIONS = {"adata", "model", "store", "copy", "mod", "progress"}
 """Parameters of :func:`scsig.tl.attribute` that :meth:`scsig.Atlas.attribute` does not pass on."""
 
 
-def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The attribution options, checked against :func:`scsig.tl.attribute`'s keywords."""
+def attribute_defaults() -> dict[str, Any]:
+    """:func:`scsig.tl.attribute`'s options and their defaults (those :meth:`scsig.Atlas.attribute` passes on)."""
     import inspect
 
-    from ..tl._attribute import _check_attribute_args, attribute
+    from ..tl._attribute import attribute
 
-    allowed = [p for p in inspect.signature(attribute).parameters if p not in _NOT_OPTIONS]
+    params = inspect.signature(attribute).parameters.values()
+    return {p.name: p.default for p in params if p.name not in _NOT_OPTIONS}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The attribution options, checked against :func:`scsig.tl.attribute`'s keywords."""
+    from ..tl._attribute import _check_attribute_args
+
+    allowed = list(attribute_defaults())
     unknown = [k for k in options if k not in allowed]
     if unknown:
         msg = f"Unknown attribution options {unknown}; Atlas.attribute passes on {allowed} (see sg.tl.attribute)."
