@@ -462,7 +462,7 @@ def attribute_dataset(
     identity = np.arange(len(genes), dtype=np.int64)  # the attributions come in the model's (= atlas's) gene order
 
     def build(shard: Path, scratch: Path) -> int:
-        with _threads(n_jobs):
+        with _threads(n_jobs, numba=True):
             blocks = _grouped(_batches(run, on_cells=on_cells), BLOCK_NNZ)
             return build_shard_from_rows(shard, blocks, identity, n_obs=len(obs), scratch=scratch, **common)
 
