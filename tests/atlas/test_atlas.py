@@ -205,7 +205,7 @@ def test_nonzero_outside_model_refused(tmp_path, attributed_toy):
 def test_build_paths_agree(tmp_path, genes, monkeypatch, kind):
     # tiny working blocks force several row blocks and gene ranges (the streaming transposition)
     monkeypatch.setattr(_store, "BLOCK_NNZ", 97)
-    monkeypatch.setattr("scsig.atlas._atlas.BLOCK_NNZ", 97)
+    monkeypatch.setattr("scsig.atlas._ingest.BLOCK_NNZ", 97)
     monkeypatch.setattr(_store, "SHARD", 64)
     monkeypatch.setattr(_store, "CHUNK", 16)
     monkeypatch.setattr(_store, "GROUP_VALUES", 40)  # a query reads its genes in several groups

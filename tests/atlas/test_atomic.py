@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import scsig as sg
-from scsig.atlas._manifest import PAUSE_ENV
 
 from .conftest import synthetic_adata
 
@@ -21,18 +20,48 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="kills a subprocess w
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import sys, time
+    from pathlib import Path
     import numpy as np, pandas as pd
     from anndata import AnnData
     from scipy import sparse
     import scsig as sg
-    from scsig.atlas import _store
+    from scsig.atlas import _ingest, _manifest, _store
 
     _store.SHARD = 64  # several writes, so that 'writing' pauses with a half-written shard
     _store.CHUNK = 16
     _store.BLOCK_NNZ = 200
-    import scsig.atlas._atlas as _a
-    _a.BLOCK_NNZ = 200
+    _ingest.BLOCK_NNZ = 200
+    stage, flag = sys.argv[2], Path(sys.argv[3])
+
+    def pause():
+        flag.touch()
+        go = flag.with_name(flag.name + ".continue")
+        deadline = time.monotonic() + 120
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def pausing(func, *, after=False, once=True):
+        done = []
+
+        def wrapper(*args, **kwargs):
+            if not after and not (once and done):
+                done.append(1)
+                pause()
+            out = func(*args, **kwargs)
+            if after and not (once and done):
+                done.append(1)
+                pause()
+            return out
+
+        return wrapper
+
+    if stage == "writing":  # the first gene range of the shard is written
+        _store._ColumnSink.add = pausing(_store._ColumnSink.add, after=True)
+    elif stage == "written":  # the shard is complete, not yet renamed into shards/
+        _ingest.seal = pausing(_ingest.seal)
+    elif stage == "renamed":  # the shard is in shards/, the manifest not yet replaced
+        _manifest.write_manifest = pausing(_manifest.write_manifest)
     atlas = sg.Atlas.open(sys.argv[1])
     genes = list(atlas.gene_order)
     rng = np.random.default_rng(7)
@@ -45,8 +74,8 @@ WRITER = textwrap.dedent(
 
 
 def _start_writer(root, stage, flag):
-    env = dict(os.environ, **{PAUSE_ENV: f"{stage}:{flag}", "SCSIG_PROGRESS": "0"})
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(root)], env=env)
+    env = dict(os.environ, SCSIG_PROGRESS="0")
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), stage, str(flag)], env=env)
 
 
 def _wait_for(flag, proc, timeout=120):

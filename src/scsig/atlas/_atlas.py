@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,29 +13,34 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _logging as logg
-from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
+from .._constants import SCORE_KEY, UNS_KEY
 from .._docs import doc_params, doc_progress
 from .._settings import settings
 from .._signature import resolve_signatures
 from .._utils import get_matrix
 from ..models import gene_order_hash
+from . import _ingest as ingest
 from . import _manifest as mf
-from ._integrity import check_name, seal_shard, verify_shards
-from ._query import DATASET_KEY, ShardSpec, matrix_shard, run_tasks, score_shard, shard_obs
-from ._store import BLOCK_NNZ, build_shard_from_columns, build_shard_from_csr, build_shard_from_rows, remove_tree
+from ._integrity import check_name, verify_shards
+from ._query import (
+    DATASET_KEY,
+    ShardSpec,
+    check_filter,
+    concat_frames,
+    matrix_shard,
+    run_tasks,
+    score_shard,
+    shard_obs,
+    warn_no_cells,
+)
+from ._store import build_shard_from_columns, remove_tree
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from anndata import AnnData
 
 __all__ = ["Atlas"]
 
 ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class Atlas:
@@ -119,7 +123,7 @@ class Atlas:
             "format_version": mf.FORMAT_VERSION,
             "gene_order_hash": gene_order_hash(genes),
             "n_genes": len(genes),
-            "created": _now(),
+            "created": ingest.now(),
             "shards": [],
         }
         mf.write_manifest(root, manifest)
@@ -229,7 +233,7 @@ class Atlas:
         frames = [
             shard_obs(s).assign(**{DATASET_KEY: pd.Categorical([s.name] * s.n_obs, categories=cats)}) for s in specs
         ]
-        return _concat(frames, cats, columns=[DATASET_KEY])
+        return concat_frames(frames, cats, columns=[DATASET_KEY])
 
     # ------------------------------------------------------------------ writing
 
@@ -251,8 +255,10 @@ class Atlas:
         (``adata.uns["scsig"]["layers"][layer]``) names another gene order is refused. A layer
         without provenance is accepted when its ``var_names`` are all genes of the atlas.
 
-        The write is atomic: the shard is built in the atlas's ``tmp/`` folder, renamed into
-        ``shards/``, and only then listed in the manifest. Memory stays bounded (about 1 GB beyond
+        The write is atomic: the shard is built in its own folder under the atlas's ``tmp/``,
+        renamed into ``shards/``, and only then listed in the manifest; only that last step takes
+        the atlas's writer lock, so several processes can build shards at once. To attribute and
+        add in one step without holding the layer in memory, see :meth:`attribute`. Memory stays bounded (about 1 GB beyond
         the input) whatever the dataset's size: the layer is read in row blocks, transposed through
         scratch files and written gene range by gene range.
 
@@ -287,23 +293,146 @@ class Atlas:
             raise ValueError(msg)
         x = get_matrix(adata, layer)
         prov = adata.uns.get(UNS_KEY, {}).get("layers", {}).get(layer) if layer is not None else None
-        lut = self._var_lookup(adata, layer, prov, name)
-        obs = _shard_obs_frame(adata.obs, obs_columns, name)
+        lut = ingest.var_lookup(adata, layer, prov, name, genes=self._genes, gene_order_hash=self.gene_order_hash)
+        obs = ingest.shard_obs_frame(adata.obs, obs_columns, name)
         layer_key = layer if layer is not None else "attributions"
         start = logg.info(f"adding dataset {name!r} ({adata.n_obs} cells) to the atlas")
         show = settings.progress if progress is None else progress
         record = prov if prov is not None else {"provenance": "none", "gene_order_hash": self.gene_order_hash}
-        self._write_shard(
-            name,
-            layer_key,
-            obs,
-            record,
-            lambda path, scratch: _build(path, scratch, x, lut, obs, self._genes, layer_key, record, name, show=show),
-            source="anndata",
-        )
+        self._warn_mixed(name, record)
+
+        def build(shard: Path, scratch: Path) -> int:
+            return ingest.build_from_layer(
+                shard,
+                scratch,
+                x,
+                lut,
+                obs=obs,
+                genes=self._genes,
+                layer=layer_key,
+                provenance=record,
+                name=name,
+                show=show,
+            )
+
+        self._write_dataset(name, layer_key, obs, record, build, source="anndata")
         logg.info(f"    finished: dataset {name!r} added", time=start)
 
-    def _write_shard(
+    def attribute(
+        self,
+        sources: Any,
+        model: Any,
+        *,
+        names: Sequence[str] | str | None = None,
+        client: Any = None,
+        obs_columns: Sequence[str] | None = None,
+        on_error: Literal["raise", "warn"] = "raise",
+        progress: bool | None = None,
+        **attribute_options: Any,
+    ) -> pd.DataFrame:
+        """Attribute datasets straight into the atlas, each streamed batch by batch into its own shard.
+
+        Each source becomes one dataset: its cells are read, attributed (as by
+        :func:`scsig.tl.attribute`, with the same values) and written into the shard one batch at a
+        time, so memory does not grow with the number of cells and nothing is written into the
+        sources. Each dataset is committed to the manifest on its own as soon as its shard is
+        complete (atomically, under the atlas's writer lock, as :meth:`add`); once all are done they
+        are listed in the order of ``sources``, whichever finished first. A dataset that fails
+        leaves the atlas as it was and does not stop the others; datasets whose name the atlas
+        already has are skipped, so rerunning the same call after a failure or an interruption
+        attributes only what is missing.
+
+        Parameters
+        ----------
+        sources
+            Paths of ``.h5ad`` files (opened with ``backed="r"``) or AnnData objects (in memory,
+            backed, or holding dask arrays), or a single one. Counts are read from ``adata.X`` or
+            ``layer=``.
+        model
+            The atlas's model: a :class:`~scsig.models.FoundationModel` or a path
+            :func:`scsig.models.load` reads. Its gene order must be the atlas's.
+        names
+            One dataset name per source; by default each file's stem (required for AnnData objects).
+        client
+            A :class:`distributed.Client`: one task per dataset on its cluster, each worker
+            streaming its shard (the atlas folder and the source files must be reachable at the same
+            paths from the workers; a backed AnnData is sent as its file's path). Each task uses its
+            worker's threads. Default: the datasets one after the other in this process.
+        obs_columns
+            Columns of each source's ``obs`` to keep (all by default).
+        on_error
+            When a dataset fails: ``"raise"`` a :class:`RuntimeError` naming the failed datasets
+            once all the others are done, or ``"warn"`` and return the report.
+        progress
+            Show a progress bar over cells (``None`` follows :attr:`scsig.settings.progress`).
+        **attribute_options
+            Options of :func:`scsig.tl.attribute` (``method``, ``layer``, ``n_steps``,
+            ``batch_size``, ``gene_symbols``, ``key_added`` (the shard's layer name), ...).
+
+        Returns
+        -------
+        A DataFrame indexed by dataset name: ``status`` (``"added"``, ``"skipped"`` (the atlas
+        already had it) or ``"failed"``), ``n_obs`` and ``nnz`` (cells and stored values in the
+        atlas; missing for failed datasets) and ``error``.
+
+        Examples
+        --------
+        >>> import tempfile, scsig as sg
+        >>> adata, model = sg.datasets.toy()
+        >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
+        >>> atlas.attribute([adata[:30], adata[30:]], model, names=["a", "b"], progress=False)["status"].tolist()
+        ['added', 'added']
+        >>> atlas.datasets
+        ['a', 'b']
+        """
+        from .._utils._progress import tqdm
+        from ..models import FoundationModel, load
+
+        if on_error not in ("raise", "warn"):
+            msg = f"on_error must be 'raise' or 'warn', not {on_error!r}."
+            raise ValueError(msg)
+        options = ingest.check_options(attribute_options)
+        many = isinstance(sources, Sequence) and not isinstance(sources, str)
+        sources = list(sources) if many else [sources]
+        labels = ingest.source_names(sources, names)
+        labels = [check_name(n) for n in labels]
+        loaded = model if isinstance(model, FoundationModel) else load(model)
+        if loaded.gene_order_hash != self.gene_order_hash:
+            msg = (
+                f"Model {loaded.name!r} has gene order hash {loaded.gene_order_hash[:12]} ({loaded.n_genes} genes), "
+                f"but this atlas expects {self.gene_order_hash[:12]} ({len(self._genes)} genes). "
+                "Attribute with the atlas's model, or build one atlas per model."
+            )
+            raise ValueError(msg)
+        self._refresh()
+        have = {s["name"]: s for s in self._manifest["shards"]}
+        todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
+        jobs = [{"root": str(self._root), "source": ingest.for_worker(s), "name": n} for s, n in todo]
+        common = {"model": loaded, "options": options, "genes": list(self._genes)}
+        common |= {"gene_order_hash": self.gene_order_hash, "obs_columns": obs_columns}
+        total = sum(ingest.n_cells(s) for s, _ in todo)
+        show = settings.progress if progress is None else progress
+        start = logg.info(f"attributing {len(todo)} datasets ({total:,} cells) into the atlas")
+        with tqdm(total=total, disable=not show, desc="attribute", unit="cells") as bar:
+            run = ingest.run_local if client is None else partial(ingest.run_on_client, client)
+            results = run(jobs, common=common, bar=bar)
+        ingest.reorder(self._root, [j["name"] for j in jobs])
+        self._refresh()
+        report = _attribute_report(labels, have, results)
+        logg.info(f"    finished: {int((report['status'] == 'added').sum())} datasets added", time=start)
+        failed = report[report["status"] == "failed"]
+        if len(failed):
+            lines = "; ".join(f"{n!r}: {e}" for n, e in failed["error"].items())
+            msg = (
+                f"{len(failed)} of {len(todo)} datasets failed and were not added ({lines}). The others were added; "
+                "fix the failed sources and rerun the same call (datasets already in the atlas are skipped)."
+            )
+            if on_error == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        return report
+
+    def _write_dataset(
         self,
         name: str,
         layer: str,
@@ -314,42 +443,17 @@ class Atlas:
         source: str,
     ) -> None:
         check_name(name)
-        with mf.writer_lock(self._root):
-            self._manifest = mf.read_manifest(self._root)
-            self._stamp = mf.manifest_stamp(self._root)
-            if name in [s["name"] for s in self._manifest["shards"]]:
-                msg = f"The atlas already has a dataset named {name!r}; choose another name."
-                raise ValueError(msg)
-            self._clean_leftovers()
-            self._warn_mixed(name, provenance)
-            uid = uuid.uuid4().hex
-            tmp = self._root / mf.TMP / uid
-            try:
-                nnz = build(tmp / "shard", tmp / "scratch")
-                checksums = seal_shard(tmp / "shard")
-                mf.pause_point("written")
-                (self._root / mf.SHARDS / uid).parent.mkdir(exist_ok=True)
-                (tmp / "shard").rename(self._root / mf.SHARDS / uid)
-            finally:
-                remove_tree(tmp)
-            mf.pause_point("renamed")
-            entry = {
-                "name": name,
-                "dir": uid,
-                "n_obs": int(len(obs)),
-                "nnz": int(nnz),
-                "layer": layer,
-                "obs_columns": [str(c) for c in obs.columns],
-                "provenance": mf.jsonable(provenance) if provenance is not None else None,
-                "source": source,
-                "added": _now(),
-                "checksums": checksums,
-            }
-            manifest = dict(self._manifest)
-            manifest["shards"] = [*self._manifest["shards"], entry]
-            mf.write_manifest(self._root, manifest)
-            self._manifest = manifest
-            self._stamp = mf.manifest_stamp(self._root)
+        self._manifest = ingest.write_dataset(
+            self._root,
+            name=name,
+            layer=layer,
+            n_obs=len(obs),
+            obs_columns=obs.columns,
+            provenance=provenance,
+            build=build,
+            source=source,
+        )
+        self._stamp = mf.manifest_stamp(self._root)
 
     def remove(self, name: str) -> None:
         """Remove a dataset (e.g. a damaged one, before adding it again).
@@ -372,7 +476,7 @@ class Atlas:
             mf.write_manifest(self._root, {**manifest, "shards": kept})
             self._manifest = mf.read_manifest(self._root)
             self._stamp = mf.manifest_stamp(self._root)
-            self._clean_leftovers()
+            ingest.clean_leftovers(self._root, self._manifest)
 
     def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
         """Check every stored file of the datasets against the checksums written when they were added.
@@ -409,15 +513,6 @@ class Atlas:
         show = settings.progress if progress is None else progress
         return list(verify_shards(self._root, self._manifest, [s.name for s in specs], progress=show))
 
-    def _clean_leftovers(self) -> None:
-        """Remove what killed writers left (called with the writer lock held)."""
-        listed = {s["dir"] for s in self._manifest["shards"]}
-        for folder in (self._root / mf.TMP, self._root / mf.SHARDS):
-            folder.mkdir(exist_ok=True)
-            for child in folder.iterdir():
-                if folder.name == mf.TMP or child.name not in listed:
-                    remove_tree(child)
-
     def _warn_mixed(self, name: str, provenance: dict | None) -> None:
         if not isinstance(provenance, Mapping) or "method" not in provenance:
             return
@@ -434,55 +529,6 @@ class Atlas:
                         stacklevel=4,
                     )
                     return
-
-    def _var_lookup(self, adata: AnnData, layer: str | None, prov: Mapping | None, name: str) -> np.ndarray:
-        """For each column of the layer, its position in the atlas gene order, or -1 (not stored)."""
-        genes = self._genes
-        if prov is not None:
-            recorded = prov.get("gene_order_hash") or (prov.get("model") or {}).get("gene_order_hash")
-            if recorded != self.gene_order_hash:
-                model = prov.get("model") or {}
-                msg = (
-                    f"Dataset {name!r}: layer {layer!r} was attributed with model {model.get('name', 'unknown')!r} "
-                    f"(source {model.get('source', 'unknown')!r}, {model.get('n_genes', '?')} genes, gene order hash "
-                    f"{str(recorded)[:12]}), but this atlas expects gene order hash {self.gene_order_hash[:12]} "
-                    f"({len(genes)} genes). An atlas holds one model's attributions: build one atlas per model, or "
-                    "attribute this dataset with the atlas's model."
-                )
-                raise ValueError(msg)
-            symbols = prov.get("gene_symbols", "var_names")
-            names = (
-                adata.var[symbols].astype(str)
-                if symbols not in (None, "var_names") and symbols in adata.var
-                else adata.var_names
-            )
-            pos = genes.get_indexer(pd.Index(names, dtype=object))
-            in_model_col = f"{layer}{IN_MODEL_SUFFIX}"
-            if in_model_col in adata.var:
-                in_model = adata.var[in_model_col].to_numpy(bool)
-                lost = np.flatnonzero(in_model & (pos < 0))
-                if lost.size:
-                    msg = f"Dataset {name!r}: {lost.size} genes marked as in the model are not in the atlas gene order (e.g. {list(adata.var_names[lost[:5]])})."
-                    raise ValueError(msg)
-                pos = np.where(in_model, pos, -1)
-        else:
-            pos = genes.get_indexer(pd.Index(adata.var_names, dtype=object))
-            outside = np.flatnonzero(pos < 0)
-            if outside.size:
-                where = f"layer {layer!r}" if layer is not None else "adata.X"
-                msg = (
-                    f"Dataset {name!r}: {where} has no scsig provenance (adata.uns['scsig']['layers'][{layer!r}]), so its "
-                    f"columns must all be genes of the atlas gene order, but {outside.size} of {adata.n_vars} var names "
-                    f"are not (e.g. {list(adata.var_names[outside[:5]])}). Attribute the data with sg.tl.attribute, "
-                    "or subset it to the atlas's genes."
-                )
-                raise ValueError(msg)
-        mapped = pos[pos >= 0]
-        if np.unique(mapped).size != mapped.size:
-            dup_pos = pd.Index(mapped)[pd.Index(mapped).duplicated()].unique()[:5]
-            msg = f"Dataset {name!r}: several columns map to the same atlas genes ({list(genes[dup_pos])}); make the gene names unique."
-            raise ValueError(msg)
-        return pos.astype(np.int64)
 
     @classmethod
     @doc_params(doc_progress=doc_progress)
@@ -548,7 +594,7 @@ class Atlas:
             meta, positions = read_metadata(
                 sub / "cell_metadata.csv.gz", n_cells=array_cells(sub / "attributions"), name=ct
             )
-            obs = _shard_obs_frame(meta, None, ct)
+            obs = ingest.shard_obs_frame(meta, None, ct)
             record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
             start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
 
@@ -570,12 +616,12 @@ class Atlas:
                     n_obs=len(obs),
                     n_genes=len(atlas.gene_order),
                     obs=obs,
-                    var=_shard_var(atlas.gene_order, "attr_ig"),
+                    var=ingest.shard_var(atlas.gene_order, "attr_ig"),
                     uns=uns,
                     layer="attr_ig",
                 )
 
-            atlas._write_shard(ct, "attr_ig", obs, record, build, source="signature")
+            atlas._write_dataset(ct, "attr_ig", obs, record, build, source="signature")
             logg.info(f"    finished: imported {ct!r}", time=start)
         return atlas
 
@@ -663,9 +709,9 @@ class Atlas:
         start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets")
         tasks = [(s, cols, coef, keys, obs_filter, cats) for s in specs]
         results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
-        _check_filter(obs_filter, [ok for _, ok in results])
-        frame = _concat([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
-        _warn_no_cells(obs_filter, len(frame))
+        check_filter(obs_filter, [ok for _, ok in results])
+        frame = concat_frames([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
+        warn_no_cells(obs_filter, len(frame))
         frame.attrs[UNS_KEY] = {"aggregate": aggregate, "signatures": record}
         logg.info(f"    finished: {len(frame)} cells scored", time=start)
         return frame
@@ -712,10 +758,10 @@ class Atlas:
         cats = [s.name for s in specs]
         tasks = [(s, cols, obs_filter, cats) for s in specs]
         results = run_tasks(matrix_shard, tasks, client=client, progress=progress, desc="read")
-        _check_filter(obs_filter, [ok for *_, ok in results])
+        check_filter(obs_filter, [ok for *_, ok in results])
         kept = [(f, m) for f, m, _ in results if f is not None]
-        obs = _concat([f for f, _ in kept], cats, columns=[DATASET_KEY])
-        _warn_no_cells(obs_filter, len(obs))
+        obs = concat_frames([f for f, _ in kept], cats, columns=[DATASET_KEY])
+        warn_no_cells(obs_filter, len(obs))
         mat = (
             sparse.vstack([m for _, m in kept], format="csr", dtype=np.float32)
             if kept
@@ -723,7 +769,7 @@ class Atlas:
         )
         layers = {s.layer for s in specs}
         layer = layers.pop() if len(layers) == 1 else "attributions"
-        var = _shard_var(self._genes[cols], layer)
+        var = ingest.shard_var(self._genes[cols], layer)
         shards = {s["name"]: s for s in self._manifest["shards"]}
         first = shards[specs[0].name].get("provenance") if specs else None
         uns = {UNS_KEY: {"atlas": {"path": str(self._root), "datasets": cats, "gene_order_hash": self.gene_order_hash}}}
@@ -743,119 +789,16 @@ def _seal(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     return None if record is None else (str(record["algorithm"]), str(record["checksum"]))
 
 
-def _check_filter(obs_filter: Any, applied: list[bool]) -> None:
-    if obs_filter is not None and applied and not any(applied):
-        msg = f"obs_filter {obs_filter!r} names a column that no queried dataset has."
-        raise KeyError(msg)
-
-
-def _warn_no_cells(obs_filter: Any, n_cells: int) -> None:
-    if obs_filter is not None and n_cells == 0:
-        warnings.warn(
-            f"obs_filter {obs_filter!r} selects no cells; check its values against atlas.obs() "
-            "(values are compared exactly, e.g. case-sensitive).",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
-def _concat(frames: list[pd.DataFrame], categories: list[str], *, columns: list[str]) -> pd.DataFrame:
-    if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns})
-        empty[DATASET_KEY] = pd.Categorical([], categories=categories)
-        return empty
-    if len(frames) == 1:
-        return frames[0]
-    frame = pd.concat(frames, axis=0, join="outer", sort=False)
-    for col in frame.columns:
-        if col == DATASET_KEY or isinstance(frame[col].dtype, pd.CategoricalDtype):
-            continue
-        parts = [f[col] for f in frames if col in f]
-        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):  # categories differed across datasets
-            frame[col] = frame[col].astype("category")
-    if not isinstance(frame[DATASET_KEY].dtype, pd.CategoricalDtype):
-        frame[DATASET_KEY] = pd.Categorical(frame[DATASET_KEY].astype(str), categories=categories)
-    last = [c for c in columns if c != DATASET_KEY]
-    middle = [c for c in frame.columns if c != DATASET_KEY and c not in last]
-    return frame[[DATASET_KEY, *middle, *last]]
-
-
-def _shard_obs_frame(obs: pd.DataFrame, obs_columns: Sequence[str] | None, name: str) -> pd.DataFrame:
-    if obs_columns is not None:
-        cols = [str(c) for c in obs_columns]
-        missing = [c for c in cols if c not in obs.columns]
-        if missing:
-            msg = f"obs_columns {missing} are not in adata.obs (it has {list(obs.columns)[:10]})."
-            raise KeyError(msg)
-        obs = obs[cols]
-    if DATASET_KEY in obs.columns:
-        msg = (
-            f"Dataset {name!r}: obs column {DATASET_KEY!r} is reserved for the dataset's name in query results; "
-            "rename it, or leave it out with obs_columns=."
-        )
-        raise ValueError(msg)
-    obs = obs.copy()
-    obs.index = pd.Index(obs.index.astype(str), name=obs.index.name)
-    return obs
-
-
-def _shard_var(genes: pd.Index, layer: str) -> pd.DataFrame:
-    return pd.DataFrame(
-        {f"{layer}{IN_MODEL_SUFFIX}": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes, dtype=object, name=None)
-    )
-
-
-def _row_blocks(x: Any) -> Iterator[Any]:
-    """Row blocks of a row-sliceable matrix, about :data:`BLOCK_NNZ` values each (views of a CSR)."""
-    n = x.shape[0]
-    if sparse.issparse(x) and x.format == "csr":
-        bounds = np.searchsorted(x.indptr, np.arange(0, x.nnz + BLOCK_NNZ, BLOCK_NNZ), side="left")
-        bounds = np.unique(np.clip(np.append(bounds, n), 0, n))
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            a, b = x.indptr[lo], x.indptr[hi]
-            yield (x.indptr[lo : hi + 1] - a, x.indices[a:b], x.data[a:b])  # views: no copy of the block
-        return
-    lo, rows = 0, 1024
-    while lo < n:
-        hi = min(n, lo + rows)
-        blk = x[lo:hi]
-        yield blk
-        nnz = blk.nnz if sparse.issparse(blk) else np.count_nonzero(blk)
-        rows = int(min(max(BLOCK_NNZ / max(nnz / (hi - lo), 1.0), 64), 1 << 20))
-        lo = hi
-
-
-def _build(
-    path: Path,
-    scratch: Path,
-    x: Any,
-    lut: np.ndarray,
-    obs: pd.DataFrame,
-    genes: pd.Index,
-    layer: str,
-    provenance: dict,
-    name: str,
-    *,
-    show: bool,
-) -> int:
-    from .._utils._progress import tqdm
-
-    uns = {UNS_KEY: {"layers": {layer: provenance}, "atlas": {"name": name}}}
-    n_genes = len(genes)
-    common = {"n_genes": n_genes, "obs": obs, "var": _shard_var(genes, layer), "uns": uns, "layer": layer, "name": name}
-    with tqdm(total=n_genes, disable=not show, desc=f"add {name}", unit="genes") as bar:
-        done = [0]
-
-        def on_range(g1: int, _n: int) -> None:
-            bar.update(g1 - done[0])
-            if done[0] == 0:
-                mf.pause_point("writing")
-            done[0] = g1
-
-        if sparse.issparse(x) and x.format != "csr":
-            x = sparse.csr_matrix(x)  # row blocks of CSC/COO are slow to cut: one conversion
-        if sparse.issparse(x) and x.nnz <= BLOCK_NNZ:  # one gene range: gather straight from the CSR
-            return build_shard_from_csr(path, sparse.csr_matrix(x), lut, on_range=on_range, **common)
-        return build_shard_from_rows(
-            path, _row_blocks(x), lut, n_obs=len(obs), scratch=scratch, on_range=on_range, **common
-        )
+def _attribute_report(names: list[str], had: Mapping[str, Mapping], results: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per dataset of :meth:`Atlas.attribute`: status, cells, stored values, error."""
+    rows = []
+    for name in names:
+        got = results.get(name)
+        if name in had:
+            rows.append({"status": "skipped", "n_obs": had[name]["n_obs"], "nnz": had[name]["nnz"], "error": ""})
+        elif isinstance(got, BaseException):
+            rows.append({"status": "failed", "n_obs": pd.NA, "nnz": pd.NA, "error": f"{type(got).__name__}: {got}"})
+        else:
+            rows.append({"status": "added", "n_obs": got["n_obs"], "nnz": got["nnz"], "error": ""})
+    frame = pd.DataFrame(rows, index=pd.Index(names, name=DATASET_KEY), columns=["status", "n_obs", "nnz", "error"])
+    return frame.astype({"n_obs": "Int64", "nnz": "Int64"})

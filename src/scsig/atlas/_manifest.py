@@ -21,8 +21,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
-__all__ = ["FORMAT", "MANIFEST", "jsonable", "pause_point", "read_manifest", "write_manifest", "writer_lock"]
+__all__ = ["FORMAT", "MANIFEST", "jsonable", "read_manifest", "write_manifest", "writer_lock"]
 
 FORMAT = "scsig-atlas"
 FORMAT_VERSION = 1
@@ -33,10 +34,6 @@ GENE_ORDER = "gene_order.txt"
 LOCK = ".lock"
 SHARDS = "shards"
 TMP = "tmp"
-
-PAUSE_ENV = "SCSIG_ATLAS_TEST_PAUSE"
-"""Test hook: ``"<stage>:<file>"`` makes a writer that reaches ``stage`` create ``<file>`` and wait
-(up to 120 s) until ``<file>.continue`` exists. The tests use it to kill a writer at a known point."""
 
 
 def jsonable(obj: Any) -> Any:
@@ -195,16 +192,3 @@ def _acquire(fh: Any, *, poll: float = 0.05) -> Any:
             time.sleep(poll)
         else:
             return unlock
-
-
-def pause_point(stage: str) -> None:
-    """Test hook, see :data:`PAUSE_ENV`; does nothing unless the variable names ``stage``."""
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec or not spec.startswith(f"{stage}:"):
-        return
-    flag = Path(spec.split(":", 1)[1])
-    flag.touch()
-    go = flag.with_name(flag.name + ".continue")
-    deadline = time.monotonic() + 120
-    while not go.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)

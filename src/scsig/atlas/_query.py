@@ -8,6 +8,7 @@ of a :class:`distributed.Client`; opened shards and their cell metadata are cach
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,17 @@ from .._utils import import_optional
 from ._integrity import check_chunk_files, check_small_files, damaged
 from ._store import BLOCK_NNZ, OBS_NAMES_ATTR, ShardReader
 
-__all__ = ["DATASET_KEY", "ShardSpec", "matrix_shard", "run_tasks", "score_shard", "shard_obs"]
+__all__ = [
+    "DATASET_KEY",
+    "ShardSpec",
+    "check_filter",
+    "concat_frames",
+    "matrix_shard",
+    "run_tasks",
+    "score_shard",
+    "shard_obs",
+    "warn_no_cells",
+]
 
 DATASET_KEY = "dataset"
 """Column of a query's result that names each cell's dataset (shard)."""
@@ -265,3 +276,43 @@ def run_tasks(
 
         with _Progress():
             return list(dask.compute(*delayed, scheduler="threads", num_workers=settings.n_jobs))
+
+
+def check_filter(obs_filter: Any, applied: list[bool]) -> None:
+    """Raise when a filter applied to no queried dataset (it names a column none has)."""
+    if obs_filter is not None and applied and not any(applied):
+        msg = f"obs_filter {obs_filter!r} names a column that no queried dataset has."
+        raise KeyError(msg)
+
+
+def warn_no_cells(obs_filter: Any, n_cells: int) -> None:
+    """Warn when a filter kept no cell."""
+    if obs_filter is not None and n_cells == 0:
+        warnings.warn(
+            f"obs_filter {obs_filter!r} selects no cells; check its values against atlas.obs() "
+            "(values are compared exactly, e.g. case-sensitive).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def concat_frames(frames: list[pd.DataFrame], categories: list[str], *, columns: list[str]) -> pd.DataFrame:
+    """Stack per-dataset frames: ``dataset`` first, ``columns`` last, categoricals kept categorical."""
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns})
+        empty[DATASET_KEY] = pd.Categorical([], categories=categories)
+        return empty
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(frames, axis=0, join="outer", sort=False)
+    for col in frame.columns:
+        if col == DATASET_KEY or isinstance(frame[col].dtype, pd.CategoricalDtype):
+            continue
+        parts = [f[col] for f in frames if col in f]
+        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):  # categories differed across datasets
+            frame[col] = frame[col].astype("category")
+    if not isinstance(frame[DATASET_KEY].dtype, pd.CategoricalDtype):
+        frame[DATASET_KEY] = pd.Categorical(frame[DATASET_KEY].astype(str), categories=categories)
+    last = [c for c in columns if c != DATASET_KEY]
+    middle = [c for c in frame.columns if c != DATASET_KEY and c not in last]
+    return frame[[DATASET_KEY, *middle, *last]]

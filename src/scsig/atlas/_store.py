@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "build_shard_from_columns",
     "build_shard_from_csr",
     "build_shard_from_rows",
+    "release_memory",
     "require_tensorstore",
 ]
 
@@ -57,12 +59,46 @@ byte shuffle saved about 5 % of their size but made reading them about 3 times s
 
 ENCODING_VERSION = "0.1.0"
 
+_WARNINGS_LOCK = threading.Lock()
+"""``warnings.catch_warnings`` is not thread-safe: shards built in parallel threads (a dask worker's)
+take turns in the sections that silence zarr's warnings, so none leaks."""
+
 
 def require_tensorstore() -> Any:
     """Import :mod:`tensorstore`, or raise an ImportError naming the extra."""
     from .._utils import import_optional
 
     return import_optional("tensorstore", purpose="sg.Atlas", extra="atlas")
+
+
+def _malloc_trim() -> Any:
+    """The C library's ``malloc_trim`` (glibc), or None where there is none."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+
+        try:
+            _TRIM = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):  # pragma: no cover - not glibc
+            _TRIM = False
+    return _TRIM or None
+
+
+_TRIM: Any = None
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc only; elsewhere nothing happens).
+
+    A build allocates and frees blocks of ~100 MB from several threads (its own, numba's,
+    TensorStore's); glibc keeps such memory in per-thread arenas, so without this the process's
+    resident memory crept up with the number of blocks (0.93 -> 1.17 GB from 2 to 8 blocks of 17M
+    values, flat at ~1.0 GB with it). Called once per block and per gene range: microseconds next
+    to the block's work.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _context() -> Any:
@@ -183,7 +219,7 @@ def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: di
     import anndata as ad
     import zarr
 
-    with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+    with _WARNINGS_LOCK, ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
         ad.AnnData(obs=_escape_columns(obs), var=var, uns=uns).write_zarr(path)
@@ -200,7 +236,7 @@ def _write_skeleton(path: Path, *, obs: pd.DataFrame, var: pd.DataFrame, uns: di
 def _finish(path: Path) -> None:
     import zarr
 
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*", category=UserWarning)
         zarr.consolidate_metadata(str(path))
 
@@ -362,11 +398,14 @@ def build_shard_from_rows(
             for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
                 data.tofile(fd)
                 indices.tofile(fi)
+                del data, indices
             seg = np.zeros(n_genes + 1, dtype=np.int64)
             np.cumsum(counts, out=seg[1:])
             segs.append(seg)
             rows.append(block[0].size - 1)
             col_nnz += counts
+            del block, raw
+            release_memory()
             if on_block is not None:
                 on_block(rows[-1])
     if sum(rows) != n_obs:  # pragma: no cover - internal consistency
@@ -395,6 +434,8 @@ def build_shard_from_rows(
             merge_blocks(seg, base[:-1], row_off[:-1], buf_data, buf_idx, out_data, out_idx)
             del buf_data, buf_idx
             sink.add(g0, col_nnz[g0:g1], out_data, out_idx)
+            del out_data, out_idx
+            release_memory()
             if on_range is not None:
                 on_range(g1, n_genes)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -21,7 +22,10 @@ from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import warn_empty_cells
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from anndata import AnnData
 
     from ..models import FoundationModel
 
@@ -31,7 +35,6 @@ DEGENERATE_RATIO = 1e-3
 """Attributions whose total raw mass is below this fraction of the target's change are degenerate."""
 
 _GRADIENT_AT_INPUT = {"ixg": "input x gradient", "dl": "DeepLIFT"}
-
 
 OnDegenerate = Literal["raise", "warn"]
 
@@ -183,6 +186,292 @@ def _auto_n_steps(counts: Any, run: Callable[[Any, int], np.ndarray]) -> tuple[i
     return AUTO_STEPS[-1], medians
 
 
+def _check_attribute_args(
+    method: str,
+    *,
+    on_degenerate: str,
+    n_steps: int | str,
+    target_sum: float,
+    batch_size: int | None,
+    completeness_key: str | None = None,
+) -> None:
+    """Raise on options no run can use, before any data is read."""
+    if method not in METHODS:
+        msg = f"Unknown attribution method {method!r}; use one of {list(METHODS)} (ig: integrated gradients, dl: DeepLIFT, ixg: input x gradient)."
+        raise ValueError(msg)
+    check_choice("on_degenerate", on_degenerate, OnDegenerate)
+    if not (n_steps == "auto" or (not isinstance(n_steps, str) and n_steps >= 1)):
+        msg = f"n_steps must be a positive integer or 'auto', got {n_steps!r}."
+        raise ValueError(msg)
+    if completeness_key is not None and method != "ig":
+        msg = f"completeness_key= reports integrated gradients' completeness gap; it needs method='ig', not {method!r}."
+        raise ValueError(msg)
+    if not (np.isfinite(target_sum) and target_sum > 0):
+        msg = f"target_sum must be a positive number (each cell's attributions sum to it), got {target_sum!r}."
+        raise ValueError(msg)
+    if batch_size is not None and batch_size < 1:
+        msg = f"batch_size must be a positive number of cells, got {batch_size!r}; pass None to derive it from memory."
+        raise ValueError(msg)
+
+
+@dataclass
+class _Run:
+    """One attribution run, set up: the model, the input and how it is read, the engine and batch size."""
+
+    model: FoundationModel
+    module: Any
+    method: str
+    n_steps: int
+    target_sum: float
+    on_degenerate: str
+    engine: str
+    batch_size: int
+    counts: Any
+    where: str
+    in_memory: bool
+    check_counts: bool
+    alignment: Any
+    layer: str | None
+    gene_symbols: str | None
+    key: str
+    device: Any = None
+    workspace: Any = None
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    auto_medians: list[float] | None = None  # the median gaps n_steps="auto" measured, when it ran
+
+    @property
+    def model_to_var(self) -> np.ndarray:
+        """For each model gene, its column in the data (-1 where the data lacks it)."""
+        out = np.full(self.model.n_genes, -1, dtype=np.int64)
+        var_idx = np.flatnonzero(self.alignment.var_in_model)
+        out[self.alignment.var_to_model[var_idx]] = var_idx
+        return out
+
+
+def _set_up(
+    data: AnnData,
+    model: FoundationModel | str,
+    *,
+    method: str,
+    layer: str | None,
+    target: Any,
+    n_steps: int | str,
+    batch_size: int | None,
+    target_sum: float,
+    gene_symbols: str | None,
+    min_overlap: int | None,
+    check_counts: bool,
+    engine: str,
+    on_degenerate: str,
+    key_added: str | None,
+) -> _Run:
+    """Load the model, align the genes, pick the engine, the steps and the batch size; check the counts in memory."""
+    import torch
+
+    from ..attribution import TargetModule
+    from ..attribution._engine import pick_engine
+    from ..models import FoundationModel, load
+
+    if not isinstance(model, FoundationModel):
+        model = load(model)
+    target = model.default_target if target is None else target
+    module = TargetModule(model.encoder, target)  # validates the target
+    counts = get_matrix(data, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
+    in_memory = _in_memory(counts)
+    if in_memory:
+        if sparse.issparse(counts) and counts.format != "csr":
+            counts = sparse.csr_matrix(counts)
+        # negative or NaN input is refused even with check_counts=False: the model's log1p makes it NaN
+        _check_counts(counts, where=where, require_integer=check_counts and model.preprocessing.requires_counts)
+    key = key_added or f"{LAYER_PREFIX}{method}"
+    if layer is not None and key == layer:
+        msg = f"key_added={key!r} would overwrite the counts layer it reads (layer={layer!r}); choose another name."
+        raise ValueError(msg)
+    chosen = pick_engine(model, method, module, engine, device=settings.device)
+    device = torch.device(settings.device)
+    module.to(device)
+    workspace = None
+    if chosen == "fast":
+        from ..attribution._fast import Workspace
+
+        workspace = Workspace()
+    auto_medians = None
+    if n_steps == "auto":
+        if method == "ig":
+            n_steps, auto_medians = _choose_n_steps(counts, alignment, model, module, chosen, method, device, workspace)
+        else:
+            n_steps = 50  # unused by dl / ixg
+    if batch_size is None:
+        batch_size = _default_batch_size(model, method, n_steps, chosen)
+    return _Run(
+        model=model,
+        module=module,
+        method=method,
+        n_steps=n_steps,
+        target_sum=target_sum,
+        on_degenerate=on_degenerate,
+        engine=chosen,
+        batch_size=max(1, int(batch_size)),
+        counts=counts,
+        where=where,
+        in_memory=in_memory,
+        check_counts=check_counts,
+        alignment=alignment,
+        layer=layer,
+        gene_symbols=gene_symbols,
+        key=key,
+        device=device,
+        workspace=workspace,
+        totals=np.zeros(data.n_obs, dtype=np.float64),
+        gaps=np.full(data.n_obs, np.nan),
+        auto_medians=auto_medians,
+    )
+
+
+def _choose_n_steps(
+    counts: Any,
+    alignment: Any,
+    model: FoundationModel,
+    module: Any,
+    engine: str,
+    method: str,
+    device: Any,
+    workspace: Any,
+) -> tuple[int, list[float]]:
+    """``n_steps="auto"``: the first of :data:`AUTO_STEPS` whose median completeness gap is within the tolerance."""
+    from ..attribution._engine import compute_batch
+
+    def gaps_at(chunk: Any, steps: int) -> np.ndarray:
+        x, _ = model_input(chunk, alignment, model, validate=False)
+        raw, t_in, t_base = compute_batch(
+            engine,
+            module,
+            model,
+            x,
+            method=method,
+            n_steps=steps,
+            device=device,
+            sparse_output=True,
+            workspace=workspace,
+        )
+        return _completeness_gap(raw, t_in, t_base)
+
+    with _threads(settings.n_jobs, numba=engine == "fast"):  # the same threads as the main loop
+        n_steps, medians = _auto_n_steps(counts, gaps_at)
+    logg.info(f"    n_steps='auto': {n_steps} steps (median gaps {[round(m, 4) for m in medians]})")
+    return n_steps, medians
+
+
+def _batches(run: _Run, *, on_cells: Callable[[int], None] | None = None) -> Iterator[sparse.csr_matrix]:
+    """Normalized attributions over the model's genes, one CSR per batch of cells, in cell order.
+
+    Reads, checks, normalizes and attributes one batch at a time (the first batch is checked for
+    degenerate attributions); fills ``run.totals`` and calls ``on_cells(n)`` after each batch.
+    """
+    import torch
+
+    from ..attribution import normalize_rows
+    from ..attribution._engine import compute_batch
+
+    device = run.device if run.device is not None else torch.device(settings.device)
+    run.module.to(device)
+    n_obs = run.totals.size
+    requires_integer = run.check_counts and run.model.preprocessing.requires_counts
+    with _threads(settings.n_jobs, numba=run.engine == "fast"):
+        for lo in range(0, n_obs, run.batch_size):
+            hi = min(lo + run.batch_size, n_obs)
+            chunk = to_memory(run.counts[lo:hi])
+            if not run.in_memory:  # negative or NaN input is refused even with check_counts=False
+                _check_counts(chunk, where=f"{run.where} (cells {lo}-{hi - 1})", require_integer=requires_integer)
+            x, run.totals[lo:hi] = model_input(chunk, run.alignment, run.model, validate=False)
+            del chunk
+            raw, t_in, t_base = compute_batch(
+                run.engine,
+                run.module,
+                run.model,
+                x,
+                method=run.method,
+                n_steps=run.n_steps,
+                device=device,
+                sparse_output=True,
+                workspace=run.workspace,
+            )
+            del x
+            if lo == 0:
+                _handle_degenerate(run, raw, t_in, t_base)
+            if run.method == "ig":
+                run.gaps[lo:hi] = _completeness_gap(raw, t_in, t_base)
+            normed = normalize_rows(raw, run.target_sum)
+            del raw
+            yield normed
+            if on_cells is not None:
+                on_cells(hi - lo)
+
+
+def _handle_degenerate(run: _Run, raw: Any, t_in: np.ndarray, t_base: np.ndarray) -> None:
+    mass = np.asarray(abs(raw).sum(axis=1), dtype=np.float64).ravel()
+    problem = _check_degenerate(mass, np.abs(t_in - t_base), run.method, run.module.target_name)
+    if problem is None:
+        return
+    if run.on_degenerate == "raise":
+        raise DegenerateAttributionError(problem)
+    warnings.warn(problem, UserWarning, stacklevel=4)
+
+
+def _provenance(run: _Run) -> dict[str, Any]:
+    """The record written to ``adata.uns["scsig"]["layers"][key]`` (and into an atlas's manifest)."""
+    from .. import __version__
+
+    record: dict[str, Any] = {
+        "method": run.method,
+        "target": run.module.target_name,
+        "baseline": "zeros",
+        "n_steps": int(run.n_steps) if run.method == "ig" else 0,
+        "integration": "gausslegendre" if run.method == "ig" else "none",
+        "target_sum": float(run.target_sum),
+        "input_layer": run.layer if run.layer is not None else "X",
+        "gene_symbols": run.gene_symbols if run.gene_symbols is not None else "var_names",
+        "engine": run.engine,
+        "model": run.model.describe(),
+        "gene_order_hash": run.model.gene_order_hash,
+        "overlap": run.alignment.report(),
+        "scsig_version": __version__,
+    }
+    if run.method == "ig":
+        record["completeness_gap"] = _gap_summary(run.gaps)
+        record["n_steps_auto"] = run.auto_medians is not None
+        if run.auto_medians is not None:
+            record["auto_median_gaps"] = list(run.auto_medians)
+    return record
+
+
+class _MemorySink:
+    """The layer in memory: CSR blocks over ``adata.var`` appended to a :class:`_CSRBuilder`."""
+
+    def __init__(self, n_vars: int, capacity: int | None) -> None:
+        self._builder = _CSRBuilder(n_vars, capacity)
+
+    def append(self, block: sparse.csr_matrix) -> None:
+        self._builder.append(block)
+
+    def finish(self, **_provenance: Any) -> sparse.csr_matrix:
+        return self._builder.build()
+
+    def abort(self) -> None:
+        self._builder = None
+
+
+def _open_sink(data: AnnData, run: _Run, store: str | Path | None) -> Any:
+    if store is None:
+        return _MemorySink(data.n_vars, _nnz_bound(run.counts))
+    from ._ondisk import LayerWriter
+
+    return LayerWriter(store, key=run.key, obs=data.obs, var=data.var, n_vars=data.n_vars)
+
+
 @doc_params(
     doc_adata=doc_adata,
     doc_layer_counts=doc_layer_counts,
@@ -207,6 +496,7 @@ def attribute(
     on_degenerate: OnDegenerate = "raise",
     key_added: str | None = None,
     completeness_key: str | None = None,
+    store: str | Path | None = None,
     progress: bool | None = None,
     mod: str = "rna",
     copy: bool = False,
@@ -273,6 +563,12 @@ def attribute(
         write them anyway.
     key_added
         Layer to write; default ``f"attr_{{method}}"``.
+    store
+        Write the layer to this new ``.h5ad`` file batch by batch instead of holding it in memory
+        (for data larger than memory, e.g. ``adata`` opened with ``backed="r"``). The file holds
+        ``obs``, ``var``, ``layers[key_added]`` and ``uns["scsig"]``, and is written under a temporary
+        name and renamed when complete, so an interrupted run leaves no partial file.
+        ``adata.layers[key_added]`` then reads from that file (a backed sparse dataset).
     completeness_key
         With ``"ig"``, also write each cell's completeness gap to ``adata.obs[completeness_key]``.
     {doc_progress}
@@ -284,7 +580,8 @@ def attribute(
     ``None``, or a copy of ``adata`` when ``copy=True``, with
 
     ``adata.layers[key_added]``
-        CSR float32 attributions over ``adata.var`` (genes outside the model are 0).
+        CSR float32 attributions over ``adata.var`` (genes outside the model are 0); with ``store=``,
+        a backed sparse dataset reading from that file.
     ``adata.var[f"{{key_added}}_in_model"]``
         Whether the model knows each gene.
     ``adata.uns["scsig"]["layers"][key_added]``
@@ -302,7 +599,9 @@ def attribute(
     zero-count warning) run batch by batch. The result is held in memory as a CSR layer with at
     most as many entries as the input (attributions are zero where a cell has no counts); with a
     backed AnnData it is not written to the file: call ``adata.write_h5ad(...)`` or
-    :func:`anndata.io.write_elem` to store it.
+    :func:`anndata.io.write_elem` to store it, or pass ``store=`` to stream it to disk so that memory
+    does not grow with the number of cells. To attribute many datasets straight into an atlas
+    (optionally on a dask cluster), see :meth:`scsig.Atlas.attribute`.
 
     Examples
     --------
@@ -312,174 +611,62 @@ def attribute(
     >>> adata.layers["attr_ig"].sum(axis=1)[:2].round().tolist()
     [[1000.0], [1000.0]]
     """
-    import torch
-
-    from .. import __version__
-    from ..attribution import TargetModule, normalize_rows
-    from ..attribution._engine import compute_batch, pick_engine
-    from ..models import FoundationModel, load
-
-    if method not in METHODS:
-        msg = f"Unknown attribution method {method!r}; use one of {list(METHODS)} (ig: integrated gradients, dl: DeepLIFT, ixg: input x gradient)."
-        raise ValueError(msg)
-    check_choice("on_degenerate", on_degenerate, OnDegenerate)
-    auto_steps = isinstance(n_steps, str) and n_steps == "auto"
-    if not auto_steps and (isinstance(n_steps, str) or n_steps < 1):
-        msg = f"n_steps must be a positive integer or 'auto', got {n_steps!r}."
-        raise ValueError(msg)
-    if completeness_key is not None and method != "ig":
-        msg = f"completeness_key= reports integrated gradients' completeness gap; it needs method='ig', not {method!r}."
-        raise ValueError(msg)
-    if not (np.isfinite(target_sum) and target_sum > 0):
-        msg = f"target_sum must be a positive number (each cell's attributions sum to it), got {target_sum!r}."
-        raise ValueError(msg)
-    if batch_size is not None and batch_size < 1:
-        msg = f"batch_size must be a positive number of cells, got {batch_size!r}; pass None to derive it from memory."
-        raise ValueError(msg)
-    if not isinstance(model, FoundationModel):
-        model = load(model)
-    target = model.default_target if target is None else target
-    module = TargetModule(model.encoder, target)  # validates the target
-
+    _check_attribute_args(
+        method,
+        on_degenerate=on_degenerate,
+        n_steps=n_steps,
+        target_sum=target_sum,
+        batch_size=batch_size,
+        completeness_key=completeness_key,
+    )
     _, data = resolve_adata(adata, mod=mod, read_only=True)  # the user's object is written only on success
-    counts = get_matrix(data, layer)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
-    in_memory = _in_memory(counts)
-    if in_memory:
-        if sparse.issparse(counts) and counts.format != "csr":
-            counts = sparse.csr_matrix(counts)
-        # negative or NaN input is refused even with check_counts=False: the model's log1p makes it NaN
-        _check_counts(counts, where=where, require_integer=check_counts and model.preprocessing.requires_counts)
-    in_model = alignment.var_in_model
-
-    key = key_added or f"{LAYER_PREFIX}{method}"
-    if layer is not None and key == layer:
-        msg = f"key_added={key!r} would overwrite the counts layer it reads (layer={layer!r}); choose another name."
-        raise ValueError(msg)
-    chosen = pick_engine(model, method, module, engine, device=settings.device)
-    device = torch.device(settings.device)
-    module.to(device)
-    workspace = None
-    if chosen == "fast":
-        from ..attribution._fast import Workspace
-
-        workspace = Workspace()
-    auto_medians: list[float] = []
-    if method != "ig" and auto_steps:
-        n_steps = 50  # unused by dl / ixg
-    elif auto_steps:
-
-        def _gaps(chunk: Any, steps: int) -> np.ndarray:
-            x, _ = model_input(chunk, alignment, model, validate=False)
-            raw, t_in, t_base = compute_batch(
-                chosen,
-                module,
-                model,
-                x,
-                method=method,
-                n_steps=steps,
-                device=device,
-                sparse_output=True,
-                workspace=workspace,
-            )
-            return _completeness_gap(raw, t_in, t_base)
-
-        with _threads(settings.n_jobs, numba=chosen == "fast"):  # the same threads as the main loop
-            n_steps, auto_medians = _auto_n_steps(counts, _gaps)
-        logg.info(f"    n_steps='auto': {n_steps} steps (median gaps {[round(m, 4) for m in auto_medians]})")
-    if batch_size is None:
-        batch_size = _default_batch_size(model, method, n_steps, chosen)
-    batch_size = max(1, int(batch_size))
+    run = _set_up(
+        data,
+        model,
+        method=method,
+        layer=layer,
+        target=target,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        target_sum=target_sum,
+        gene_symbols=gene_symbols,
+        min_overlap=min_overlap,
+        check_counts=check_counts,
+        engine=engine,
+        on_degenerate=on_degenerate,
+        key_added=key_added,
+    )
     show = settings.progress if progress is None else progress
     start = logg.info(
-        f"computing {method} attributions of {data.n_obs} cells with {model.name} ({chosen} engine, "
-        f"batches of {batch_size})"
+        f"computing {method} attributions of {data.n_obs} cells with {run.model.name} ({run.engine} engine, "
+        f"batches of {run.batch_size}){f', writing them to {store}' if store is not None else ''}"
     )
-
     from .._utils._progress import tqdm
 
-    n_obs, n_vars = data.n_obs, data.n_vars
-    model_to_var = np.full(model.n_genes, -1, dtype=np.int64)
-    var_idx = np.flatnonzero(in_model)
-    model_to_var[alignment.var_to_model[var_idx]] = var_idx
-    builder = _CSRBuilder(n_vars, _nnz_bound(counts))
-    totals = np.zeros(n_obs, dtype=np.float64)
-    gaps = np.full(n_obs, np.nan)
-    with (
-        _threads(settings.n_jobs, numba=chosen == "fast"),
-        tqdm(total=n_obs, disable=not show, desc=f"attribute ({method})", unit="cells") as bar,
-    ):
-        for lo in range(0, n_obs, batch_size):
-            hi = min(lo + batch_size, n_obs)
-            chunk = to_memory(counts[lo:hi])
-            if not in_memory:
-                _check_counts(
-                    chunk,
-                    where=f"{where} (cells {lo}-{hi - 1})",
-                    require_integer=check_counts and model.preprocessing.requires_counts,
-                )
-            x, totals[lo:hi] = model_input(chunk, alignment, model, validate=False)
-            del chunk
-            raw, t_in, t_base = compute_batch(
-                chosen,
-                module,
-                model,
-                x,
-                method=method,
-                n_steps=n_steps,
-                device=device,
-                sparse_output=True,
-                workspace=workspace,
-            )
-            del x
-            if lo == 0:
-                mass = np.asarray(abs(raw).sum(axis=1), dtype=np.float64).ravel()
-                problem = _check_degenerate(mass, np.abs(t_in - t_base), method, module.target_name)
-                if problem is not None:
-                    if on_degenerate == "raise":
-                        raise DegenerateAttributionError(problem)
-                    warnings.warn(problem, UserWarning, stacklevel=2)
-            if method == "ig":
-                gaps[lo:hi] = _completeness_gap(raw, t_in, t_base)
-            normed = normalize_rows(raw, target_sum)
-            del raw
-            builder.append(_to_var_csr(normed, model_to_var, n_vars))
-            bar.update(hi - lo)
-
-    warn_empty_cells(totals, data.obs_names, what="in the model's genes")
-    gap_summary = _gap_summary(gaps) if method == "ig" else None
-    if gap_summary is not None:
-        _warn_gap(gap_summary, int(n_steps))
+    model_to_var = run.model_to_var
+    sink = _open_sink(data, run, store)
+    try:
+        with tqdm(total=data.n_obs, disable=not show, desc=f"attribute ({method})", unit="cells") as bar:
+            for normed in _batches(run, on_cells=bar.update):
+                sink.append(_to_var_csr(normed, model_to_var, data.n_vars))
+        warn_empty_cells(run.totals, data.obs_names, what="in the model's genes")
+        record = _provenance(run)
+        if "completeness_gap" in record:
+            _warn_gap(record["completeness_gap"], run.n_steps)
+        in_model = run.alignment.var_in_model
+        layer_out = sink.finish(record=record, in_model=in_model)
+    except BaseException:
+        sink.abort()
+        raise
     container, data = resolve_adata(adata, mod=mod, copy=copy)
-    data.layers[key] = builder.build()
+    data.layers[run.key] = layer_out
     if completeness_key is not None:
-        data.obs[completeness_key] = gaps
-    data.var[f"{key}{IN_MODEL_SUFFIX}"] = in_model
-    record = {
-        "method": method,
-        "target": module.target_name,
-        "baseline": "zeros",
-        "n_steps": int(n_steps) if method == "ig" else 0,
-        "integration": "gausslegendre" if method == "ig" else "none",
-        "target_sum": float(target_sum),
-        "input_layer": layer if layer is not None else "X",
-        "gene_symbols": gene_symbols if gene_symbols is not None else "var_names",
-        "engine": chosen,
-        "model": model.describe(),
-        "gene_order_hash": model.gene_order_hash,
-        "overlap": alignment.report(),
-        "scsig_version": __version__,
-    }
-    if gap_summary is not None:
-        record["completeness_gap"] = gap_summary
-        record["n_steps_auto"] = bool(auto_steps)
-        if auto_steps:
-            record["auto_median_gaps"] = auto_medians
-    uns = data.uns.setdefault(UNS_KEY, {})
-    uns.setdefault("layers", {})[key] = record
+        data.obs[completeness_key] = run.gaps
+    data.var[f"{run.key}{IN_MODEL_SUFFIX}"] = in_model
+    data.uns.setdefault(UNS_KEY, {}).setdefault("layers", {})[run.key] = record
     logg.info(
-        f"    finished: added layers[{key!r}], var[{key + IN_MODEL_SUFFIX!r}], uns['scsig']['layers'][{key!r}]",
+        f"    finished: added layers[{run.key!r}], var[{run.key + IN_MODEL_SUFFIX!r}], "
+        f"uns['scsig']['layers'][{run.key!r}]",
         time=start,
     )
     return wrap_return(container, copy=copy)
