@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ._base import FoundationModel, Preprocessing, from_module, gene_order_hash
 from ._load import load
 from ._registry import registry, save_safetensors
+from ._scvi import from_scvi
 from ._train import train_encoder
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ __all__ = [
     "Preprocessing",
     "SCimilarityEncoder",
     "from_module",
+    "from_scvi",
     "gene_order_hash",
     "load",
     "registry",

@@ -311,7 +311,7 @@ def attribute(
 
     from .. import __version__
     from ..attribution import TargetModule, normalize_rows
-    from ..attribution._engine import compute_batch, pick_engine
+    from ..attribution._engine import CellGroups, compute_batch, pick_engine
     from ..models import FoundationModel, load
 
     if method not in METHODS:
@@ -364,6 +364,8 @@ def attribute(
 
     device = torch.device(settings.device)
     module.to(device)
+    # models whose encoder takes per-cell covariates (scvi-tools) give each group of cells its own encoder
+    grouped = CellGroups(model, data.obs, target).to(device) if hasattr(model, "cell_groups") else None
     n_obs, n_vars = data.n_obs, data.n_vars
     model_to_var = np.full(model.n_genes, -1, dtype=np.int64)
     var_idx = np.flatnonzero(in_model)
@@ -388,7 +390,7 @@ def attribute(
                 )
             x, totals[lo:hi] = model_input(chunk, alignment, model, validate=False)
             del chunk
-            raw, t_in, t_base = compute_batch(
+            raw, t_in, t_base = (compute_batch if grouped is None else grouped.batch_fn(lo, hi))(
                 chosen,
                 module,
                 model,
