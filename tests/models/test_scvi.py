@@ -30,7 +30,11 @@ def _small_data(seed: int = 0):
 
 
 def _train(adata, **kwargs):
-    setup = {k: kwargs.pop(k) for k in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys") if k in kwargs}
+    setup = {
+        k: kwargs.pop(k)
+        for k in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys")
+        if k in kwargs
+    }
     scvi.model.SCVI.setup_anndata(adata, **setup)
     scvi.settings.seed = 0
     model = scvi.model.SCVI(adata, n_hidden=32, n_latent=6, n_layers=2, **kwargs)

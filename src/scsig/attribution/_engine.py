@@ -103,7 +103,9 @@ class CellGroups:
         from ._targets import TargetModule
 
         self.codes, encoders = model.cell_groups(obs)
-        self.models = [_FM(enc, model.gene_order, preprocessing=model.preprocessing, name=model.name) for enc in encoders]
+        self.models = [
+            _FM(enc, model.gene_order, preprocessing=model.preprocessing, name=model.name) for enc in encoders
+        ]
         self.modules = [TargetModule(enc, target) for enc in encoders]
 
     def to(self, device: Any) -> CellGroups:
@@ -117,7 +119,7 @@ class CellGroups:
 
         codes = self.codes[lo:hi]
 
-        def run(engine: str, module: Any, model: Any, x: sparse.csr_matrix, **kwargs: Any) -> tuple:  # noqa: ARG001
+        def run(engine: str, module: Any, model: Any, x: sparse.csr_matrix, **kwargs: Any) -> tuple:
             parts, t_ins, t_bases, order = [], [], [], []
             for g in np.unique(codes):
                 idx = np.flatnonzero(codes == g)

@@ -132,15 +132,26 @@ class ScviModel(FoundationModel):
         return vec
 
     def _sequential(self, first: np.ndarray, deep: np.ndarray) -> nn.Sequential:
-        """The encoder of cells whose covariate columns are ``first`` (layer 0) and ``deep`` (later layers)."""
+        """The encoder of cells whose covariate columns are ``first`` (layer 0) and ``deep`` (later layers).
+
+        Cached per covariate vector, so that repeated runs reuse the fast path's folded plans.
+        """
+        cache = self.__dict__.setdefault("_group_encoders", {})
+        key = (first.astype(np.float32).tobytes(), deep.astype(np.float32).tobytes())
+        if key not in cache:
+            if len(cache) >= 4096:  # many distinct continuous covariates: do not grow without bound
+                cache.clear()
+            cache[key] = self._build_sequential(first, deep)
+        return cache[key]
+
+    def _build_sequential(self, first: np.ndarray, deep: np.ndarray) -> nn.Sequential:
         import torch
 
         mods: list[nn.Module] = [_log1p_module()] if self._log1p_inside else []
-        n_genes_or_hidden = None
         for i, (weight, bias) in enumerate(zip(self._weights, self._biases, strict=True)):
             extra = first if i == 0 else deep
             n_in = weight.shape[1] - extra.shape[0]
-            lin = torch.nn.Linear(n_in, weight.shape[0], bias=True)
+            lin = torch.nn.utils.skip_init(torch.nn.Linear, n_in, weight.shape[0], bias=True)
             # the gene (or hidden) columns are shared by all groups; only the bias differs
             lin.weight = torch.nn.Parameter(weight[:, :n_in], requires_grad=False) if extra.shape[0] else weight
             folded = torch.zeros(weight.shape[0]) if bias is None else bias.clone()
@@ -149,10 +160,8 @@ class ScviModel(FoundationModel):
             lin.bias = torch.nn.Parameter(folded, requires_grad=False)
             mods.append(lin)
             mods.extend(self._posts[i])
-            n_genes_or_hidden = n_in
-        del n_genes_or_hidden
         hw, hb = self._head
-        head = torch.nn.Linear(hw.shape[1], hw.shape[0], bias=hb is not None)
+        head = torch.nn.utils.skip_init(torch.nn.Linear, hw.shape[1], hw.shape[0], bias=hb is not None)
         head.weight = torch.nn.Parameter(hw.detach().float().clone(), requires_grad=False)
         if hb is not None:
             head.bias = torch.nn.Parameter(hb.detach().float().clone(), requires_grad=False)
@@ -161,7 +170,11 @@ class ScviModel(FoundationModel):
 
     def _hash(self) -> str:
         h = hashlib.sha256()
-        tensors = [*self._weights, *(b for b in self._biases if b is not None), *(t for t in self._head if t is not None)]
+        tensors = [
+            *self._weights,
+            *(b for b in self._biases if b is not None),
+            *(t for t in self._head if t is not None),
+        ]
         for mods in self._posts:
             for m in mods:
                 tensors.extend(m.state_dict().values())
@@ -283,16 +296,18 @@ class ScviModel(FoundationModel):
         record["covariates"] = ",".join([*cov.cont_keys, *([cov.embed_key] if cov.embed_key else []), *cov.cat_keys])
         return record
 
-    def save(self, folder: str) -> None:  # noqa: ARG002 - the signature of the base class
+    def save(self, folder: str) -> None:
         """Not supported: save the scvi-tools model with its own ``model.save`` and load that folder."""
-        msg = "scvi-tools models are saved with scvi-tools (model.save(folder)); sg.models.load(folder) reads them back."
+        msg = (
+            "scvi-tools models are saved with scvi-tools (model.save(folder)); sg.models.load(folder) reads them back."
+        )
         raise NotImplementedError(msg)
 
 
 # -------------------------------------------------------------------- shared pieces
 
 
-def _preprocessing(log_variational: bool, input: str) -> Preprocessing:  # noqa: A002 - the public option's name
+def _preprocessing(*, log_variational: bool, input: str) -> Preprocessing:
     if input not in _INPUTS:
         msg = (
             f"input={input!r} is not known; use 'encoder' (what scVI's encoder sees), 'model' (counts, with scVI's "
@@ -354,7 +369,9 @@ def _name_for(model_class: str, name: str | None) -> str:
 # -------------------------------------------------------------------- from a live scvi-tools model
 
 
-def from_scvi(model: Any, *, input: Literal["encoder", "counts"] = "encoder", name: str | None = None) -> ScviModel:  # noqa: A002
+def from_scvi(
+    model: Any, *, input: Literal["encoder", "model", "counts"] = "encoder", name: str | None = None
+) -> ScviModel:
     r"""Wrap a trained scvi-tools model (scVI, scANVI, ...) for :func:`scsig.tl.attribute`.
 
     The attributed function is the latent mean (``qz.loc``) of the model's ``z_encoder`` as a
@@ -368,7 +385,8 @@ def from_scvi(model: Any, *, input: Literal["encoder", "counts"] = "encoder", na
     ----------
     model
         A trained scvi-tools model whose ``module`` has a ``z_encoder`` (SCVI, SCANVI and models
-        built the same way).
+        built the same way), or the folder such a model was saved to (``model.pt``, read as
+        :func:`scsig.models.load` does).
     input
         ``"encoder"`` (default): what scVI's encoder sees, :math:`\log(1 + \text{counts})` when
         the module has ``log_variational`` set (scVI's default), counts otherwise, with no
@@ -397,6 +415,8 @@ def from_scvi(model: Any, *, input: Literal["encoder", "counts"] = "encoder", na
     """
     import torch
 
+    if isinstance(model, str | Path):
+        return load_scvi_folder(model, name=name, input=input)
     module = getattr(model, "module", None)
     z_encoder = getattr(module, "z_encoder", None)
     if z_encoder is None:
@@ -448,7 +468,7 @@ def from_scvi(model: Any, *, input: Literal["encoder", "counts"] = "encoder", na
         (head[0].detach().cpu(), None if head[1] is None else head[1].detach().cpu()),
         genes,
         cov,
-        preprocessing=_preprocessing(log_variational, input),
+        preprocessing=_preprocessing(log_variational=log_variational, input=input),
         name=_name_for(model_class, name),
         source=f"scvi-tools {model_class} object",
         model_class=model_class,
@@ -575,7 +595,7 @@ def _read_model_pt(path: Path, *, allow_pickle: bool) -> dict:
 
 def load_scvi_folder(
     path: str | Path, *, name: str | None = None, allow_pickle: bool = False, input: str = "encoder"
-) -> ScviModel:  # noqa: A002
+) -> ScviModel:
     """Read a folder saved by an scvi-tools model's ``save`` (``model.pt``) without scvi-tools."""
     import torch
 
@@ -642,7 +662,7 @@ def load_scvi_folder(
         head,
         genes,
         cov,
-        preprocessing=_preprocessing(log_variational, input),
+        preprocessing=_preprocessing(log_variational=log_variational, input=input),
         name=_name_for(model_class, name) if name is None else name,
         source=str(folder),
         model_class=model_class,
