@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             "max_row_l1_fast_vs_captum": float(diff.max()),
         }
     for name, r in results.items():
-        print(name, json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()}))
+        print(name, json.dumps({k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in r.items()}))
     return 0
 
 

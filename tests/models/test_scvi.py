@@ -261,3 +261,23 @@ def test_importing_scsig_does_not_import_scvi():
     code = "import sys, scsig; print('scvi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_scanvi(trained):
+    adata = trained[0]
+    data = adata.copy()
+    data.obs["label"] = data.obs["cluster_id"].astype(str)
+    data.obs.loc[data.obs_names[::2], "label"] = "Unknown"
+    scvi.model.SCANVI.setup_anndata(data, labels_key="label", unlabeled_category="Unknown", batch_key="sample_id")
+    scvi.settings.seed = 0
+    lvae = scvi.model.SCANVI(data, n_hidden=32, n_latent=6, encode_covariates=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lvae.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=64)
+    model = sg.models.from_scvi(lvae)
+    assert model.model_class == "SCANVI"
+    assert model.covariates.cat_keys == ["sample_id"]
+    sub = data[:40].copy()
+    sg.tl.attribute(sub, model, key_added="attr")
+    ref = _captum_reference(lvae, sub, on_counts=False)
+    assert _row_l1(sub, "attr", ref).max() <= 1e-2
