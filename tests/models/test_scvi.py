@@ -281,3 +281,12 @@ def test_scanvi(trained):
     sg.tl.attribute(sub, model, key_added="attr")
     ref = _captum_reference(lvae, sub, on_counts=False)
     assert _row_l1(sub, "attr", ref).max() <= 1e-2
+
+
+def test_embed_needs_covariates(trained):
+    adata, vae, _ = trained
+    model = sg.models.from_scvi(vae)
+    x = np.log1p(adata.X[:5].toarray())
+    with pytest.raises(ValueError, match=r"embed_cells\(x, adata.obs\)"):
+        model.embed(x)
+    assert model.embed_cells(x, adata.obs.iloc[:5]).shape == (5, 6)

@@ -272,6 +272,17 @@ class ScviModel(FoundationModel):
             encoders.append(self._sequential(first_vec, self._deep_vector(codes)))
         return inverse.astype(np.int64), encoders
 
+    def embed(self, x: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """Latent means of preprocessed cells; for a model without encoder covariates only (else :meth:`embed_cells`)."""
+        if self.has_covariates:
+            msg = (
+                "This model's encoder takes covariates "
+                f"({', '.join([*self.covariates.cont_keys, *self.covariates.cat_keys] or [self.covariates.embed_key])}); "
+                "use model.embed_cells(x, adata.obs) so each cell is encoded with its own."
+            )
+            raise ValueError(msg)
+        return super().embed(x, batch_size=batch_size)
+
     def embed_cells(self, x: Any, obs: pd.DataFrame, *, batch_size: int = 1024) -> np.ndarray:
         """Latent means of preprocessed cells with their own covariates (``obs`` rows match ``x`` rows)."""
         from scipy import sparse
