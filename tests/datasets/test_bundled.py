@@ -43,12 +43,7 @@ def test_kang_muscat_design():
     for col in ("group_id", "sample_id", "cluster_id"):
         assert isinstance(adata.obs[col].dtype, pd.CategoricalDtype), col
     assert adata.obs["group_id"].value_counts().to_dict() == {"stim": 806, "ctrl": 750}
-    assert adata.obs["sample_id"].value_counts().to_dict() == {
-        "stim101": 500,
-        "ctrl101": 454,
-        "stim107": 306,
-        "ctrl107": 296,
-    }
+    assert adata.obs["sample_id"].value_counts().to_dict() == {"stim101": 500, "ctrl101": 454, "stim107": 306, "ctrl107": 296}
     assert adata.obs["cluster_id"].nunique() == 5
     assert adata.var.loc["ISG15", "gene_ids"] == "ENSG00000187608"
     assert adata.obsm["X_tsne"].shape == (1556, 2)
