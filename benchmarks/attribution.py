@@ -263,7 +263,7 @@ def main() -> int:
     parser.add_argument("--skip-reference", action="store_true", help="time scsig only")
     parser.add_argument("--profile", action="store_true", help="also print where scsig's time goes")
     parser.add_argument("--workdir", default=None, help="where to write the model and data (default: a temp dir)")
-    parser.add_argument("--scvi-layers", type=int, nargs="+", default=[1, 2], help="--mode backends: scVI depths")
+    parser.add_argument("--scvi-layers", type=int, nargs="*", default=[1, 2], help="--mode backends: scVI depths")
     args = parser.parse_args()
     if args.mode == "backends":  # scvi-tools and scTab-SSL models: fast path vs captum (attribution_backends.py)
         from attribution_backends import run

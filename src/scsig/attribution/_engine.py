@@ -24,7 +24,7 @@ def fast_path_applies(
     """Whether the exact fast path covers this model, method, target and device.
 
     ``engine="auto"`` takes it for :class:`~scsig.models.SCimilarityEncoder` models and models that
-    set ``fast_path_auto`` (scvi-tools and scTab-SSL encoders); a forced
+    set ``fast_path_auto`` (scvi-tools encoders); a forced
     ``engine="fast"`` also accepts plain :class:`torch.nn.Sequential` encoders that it covers.
     """
     try:

@@ -254,7 +254,7 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the exact fast path for SCimilarity-architecture, scvi-tools and scTab-SSL encoders on the CPU
+        ``"auto"`` takes the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
         (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
