@@ -12,11 +12,14 @@ Each side first runs a few warm-up cells (numba's kernel cache, captum's first c
 Prints cells/s of both, their ratio, the largest differences between the two outputs (row-L1 relative, and
 elementwise relative on entries above 1e-3 of the row maximum) and each process's peak RSS.
 
+``--mode backends`` times the scvi-tools and scTab-SSL backends instead (``attribution_backends.py``).
+
 ``--mode rss`` instead writes ``--rss-cells`` cells (default 100,000) to an .h5ad and measures the peak RSS and
 time of ``sg.tl.attribute`` on it opened with ``backed="r"`` (the layer itself, CSR in memory, is part of it).
 
     python benchmarks/attribution.py --cells 1000
     python benchmarks/attribution.py --mode rss --rss-cells 100000
+    python benchmarks/attribution.py --mode backends --cells 500
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ def rss(args: argparse.Namespace, tmp: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["compare", "rss"], default="compare")
+    parser.add_argument("--mode", choices=["compare", "rss", "backends"], default="compare")
     parser.add_argument("--cells", type=int, default=1000, help="cells for the speed comparison")
     parser.add_argument("--rss-cells", type=int, default=100_000, help="cells for --mode rss")
     parser.add_argument("--threads", type=int, default=2)
@@ -259,7 +262,12 @@ def main() -> int:
     parser.add_argument("--skip-reference", action="store_true", help="time scsig only")
     parser.add_argument("--profile", action="store_true", help="also print where scsig's time goes")
     parser.add_argument("--workdir", default=None, help="where to write the model and data (default: a temp dir)")
+    parser.add_argument("--scvi-layers", type=int, nargs="*", default=[1, 2], help="--mode backends: scVI depths")
     args = parser.parse_args()
+    if args.mode == "backends":  # scvi-tools and scTab-SSL models: fast path vs captum (attribution_backends.py)
+        from attribution_backends import run
+
+        return run(args)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         if args.mode == "rss":
             return rss(args, Path(tmp))

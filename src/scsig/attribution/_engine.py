@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..models import FoundationModel
     from ._targets import TargetModule
 
-__all__ = ["Engine", "compute_batch", "fast_path_applies", "pick_engine"]
+__all__ = ["CellGroups", "Engine", "compute_batch", "fast_path_applies", "pick_engine"]
 
 Engine = Literal["auto", "captum", "fast"]
 """The attribution engines ``engine=`` chooses from."""
@@ -27,7 +27,8 @@ def fast_path_applies(
 ) -> bool:
     """Whether the exact fast path covers this model, method, target and device.
 
-    ``engine="auto"`` takes it for :class:`~scsig.models.SCimilarityEncoder` models only; a forced
+    ``engine="auto"`` takes it for :class:`~scsig.models.SCimilarityEncoder` models and models that
+    set ``fast_path_auto`` (scvi-tools encoders); a forced
     ``engine="fast"`` also accepts plain :class:`torch.nn.Sequential` encoders that it covers.
     """
     try:
@@ -37,7 +38,7 @@ def fast_path_applies(
     if not forced:
         from ..models import SCimilarityEncoder
 
-        if not isinstance(model.encoder, SCimilarityEncoder):
+        if not isinstance(model.encoder, SCimilarityEncoder) and not getattr(model, "fast_path_auto", False):
             return False
     return supports(model, method, module, device)
 
@@ -90,3 +91,54 @@ def compute_batch(
     attr, t_in, t_base = captum_attributions(module, inputs, method=method, n_steps=n_steps)
     del inputs
     return attr.cpu().numpy(), t_in.cpu().numpy().astype(np.float64), t_base.cpu().numpy().astype(np.float64)
+
+
+class CellGroups:
+    """Per-cell encoders of a model whose encoder takes covariates held fixed (e.g. scVI's batch).
+
+    The model's ``cell_groups(obs)`` gives each cell a group and each group a plain encoder; a batch
+    of cells is attributed group by group and its rows put back in order.
+    """
+
+    def __init__(self, model: FoundationModel, obs: Any, target: Any) -> None:
+        from ..models import FoundationModel as _FM
+        from ._targets import TargetModule
+
+        self.codes, encoders = model.cell_groups(obs)
+        self.models = [
+            _FM(enc, model.gene_order, preprocessing=model.preprocessing, name=model.name) for enc in encoders
+        ]
+        self.modules = [TargetModule(enc, target) for enc in encoders]
+
+    def to(self, device: Any) -> CellGroups:
+        for m in self.modules:
+            m.to(device)
+        return self
+
+    def batch_fn(self, lo: int, hi: int) -> Any:
+        """A :func:`compute_batch` for the cells ``lo:hi`` that uses each cell's own encoder."""
+        return self.batch_fn_for(np.arange(lo, hi))
+
+    def batch_fn_for(self, rows: np.ndarray) -> Any:
+        """A :func:`compute_batch` for the cells at positions ``rows`` that uses each cell's own encoder."""
+        from scipy import sparse as sp
+
+        codes = self.codes[rows]
+
+        def run(engine: str, module: Any, model: Any, x: sparse.csr_matrix, **kwargs: Any) -> tuple:
+            parts, t_ins, t_bases, order = [], [], [], []
+            for g in np.unique(codes):
+                idx = np.flatnonzero(codes == g)
+                raw, t_in, t_base = compute_batch(engine, self.modules[g], self.models[g], x[idx], **kwargs)
+                parts.append(raw)
+                t_ins.append(t_in)
+                t_bases.append(t_base)
+                order.append(idx)
+            perm = np.argsort(np.concatenate(order), kind="stable")
+            if all(sp.issparse(p) for p in parts):
+                raw = sp.vstack(parts, format="csr")[perm]
+            else:
+                raw = np.concatenate([p.toarray() if sp.issparse(p) else p for p in parts])[perm]
+            return raw, np.concatenate(t_ins)[perm], np.concatenate(t_bases)[perm]
+
+        return run

@@ -9,6 +9,7 @@ from ._cross_species import CrossSpeciesModel, cross_species, fit_conversion
 from ._load import load
 from ._orthologs import orthologs
 from ._registry import registry, save_safetensors
+from ._scvi import from_scvi
 from ._train import train_encoder
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "cross_species",
     "fit_conversion",
     "from_module",
+    "from_scvi",
     "gene_order_hash",
     "load",
     "orthologs",

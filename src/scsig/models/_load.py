@@ -18,6 +18,13 @@ def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
         from ._cross_species import load_cross_species
 
         return load_cross_species(path, name=name)
+    from ._sctab import is_sctab_folder, load_sctab
+    from ._scvi import SCVI_FILE, load_scvi_folder
+
+    if (path / SCVI_FILE).is_file():
+        return load_scvi_folder(path, name=name, allow_pickle=allow_pickle)
+    if is_sctab_folder(path):
+        return load_sctab(path, name=name, allow_pickle=allow_pickle)
     if (path / "encoder.ckpt").is_file():
         from ._scimilarity import load_scimilarity
 
@@ -25,8 +32,9 @@ def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
     if (path / SAFETENSORS_FILE).is_file():
         return load_safetensors_folder(path, name=name)
     msg = (
-        f"{str(path)!r} holds neither encoder.ckpt nor {SAFETENSORS_FILE}. A model folder holds one of them "
-        "together with gene_order.tsv (and layer_sizes.json)."
+        f"{str(path)!r} is not a model folder scsig reads: it holds none of encoder.ckpt or {SAFETENSORS_FILE} "
+        "(SCimilarity, with gene_order.tsv and layer_sizes.json), model.pt (a saved scvi-tools model) or "
+        "var.parquet (scTab-SSL, with its checkpoint). Pass the folder the model was saved to."
     )
     raise FileNotFoundError(msg)
 
@@ -45,6 +53,12 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
           place of ``encoder.ckpt``);
         - a folder written by :meth:`CrossSpeciesModel.save <scsig.models.CrossSpeciesModel.save>`
           (a cross-species model, see :func:`scsig.models.cross_species`);
+        - a folder saved by an scvi-tools model's ``save`` (``model.pt``; scVI, scANVI, ...), read
+          without scvi-tools and without arbitrary unpickling (see :func:`scsig.models.from_scvi`
+          for what is attributed);
+        - a scTab-SSL folder as sc-signature reads it (``var.parquet`` with the genes in
+          ``feature_name``, and a checkpoint named ``classifier`` or one ``*.ckpt``): an MLP of the
+          checkpoint's first five Linear layers with SELU between, on log1p counts per 10,000;
         - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
           ``"pbmc-demo"``). An existing folder of the same name takes precedence.
     name

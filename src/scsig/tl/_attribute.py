@@ -164,10 +164,10 @@ def _warn_gap(summary: dict, n_steps: int) -> None:
         )
 
 
-def _auto_n_steps(counts: Any, run: Callable[[Any, int], np.ndarray]) -> tuple[int, list[float]]:
+def _auto_n_steps(counts: Any, run: Callable[[Any, int, np.ndarray], np.ndarray]) -> tuple[int, list[float]]:
     """The smallest of :data:`AUTO_STEPS` whose median gap on up to :data:`AUTO_CELLS` cells is below the tolerance.
 
-    ``run(chunk, n_steps)`` returns the per-cell gaps of a chunk of counts. The cells are spread
+    ``run(chunk, n_steps, rows)`` returns the per-cell gaps of a chunk of counts (the cells at ``rows``). The cells are spread
     evenly over the data when it is in memory, else the first ones (one contiguous read).
     """
     n_obs = counts.shape[0]
@@ -175,10 +175,11 @@ def _auto_n_steps(counts: Any, run: Callable[[Any, int], np.ndarray]) -> tuple[i
         idx = np.unique(np.linspace(0, n_obs - 1, min(n_obs, AUTO_CELLS)).round().astype(np.int64))
         chunk = counts[idx]
     else:
-        chunk = to_memory(counts[: min(n_obs, AUTO_CELLS)])
+        idx = np.arange(min(n_obs, AUTO_CELLS))
+        chunk = to_memory(counts[: idx.size])
     medians = []
     for steps in AUTO_STEPS:
-        gaps = run(chunk, steps)
+        gaps = run(chunk, steps, idx)
         med = float(np.nanmedian(gaps)) if np.isfinite(gaps).any() else 0.0
         medians.append(med)
         if med <= GAP_TOLERANCE:
@@ -236,6 +237,7 @@ class _Run:
     key: str
     device: Any = None
     workspace: Any = None
+    grouped: Any = None  # CellGroups of a model whose encoder takes per-cell covariates (scvi-tools)
     totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     auto_medians: list[float] | None = None  # the median gaps n_steps="auto" measured, when it ran
@@ -270,7 +272,7 @@ def _set_up(
     import torch
 
     from ..attribution import TargetModule
-    from ..attribution._engine import pick_engine
+    from ..attribution._engine import CellGroups, pick_engine
     from ..models import FoundationModel, load
 
     if not isinstance(model, FoundationModel):
@@ -298,10 +300,14 @@ def _set_up(
         from ..attribution._fast import Workspace
 
         workspace = Workspace()
+    # models whose encoder takes per-cell covariates (scvi-tools) give each group of cells its own encoder
+    grouped = CellGroups(model, data.obs, target).to(device) if hasattr(model, "cell_groups") else None
     auto_medians = None
     if n_steps == "auto":
         if method == "ig":
-            n_steps, auto_medians = _choose_n_steps(counts, alignment, model, module, chosen, method, device, workspace)
+            n_steps, auto_medians = _choose_n_steps(
+                counts, alignment, model, module, chosen, method, device, workspace, grouped
+            )
         else:
             n_steps = 50  # unused by dl / ixg
     if batch_size is None:
@@ -325,6 +331,7 @@ def _set_up(
         key=key,
         device=device,
         workspace=workspace,
+        grouped=grouped,
         totals=np.zeros(data.n_obs, dtype=np.float64),
         gaps=np.full(data.n_obs, np.nan),
         auto_medians=auto_medians,
@@ -340,13 +347,14 @@ def _choose_n_steps(
     method: str,
     device: Any,
     workspace: Any,
+    grouped: Any = None,
 ) -> tuple[int, list[float]]:
     """``n_steps="auto"``: the first of :data:`AUTO_STEPS` whose median completeness gap is within the tolerance."""
     from ..attribution._engine import compute_batch
 
-    def gaps_at(chunk: Any, steps: int) -> np.ndarray:
+    def gaps_at(chunk: Any, steps: int, rows: np.ndarray) -> np.ndarray:
         x, _ = model_input(chunk, alignment, model, validate=False)
-        raw, t_in, t_base = compute_batch(
+        raw, t_in, t_base = (compute_batch if grouped is None else grouped.batch_fn_for(rows))(
             engine,
             module,
             model,
@@ -388,7 +396,8 @@ def _batches(run: _Run, *, on_cells: Callable[[int], None] | None = None) -> Ite
                 _check_counts(chunk, where=f"{run.where} (cells {lo}-{hi - 1})", require_integer=requires_integer)
             x, run.totals[lo:hi] = model_input(chunk, run.alignment, run.model, validate=False)
             del chunk
-            raw, t_in, t_base = compute_batch(
+            batch_fn = compute_batch if run.grouped is None else run.grouped.batch_fn(lo, hi)
+            raw, t_in, t_base = batch_fn(
                 run.engine,
                 run.module,
                 run.model,
@@ -545,7 +554,7 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the exact fast path for SCimilarity-architecture encoders on the CPU
+        ``"auto"`` takes the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
         (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
