@@ -318,6 +318,7 @@ class Atlas:
         self._write_dataset(name, layer_key, obs, record, build, source="anndata")
         logg.info(f"    finished: dataset {name!r} added", time=start)
 
+    @doc_params(doc_progress=doc_progress)
     def attribute(
         self,
         sources: Any,
@@ -363,8 +364,7 @@ class Atlas:
         on_error
             When a dataset fails: ``"raise"`` a :class:`RuntimeError` naming the failed datasets
             once all the others are done, or ``"warn"`` and return the report.
-        progress
-            Show a progress bar over cells (``None`` follows :attr:`scsig.settings.progress`).
+        {doc_progress}
         **attribute_options
             Options of :func:`scsig.tl.attribute` (``method``, ``layer``, ``n_steps``,
             ``batch_size``, ``gene_symbols``, ``key_added`` (the shard's layer name), ...).
@@ -478,6 +478,7 @@ class Atlas:
             self._stamp = mf.manifest_stamp(self._root)
             ingest.clean_leftovers(self._root, self._manifest)
 
+    @doc_params(doc_progress=doc_progress)
     def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
         """Check every stored file of the datasets against the checksums written when they were added.
 
@@ -491,8 +492,7 @@ class Atlas:
         ----------
         datasets
             Datasets to check (all by default).
-        progress
-            Show a progress bar across datasets (``None`` follows :attr:`scsig.settings.progress`).
+        {doc_progress}
 
         Returns
         -------

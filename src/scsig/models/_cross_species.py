@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._docs import doc_params, doc_progress
 from ._base import FoundationModel
 from ._orthologs import OrthologTable, resolve_table
 
@@ -502,6 +503,7 @@ def cross_species(
     return CrossSpeciesModel(model, conv, genes, table, rule=rule, name=name)
 
 
+@doc_params(doc_progress=doc_progress)
 def fit_conversion(
     model: CrossSpeciesModel,
     adata: AnnData,
@@ -545,8 +547,7 @@ def fit_conversion(
         Passes over the cells, Adam's learning rate, cells per step.
     rng
         Seed of the classifier's initialization and the shuffling.
-    progress
-        Show a progress bar; ``None`` follows :attr:`scsig.settings.progress`.
+    {doc_progress}
 
     Returns
     -------
