@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from anndata import AnnData
-from scipy import sparse
 
 import scsig as sg
 from scsig.models._scimilarity import SCimilarityEncoder
 from scsig.models._train import _normalize, depth_consistency_losses
 
-FAST = {"hidden": (16,), "latent": 8, "epochs": 3, "batch_size": 32, "progress": False}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setattr(sg.settings, "n_jobs", 1)
-
-
-@pytest.fixture
-def toy_counts():
-    rng = np.random.default_rng(0)
-    rate = rng.gamma(2.0, 3.0, size=(80, 30))
-    group = np.where(np.arange(80) % 2 == 0, "a", "b")
-    rate[group == "a", :8] *= 3
-    rate[group == "b", 8:16] *= 3
-    return AnnData(
-        X=sparse.csr_matrix(rng.poisson(rate).astype(np.int32)),
-        obs=pd.DataFrame({"group": pd.Categorical(group)}, index=[f"c{i}" for i in range(80)]),
-        var=pd.DataFrame(index=[f"g{i}" for i in range(30)]),
-    )
+from .conftest import FAST
 
 
 def _shares_with_captum(encoder, x, anchor, n_steps=4):
