@@ -33,7 +33,7 @@ from ._query import (
     shard_obs,
     warn_no_cells,
 )
-from ._store import build_shard_from_columns, remove_tree
+from ._store import remove_tree
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -570,60 +570,17 @@ class Atlas:
         -------
         The new :class:`Atlas`.
         """
-        from ._tiledb import find_cell_types
+        from ._tiledb import find_cell_types, import_cell_types
 
         folder = Path(folder)
         names = find_cell_types(folder, cell_types)
         atlas = cls.create(path, gene_order=gene_order)
         try:
-            return cls._import_signature(atlas, folder, names, progress=progress)
+            return import_cell_types(atlas, folder, names, progress=progress)
         except BaseException:
             # the atlas is new: an import that fails (or is interrupted) leaves nothing behind
             remove_tree(atlas.path)
             raise
-
-    @staticmethod
-    def _import_signature(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
-        from ._tiledb import array_cells, read_gene_ranges, read_metadata
-
-        show = settings.progress if progress is None else progress
-        from .._utils._progress import tqdm
-
-        for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
-            sub = folder / ct
-            meta, positions = read_metadata(
-                sub / "cell_metadata.csv.gz", n_cells=array_cells(sub / "attributions"), name=ct
-            )
-            obs = ingest.shard_obs_frame(meta, None, ct)
-            record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
-            start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
-
-            def build(
-                shard: Path, scratch: Path, sub: Path = sub, obs: pd.DataFrame = obs, ct: str = ct, pos: Any = positions
-            ) -> int:
-                ranges = read_gene_ranges(
-                    sub / "attributions",
-                    n_obs=len(obs),
-                    n_genes=len(atlas.gene_order),
-                    name=ct,
-                    positions=pos,
-                    progress=show,
-                )
-                uns = {UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}}
-                return build_shard_from_columns(
-                    shard,
-                    ranges,
-                    n_obs=len(obs),
-                    n_genes=len(atlas.gene_order),
-                    obs=obs,
-                    var=ingest.shard_var(atlas.gene_order, "attr_ig"),
-                    uns=uns,
-                    layer="attr_ig",
-                )
-
-            atlas._write_dataset(ct, "attr_ig", obs, record, build, source="signature")
-            logg.info(f"    finished: imported {ct!r}", time=start)
-        return atlas
 
     # ------------------------------------------------------------------ queries
 

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-__all__ = ["array_cells", "find_cell_types", "read_gene_ranges", "read_metadata"]
+    from ._atlas import Atlas
+
+__all__ = ["array_cells", "find_cell_types", "import_cell_types", "read_gene_ranges", "read_metadata"]
 
 ATTRIBUTIONS = "attributions"
 METADATA = "cell_metadata.csv.gz"
@@ -171,3 +173,51 @@ def read_gene_ranges(
                 per_gene = max(cells.size / (g1 - g0), 1.0)
                 step = int(min(max(BLOCK_NNZ / per_gene, 1), 1 << 16))
                 g0 = g1
+
+
+def _build_cell_type(
+    shard: Path, scratch: Path, *, sub: Path, obs: pd.DataFrame, name: str, positions: Any, genes: Any, show: bool
+) -> int:
+    """Write one cell type's TileDB array into a new shard (the ``build`` step of an atlas write)."""
+    from .._constants import UNS_KEY
+    from . import _ingest as ingest
+    from ._store import build_shard_from_columns
+
+    del scratch  # gene ranges are read column-wise: no scratch files
+    ranges = read_gene_ranges(
+        sub / ATTRIBUTIONS, n_obs=len(obs), n_genes=len(genes), name=name, positions=positions, progress=show
+    )
+    return build_shard_from_columns(
+        shard,
+        ranges,
+        n_obs=len(obs),
+        n_genes=len(genes),
+        obs=obs,
+        var=ingest.shard_var(genes, "attr_ig"),
+        uns={UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}},
+        layer="attr_ig",
+    )
+
+
+def import_cell_types(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
+    """Add each cell type's array of a published SIGnature atlas folder to ``atlas`` as one dataset."""
+    from functools import partial
+
+    from .. import _logging as logg
+    from .._settings import settings
+    from .._utils._progress import tqdm
+    from . import _ingest as ingest
+
+    show = settings.progress if progress is None else progress
+    for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
+        sub = folder / ct
+        meta, positions = read_metadata(sub / METADATA, n_cells=array_cells(sub / ATTRIBUTIONS), name=ct)
+        obs = ingest.shard_obs_frame(meta, None, ct)
+        record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
+        start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
+        build = partial(
+            _build_cell_type, sub=sub, obs=obs, name=ct, positions=positions, genes=atlas.gene_order, show=show
+        )
+        atlas._write_dataset(ct, "attr_ig", obs, record, build, source="signature")
+        logg.info(f"    finished: imported {ct!r}", time=start)
+    return atlas
