@@ -65,8 +65,9 @@ def test_genes_from_score_key(scored):
 
 
 def test_missing_genes_warn(scored):
-    with pytest.warns(UserWarning, match="1 of 3 genes"):
+    with pytest.warns(UserWarning, match="1 of 3 genes") as record:
         ax = sg.pl.gene_attributions(scored, ["g0", "nope", "g1"], groupby="group", show=False)
+    assert [w.filename for w in record if "1 of 3 genes" in str(w.message)] == [__file__]  # points at the caller
     assert [t.get_text() for t in ax.get_xticklabels()] == ["g0", "g1"]
     with pytest.raises(KeyError, match="None of the genes"):
         sg.pl.gene_attributions(scored, ["x", "y"], groupby="group")

@@ -230,103 +230,138 @@ def gene_attributions(
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> ax = sg.pl.gene_attributions(adata, "score", groupby="group", kind="dotplot", show=False)
     """
-    from matplotlib.lines import Line2D
-
-    check_kind(kind, _KINDS)
-    check_choice("standard_scale", standard_scale, StandardScale | None)
-    _, data = resolve_adata(adata, mod=mod, read_only=True)
-    key = attribution_layer(data, layer)
-    check_unique_var_names(data.var_names)
+    data, key = _check_gene_attributions_args(adata, kind=kind, standard_scale=standard_scale, layer=layer, mod=mod)
     gene_groups = _gene_groups(data, genes)
     flat = [g for gl in gene_groups.values() for g in gl]
     if isinstance(genes, Mapping | str):  # a gene may be in several groups: show it once
         flat = list(dict.fromkeys(flat))
     gene_list = _resolve_genes(data, flat, key)
-    groups = group_labels(data, groupby)
-    mean, frac = group_attribution_stats(data, gene_list, groups, key)
+    mean, frac = group_attribution_stats(data, gene_list, group_labels(data, groupby), key)
     color = _scale(mean, standard_scale)
     if swap_axes:
         color, frac = color.T, frac.T
-    n_rows, n_cols = color.shape
-
     if figsize is None:
-        figsize = (0.32 * n_cols + 2.8, 0.3 * n_rows + 1.3)
+        figsize = (0.32 * color.shape[1] + 2.8, 0.3 * color.shape[0] + 1.3)
     fig, a = new_axes(ax, figsize)
-    label = "mean attribution" if standard_scale is None else f"mean attribution\n(scaled per {standard_scale})"
     if kind == "heatmap":
         mappable = a.imshow(color.to_numpy(), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     else:
-        yy, xx = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
-        areas = np.nan_to_num(frac.to_numpy()) ** 1.5 * largest_dot
-        mappable = a.scatter(
-            xx.ravel(),
-            yy.ravel(),
-            s=areas.ravel(),
-            c=color.to_numpy().ravel(),
-            cmap=cmap,
-            vmin=vmin,
-            vmax=vmax,
-            edgecolors="0.4",
-            linewidths=0.4,
-        )
-        a.set_xlim(-0.6, n_cols - 0.4)
-        a.set_ylim(n_rows - 0.4, -0.6)
-        fmax = float(np.nanmax(frac.to_numpy())) if frac.size else 1.0
-        steps = [f for f in (0.25, 0.5, 0.75, 1.0) if f <= max(fmax, 0.25) + 1e-9]
-        handles = [
-            Line2D(
-                [],
-                [],
-                linestyle="",
-                marker="o",
-                markersize=np.sqrt(f**1.5 * largest_dot),
-                markerfacecolor="0.6",
-                markeredgecolor="0.4",
-                markeredgewidth=0.4,
-            )
-            for f in steps
-        ]
-        size_legend = a.legend(
-            handles,
-            [f"{round(100 * f)}" for f in steps],
-            title="% cells\nnonzero",
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            frameon=False,
-            labelspacing=0.8,
-            borderaxespad=0.0,
-            handletextpad=0.6,
-        )
-    a.set_xticks(np.arange(n_cols), [str(c) for c in color.columns], rotation=90)
-    a.set_yticks(np.arange(n_rows), [str(r) for r in color.index])
-    a.tick_params(length=2)
-    a.grid(visible=False)
-    a.set_xlabel("")
-    a.set_ylabel("")
+        mappable = _draw_dots(a, color, frac, cmap=cmap, vmin=vmin, vmax=vmax, largest_dot=largest_dot)
+    _label_cells(a, color)
     if kind == "dotplot":
-        # a fixed-size colorbar right of the size legend, so the dots' axes keep their size
-        from matplotlib.transforms import ScaledTranslation
-        from mpl_toolkits.axes_grid1.inset_locator import inset_axes
-
-        # the legend's width in inches depends only on fonts and markers, so measure it once
-        renderer = fig.canvas.get_renderer()
-        gap = (size_legend.get_window_extent(renderer).x1 - a.get_window_extent(renderer).x1) / fig.dpi + 0.2
-        cax = inset_axes(
-            a,
-            width=0.1,
-            height=1.2,
-            loc="upper left",
-            bbox_to_anchor=(1.0, 1.0),
-            bbox_transform=a.transAxes + ScaledTranslation(gap, 0.0, fig.dpi_scale_trans),
-            borderpad=0,
-        )
-        cbar = fig.colorbar(mappable, cax=cax)
+        cbar = _colorbar_beside_legend(fig, a, mappable)
     else:
         cbar = fig.colorbar(mappable, ax=a, shrink=0.8, aspect=15, pad=0.03)
-    cbar.set_label(label)
+    cbar.set_label("mean attribution" if standard_scale is None else f"mean attribution\n(scaled per {standard_scale})")
     cbar.outline.set_linewidth(0.4)
     if len(gene_groups) > 1 or isinstance(genes, Mapping):
         _label_gene_groups(a, gene_groups, gene_list, swap_axes=swap_axes)
     return finish(
         fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig, name="gene_attributions"
     )
+
+
+def _check_gene_attributions_args(
+    adata: Any, *, kind: str, standard_scale: str | None, layer: str | None, mod: str
+) -> tuple[AnnData, str]:
+    """The AnnData to plot and its attribution layer, or an error naming the bad argument."""
+    check_kind(kind, _KINDS)
+    check_choice("standard_scale", standard_scale, StandardScale | None)
+    _, data = resolve_adata(adata, mod=mod, read_only=True)
+    key = attribution_layer(data, layer)
+    check_unique_var_names(data.var_names)
+    return data, key
+
+
+def _draw_dots(
+    a: Axes,
+    color: pd.DataFrame,
+    frac: pd.DataFrame,
+    *,
+    cmap: str,
+    vmin: float | None,
+    vmax: float | None,
+    largest_dot: float,
+) -> Any:
+    """One dot per cell of the table (colour: ``color``, area: ``frac``) and a legend of dot sizes right of ``a``."""
+    n_rows, n_cols = color.shape
+    yy, xx = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    areas = np.nan_to_num(frac.to_numpy()) ** 1.5 * largest_dot
+    mappable = a.scatter(
+        xx.ravel(),
+        yy.ravel(),
+        s=areas.ravel(),
+        c=color.to_numpy().ravel(),
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        edgecolors="0.4",
+        linewidths=0.4,
+    )
+    a.set_xlim(-0.6, n_cols - 0.4)
+    a.set_ylim(n_rows - 0.4, -0.6)
+    fmax = float(np.nanmax(frac.to_numpy())) if frac.size else 1.0
+    _size_legend(a, [f for f in (0.25, 0.5, 0.75, 1.0) if f <= max(fmax, 0.25) + 1e-9], largest_dot)
+    return mappable
+
+
+def _size_legend(a: Axes, steps: list[float], largest_dot: float) -> None:
+    """The legend of dot areas for the fractions ``steps``, in percent, right of ``a``."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker="o",
+            markersize=np.sqrt(f**1.5 * largest_dot),
+            markerfacecolor="0.6",
+            markeredgecolor="0.4",
+            markeredgewidth=0.4,
+        )
+        for f in steps
+    ]
+    a.legend(
+        handles,
+        [f"{round(100 * f)}" for f in steps],
+        title="% cells\nnonzero",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        labelspacing=0.8,
+        borderaxespad=0.0,
+        handletextpad=0.6,
+    )
+
+
+def _label_cells(a: Axes, color: pd.DataFrame) -> None:
+    """The table's columns and rows as tick labels, without grid or axis titles."""
+    n_rows, n_cols = color.shape
+    a.set_xticks(np.arange(n_cols), [str(c) for c in color.columns], rotation=90)
+    a.set_yticks(np.arange(n_rows), [str(r) for r in color.index])
+    a.tick_params(length=2)
+    a.grid(visible=False)
+    a.set_xlabel("")
+    a.set_ylabel("")
+
+
+def _colorbar_beside_legend(fig: Figure, a: Axes, mappable: Any) -> Any:
+    """A fixed-size colorbar right of the size legend of ``a``, so the dots' axes keep their size."""
+    from matplotlib.transforms import ScaledTranslation
+    from mpl_toolkits.axes_grid1.inset_locator import inset_axes
+
+    # the legend's width in inches depends only on fonts and markers, so measure it once
+    renderer = fig.canvas.get_renderer()
+    legend = a.get_legend()
+    gap = (legend.get_window_extent(renderer).x1 - a.get_window_extent(renderer).x1) / fig.dpi + 0.2
+    cax = inset_axes(
+        a,
+        width=0.1,
+        height=1.2,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        bbox_transform=a.transAxes + ScaledTranslation(gap, 0.0, fig.dpi_scale_trans),
+        borderpad=0,
+    )
+    return fig.colorbar(mappable, cax=cax)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,7 +9,15 @@ import pandas as pd
 
 from .._docs import doc_params, doc_plot_common
 from .._utils import resolve_adata
-from ._utils import category_colors, check_plot_kwargs, finish, new_axes, palette_for
+from ._utils import (
+    auto_rotation,
+    check_plot_kwargs,
+    finish,
+    new_axes,
+    quiet_boxplot,
+    resolve_palette,
+    style_x_axis,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -127,98 +134,115 @@ def hit_fractions(
     ... )
     >>> ax = sg.pl.hit_fractions(frame, x="condition", show=False)
     """
-    import seaborn as sns
+    _check_hit_fractions_args(data, hits_key, sample_key=sample_key, kwargs=kwargs)
+    frame = _fraction_table(data, hits_key, x=x, y=y, hue=hue, sample_key=sample_key, mod=mod)
+    frame, x_order, h_order = _long_table(frame, x=x, y=y, hue=hue, order=order, hue_order=hue_order, percent=percent)
+    levels = h_order if h_order is not None else x_order
+    from_adata = palette is None and not isinstance(data, pd.DataFrame)  # colours scanpy stored for the levels
+    color_source = resolve_adata(data, mod=mod, read_only=True)[1] if from_adata else None
+    palette = resolve_palette(palette, levels, color_source, hue if hue is not None else x)
+    n_hue = len(h_order) if h_order is not None else 1
+    if figsize is None:
+        figsize = (max(2.2, 0.45 * len(x_order) * (1 + 0.45 * (n_hue - 1)) + 1.2), 3.2)
+    fig, a = new_axes(ax, figsize)
+    common = {
+        "data": frame,
+        "x": x,
+        "y": "_value",
+        "hue": hue if hue is not None else x,
+        "order": x_order,
+        "hue_order": levels,
+        "palette": palette,
+        "ax": a,
+    }
+    # one unit per box (groups without samples): a box would be a flat line, so draw the dots alone
+    boxes = bool((frame.groupby([x] if hue is None else [x, hue], observed=True).size() > 1).any())
+    if boxes:
+        opts = {
+            "linewidth": 0.8,
+            "width": 0.7,
+            "showfliers": not points,
+            "saturation": 1.0,
+            "boxprops": {"alpha": 0.45},
+        }
+        quiet_boxplot(legend=hue is not None, **common, **(opts | kwargs))
+    if points or not boxes:
+        _draw_units(common, dodge=hue is not None, n_hue=n_hue, boxes=boxes, size=size)
+    a.set_ylim(bottom=0)
+    style_x_axis(
+        a,
+        xlabel=x,
+        ylabel=ylabel if ylabel is not None else ("hit cells (%)" if percent else "hit fraction"),
+        rotation=auto_rotation(x_order) if rotation is None else rotation,
+        legend_title=hue,
+    )
+    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig, name="hit_fractions")
 
+
+def _check_hit_fractions_args(
+    data: Any, hits_key: str | None, *, sample_key: str | None, kwargs: dict[str, Any]
+) -> None:
+    """An error naming the argument that does not fit the input (a DataFrame of fractions or an AnnData)."""
     check_plot_kwargs(kwargs, "hit_fractions")
     if isinstance(data, pd.DataFrame):
         if hits_key is not None or sample_key is not None:
             msg = "hits_key= and sample_key= go with an AnnData; a DataFrame already holds the fractions."
             raise ValueError(msg)
+    elif hits_key is None:
+        msg = "Pass hits_key=, the hit column written by sg.tl.hits, together with an AnnData."
+        raise ValueError(msg)
+
+
+def _fraction_table(
+    data: Any, hits_key: str | None, *, x: str, y: str, hue: str | None, sample_key: str | None, mod: str
+) -> pd.DataFrame:
+    """The user's table, or the fractions computed from an AnnData; with the columns the plot needs."""
+    if isinstance(data, pd.DataFrame):
         frame = data
     else:
         from .. import get
 
-        if hits_key is None:
-            msg = "Pass hits_key=, the hit column written by sg.tl.hits, together with an AnnData."
-            raise ValueError(msg)
         by = [x] if hue is None or hue == x else [x, hue]
         frame = get.hit_fractions(data, hits_key, groupby=by, sample_key=sample_key, mod=mod)
     missing = [c for c in (x, y, hue) if c is not None and c not in frame.columns]
     if missing:
         msg = f"Column(s) {missing} not in the hit-fraction table (columns: {list(frame.columns)})."
         raise KeyError(msg)
+    return frame
 
+
+def _long_table(
+    frame: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    hue: str | None,
+    order: Sequence[str] | None,
+    hue_order: Sequence[str] | None,
+    percent: bool,
+) -> tuple[pd.DataFrame, list[str], list[str] | None]:
+    """A copy with the defined fractions, string labels and the plotted ``_value``; the x and hue orders."""
     frame = frame.loc[frame[y].notna()].copy()
     x_order = _categories(frame, x, order)
     frame[x] = frame[x].astype(str)
     frame["_value"] = frame[y].to_numpy(dtype=np.float64) * (100.0 if percent else 1.0)
+    h_order = None
     if hue is not None:
         h_order = _categories(frame, hue, hue_order)
         frame[hue] = frame[hue].astype(str)
-        color_levels, color_col = h_order, hue
-    else:
-        h_order = None
-        color_levels, color_col = x_order, x
-    if palette is None:
-        adata = None if isinstance(data, pd.DataFrame) else resolve_adata(data, mod=mod, read_only=True)[1]
-        palette = dict(zip(color_levels, category_colors(adata, color_col, color_levels), strict=True))
-    else:
-        palette = palette_for(palette, color_levels)
+    return frame, x_order, h_order
 
-    n_hue = len(h_order) if h_order is not None else 1
-    if figsize is None:
-        figsize = (max(2.2, 0.45 * len(x_order) * (1 + 0.45 * (n_hue - 1)) + 1.2), 3.2)
-    fig, a = new_axes(ax, figsize)
-    hue_col = hue if hue is not None else x
-    box_opts = {
-        "linewidth": 0.8,
-        "width": 0.7,
-        "showfliers": not points,
-        "saturation": 1.0,
-        "boxprops": {"alpha": 0.45},
-    }
-    # one unit per box (groups without samples): a box would be a flat line, so draw the dots alone
-    units = frame.groupby([x] if hue is None else [x, hue], observed=True).size()
-    boxes = bool((units > 1).any())
-    with warnings.catch_warnings():
-        # seaborn 0.13 passes matplotlib's deprecated ``vert``; nothing the user can act on
-        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
-        if boxes:
-            sns.boxplot(
-                data=frame,
-                x=x,
-                y="_value",
-                hue=hue_col,
-                order=x_order,
-                hue_order=h_order if hue is not None else x_order,
-                palette=palette,
-                ax=a,
-                legend=hue is not None,
-                **(box_opts | kwargs),
-            )
-    if points or not boxes:
-        sns.stripplot(
-            data=frame,
-            x=x,
-            y="_value",
-            hue=hue_col,
-            order=x_order,
-            hue_order=h_order if hue is not None else x_order,
-            palette=palette,
-            dodge=hue is not None,
-            jitter=0.15 / n_hue if boxes else False,
-            size=size if boxes else 1.5 * size,
-            linewidth=0.5,
-            edgecolor="0.2",
-            legend=hue is not None and not boxes,
-            ax=a,
-        )
-    a.set_xlabel(x)
-    a.set_ylabel(ylabel if ylabel is not None else ("hit cells (%)" if percent else "hit fraction"))
-    a.set_ylim(bottom=0)
-    rot = (90.0 if sum(len(s) for s in x_order) > 24 else 0.0) if rotation is None else rotation
-    if rot:
-        a.tick_params(axis="x", labelrotation=rot)
-    if hue is not None and a.get_legend() is not None:
-        sns.move_legend(a, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=hue)
-    return finish(fig, a, ax_given=ax is not None, show=show, save=save, return_fig=return_fig, name="hit_fractions")
+
+def _draw_units(common: dict[str, Any], *, dodge: bool, n_hue: int, boxes: bool, size: float) -> None:
+    """One dot per unit: jittered over the boxes, or larger and centred when there are no boxes."""
+    import seaborn as sns
+
+    sns.stripplot(
+        **common,
+        dodge=dodge,
+        jitter=0.15 / n_hue if boxes else False,
+        size=size if boxes else 1.5 * size,
+        linewidth=0.5,
+        edgecolor="0.2",
+        legend=dodge and not boxes,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -11,7 +11,17 @@ import pandas as pd
 from .._constants import SCORE_KEY
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._utils import resolve_adata
-from ._utils import category_colors, check_kind, check_plot_kwargs, finish, group_labels, obs_categories, palette_for
+from ._utils import (
+    auto_rotation,
+    check_kind,
+    check_plot_kwargs,
+    finish,
+    group_labels,
+    obs_categories,
+    quiet_boxplot,
+    resolve_palette,
+    style_x_axis,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,10 +59,6 @@ def _score_keys(adata: AnnData, key: str | Sequence[str]) -> list[str]:
             msg = f"adata.obs[{k!r}] is not a numeric score (dtype {adata.obs[k].dtype})."
             raise TypeError(msg)
     return out
-
-
-def _auto_rotation(labels: Sequence[str]) -> float:
-    return 90.0 if sum(len(str(s)) for s in labels) > 24 else 0.0
 
 
 @doc_params(doc_mod=doc_mod, doc_plot_common=doc_plot_common)
@@ -134,9 +140,41 @@ def scores(
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> ax = sg.pl.scores(adata, "score", groupby="group", show=False)
     """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    data, keys = _check_scores_args(adata, key, kind=kind, mod=mod, ax=ax, kwargs=kwargs)
+    spec = _panel_spec(data, groupby=groupby, split=split, order=order, palette=palette)
+    draw_points = (kind == "violin") if points is None else points
+    rot = auto_rotation(spec.group_order) if rotation is None else rotation
+    if figsize is None:
+        figsize = (max(2.5, 0.35 * len(spec.group_order) * (1 + 0.5 * (spec.n_hue - 1)) + 1.2), 3.2)
+    fig, axes = _score_axes(ax, len(keys), figsize)
+    for k, a in zip(keys, axes, strict=True):
+        spec.frame["value"] = np.asarray(data.obs[k], dtype=np.float64)
+        show_legend = split is not None and a is axes[-1]  # one legend, right of the last panel
+        _draw_distribution(a, spec, kind=kind, draw_points=draw_points, size=size, legend=show_legend, kwargs=kwargs)
+        if draw_points and kind != "strip":
+            _overlay_cells(a, spec, size=size)
+        style_x_axis(
+            a,
+            xlabel=spec.xlabel,
+            ylabel=ylabel if ylabel is not None else k,
+            rotation=rot,
+            legend_title=split if show_legend else None,
+        )
+    return finish(
+        fig,
+        axes[0] if len(axes) == 1 else axes,
+        ax_given=ax is not None,
+        show=show,
+        save=save,
+        return_fig=return_fig,
+        name="scores",
+    )
 
+
+def _check_scores_args(
+    adata: Any, key: str | Sequence[str], *, kind: str, mod: str, ax: Axes | None, kwargs: dict[str, Any]
+) -> tuple[AnnData, list[str]]:
+    """The AnnData to plot and its score columns, or an error naming the bad argument."""
     check_kind(kind, _KINDS)
     check_plot_kwargs(kwargs, "scores")
     _, data = resolve_adata(adata, mod=mod, read_only=True)
@@ -144,7 +182,36 @@ def scores(
     if ax is not None and len(keys) > 1:
         msg = f"ax= takes one score, but {len(keys)} were given ({keys}); leave ax=None for one panel each."
         raise ValueError(msg)
+    return data, keys
 
+
+@dataclass(frozen=True)
+class _PanelSpec:
+    """What every panel of one :func:`scores` call shares: the long table and its groups, hues and colours."""
+
+    frame: pd.DataFrame
+    """One row per cell: ``group``, ``hue`` (with ``split``) and the current panel's ``value``."""
+    group_order: list[str]
+    hue: str
+    hue_order: list[str]
+    palette: dict
+    split: bool
+    xlabel: str
+
+    @property
+    def n_hue(self) -> int:
+        return len(self.hue_order) if self.split else 1
+
+
+def _panel_spec(
+    data: AnnData,
+    *,
+    groupby: str | Sequence[str] | None,
+    split: str | None,
+    order: Sequence[str] | None,
+    palette: Sequence[str] | dict[str, str] | None,
+) -> _PanelSpec:
+    """Group and split labels per cell, their orders, and the colours of the hue levels."""
     if groupby is None:  # one distribution of all cells, as sc.pl.violin without groupby
         groups = pd.Series(pd.Categorical(["all cells"] * data.n_obs), index=data.obs_names, name="")
     else:
@@ -163,76 +230,83 @@ def scores(
     else:
         hue_order = group_order
         hue, color_key = "group", (groupby if isinstance(groupby, str) else None)
-    if palette is None:
-        cats = list(splits.cat.categories) if split is not None else group_order
-        palette = dict(zip(hue_order, category_colors(data, color_key, cats), strict=True))
-    else:
-        palette = palette_for(palette, hue_order)
-    draw_points = (kind == "violin") if points is None else points
-    dodge = split is not None
-    rot = _auto_rotation(group_order) if rotation is None else rotation
+    return _PanelSpec(
+        frame=frame,
+        group_order=group_order,
+        hue=hue,
+        hue_order=hue_order,
+        palette=resolve_palette(palette, hue_order, data, color_key),
+        split=split is not None,
+        xlabel=groups.name if isinstance(groups.name, str) else "",
+    )
 
-    n_hue = len(hue_order) if split is not None else 1
-    if figsize is None:
-        figsize = (max(2.5, 0.35 * len(group_order) * (1 + 0.5 * (n_hue - 1)) + 1.2), 3.2)
-    if ax is None:
-        fig, axs = plt.subplots(
-            1,
-            len(keys),
-            figsize=(figsize[0] * len(keys), figsize[1]),
-            squeeze=False,
-            layout="constrained" if len(keys) > 1 else None,
-        )
-        axes = list(axs[0])
-    else:
-        fig, axes = ax.figure, [ax]
 
-    common = {"x": "group", "hue": hue, "order": group_order, "hue_order": hue_order, "palette": palette}
-    for k, a in zip(keys, axes, strict=True):
-        frame["value"] = np.asarray(data.obs[k], dtype=np.float64)
-        show_legend = split is not None and a is axes[-1]  # one legend, right of the last panel
-        if kind == "violin":
-            opts = {"inner": None, "cut": 0, "density_norm": "width", "linewidth": 0.6, "saturation": 1.0}
-            opts["split"] = n_hue == 2
-            sns.violinplot(data=frame, y="value", ax=a, legend=show_legend, **common, **(opts | kwargs))
-        elif kind == "box":
-            opts = {"showfliers": not draw_points, "fliersize": 1.0, "linewidth": 0.6, "width": 0.7, "saturation": 1.0}
-            with warnings.catch_warnings():
-                # seaborn 0.13 passes matplotlib's deprecated ``vert``; nothing the user can act on
-                warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
-                sns.boxplot(data=frame, y="value", ax=a, legend=show_legend, **common, **(opts | kwargs))
-        else:
-            opts = {"size": 3.0 if size is None else size, "jitter": 0.25, "dodge": dodge}
-            sns.stripplot(data=frame, y="value", ax=a, legend=show_legend, **common, **(opts | kwargs))
-        if draw_points and kind != "strip":
-            sns.stripplot(
-                data=frame,
-                x="group",
-                y="value",
-                hue=hue if dodge else None,
-                order=group_order,
-                hue_order=hue_order if dodge else None,
-                palette=["black"] * n_hue if dodge else None,
-                color=None if dodge else "black",
-                dodge=dodge,
-                size=1.0 if size is None else size,
-                jitter=0.2 / (n_hue if dodge else 1),
-                alpha=0.6,
-                legend=False,
-                ax=a,
-            )
-        a.set_xlabel(groups.name if isinstance(groups.name, str) else "")
-        a.set_ylabel(ylabel if ylabel is not None else k)
-        if rot:
-            a.tick_params(axis="x", labelrotation=rot)
-        if show_legend and a.get_legend() is not None:
-            sns.move_legend(a, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=split)
-    return finish(
-        fig,
-        axes[0] if len(axes) == 1 else axes,
-        ax_given=ax is not None,
-        show=show,
-        save=save,
-        return_fig=return_fig,
-        name="scores",
+def _score_axes(ax: Axes | None, n_panels: int, figsize: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """The caller's ``ax``, or a new row of ``n_panels`` axes of ``figsize`` inches each."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, [ax]
+    fig, axs = plt.subplots(
+        1,
+        n_panels,
+        figsize=(figsize[0] * n_panels, figsize[1]),
+        squeeze=False,
+        layout="constrained" if n_panels > 1 else None,
+    )
+    return fig, list(axs[0])
+
+
+def _draw_distribution(
+    a: Axes,
+    spec: _PanelSpec,
+    *,
+    kind: str,
+    draw_points: bool,
+    size: float | None,
+    legend: bool,
+    kwargs: dict[str, Any],
+) -> None:
+    """The violins, boxes or strip of the current ``value`` column."""
+    import seaborn as sns
+
+    common = {
+        "x": "group",
+        "hue": spec.hue,
+        "order": spec.group_order,
+        "hue_order": spec.hue_order,
+        "palette": spec.palette,
+    }
+    if kind == "violin":
+        opts = {"inner": None, "cut": 0, "density_norm": "width", "linewidth": 0.6, "saturation": 1.0}
+        opts["split"] = spec.n_hue == 2
+        sns.violinplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
+    elif kind == "box":
+        opts = {"showfliers": not draw_points, "fliersize": 1.0, "linewidth": 0.6, "width": 0.7, "saturation": 1.0}
+        quiet_boxplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
+    else:
+        opts = {"size": 3.0 if size is None else size, "jitter": 0.25, "dodge": spec.split}
+        sns.stripplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
+
+
+def _overlay_cells(a: Axes, spec: _PanelSpec, *, size: float | None) -> None:
+    """One black dot per cell over the violins or boxes (dodged by hue with ``split``)."""
+    import seaborn as sns
+
+    dodge = spec.split
+    sns.stripplot(
+        data=spec.frame,
+        x="group",
+        y="value",
+        hue=spec.hue if dodge else None,
+        order=spec.group_order,
+        hue_order=spec.hue_order if dodge else None,
+        palette=["black"] * spec.n_hue if dodge else None,
+        color=None if dodge else "black",
+        dodge=dodge,
+        size=1.0 if size is None else size,
+        jitter=0.2 / (spec.n_hue if dodge else 1),
+        alpha=0.6,
+        legend=False,
+        ax=a,
     )

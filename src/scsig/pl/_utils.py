@@ -200,3 +200,39 @@ def palette_for(palette: Any, levels: list) -> dict:
         )
         raise ValueError(msg)
     return dict(zip(levels, colors, strict=False))
+
+
+def auto_rotation(labels: Sequence[Any]) -> float:
+    """Rotation of the x tick labels: 90 degrees when the labels are long together, else 0."""
+    return 90.0 if sum(len(str(s)) for s in labels) > 24 else 0.0
+
+
+def resolve_palette(palette: Any, levels: list, adata: AnnData | None, key: str | None) -> dict:
+    """A dict level -> colour: the user's ``palette``, or :func:`category_colors` of ``key`` when it is ``None``."""
+    if palette is None:
+        return dict(zip(levels, category_colors(adata, key, levels), strict=True))
+    return palette_for(palette, levels)
+
+
+def quiet_boxplot(**kwargs: Any) -> Any:
+    """:func:`seaborn.boxplot` without seaborn 0.13's deprecation warning about matplotlib's ``vert``."""
+    import warnings
+
+    import seaborn as sns
+
+    with warnings.catch_warnings():
+        # seaborn 0.13 passes matplotlib's deprecated ``vert``; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
+        return sns.boxplot(**kwargs)
+
+
+def style_x_axis(ax: Axes, *, xlabel: str, ylabel: str, rotation: float, legend_title: str | None) -> None:
+    """Axis labels, rotated x tick labels (when ``rotation``), and the legend moved right of ``ax`` (when titled)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if rotation:
+        ax.tick_params(axis="x", labelrotation=rotation)
+    if legend_title is not None and ax.get_legend() is not None:
+        import seaborn as sns
+
+        sns.move_legend(ax, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=legend_title)
