@@ -562,85 +562,19 @@ def fit_conversion(
     >>> xmodel = sg.models.cross_species("pbmc-demo", species="mouse")
     >>> learned, pairs = sg.models.fit_conversion(xmodel, mouse_adata, labels="cell_type")  # doctest: +SKIP
     """
-    import torch
-    from torch import nn
-
     from .._settings import settings
-    from .._utils import get_matrix
-    from .._utils._progress import tqdm
-    from ..pp._align import align_genes
-    from ..pp._prepare import model_input
 
-    if not isinstance(model, CrossSpeciesModel):
-        msg = f"fit_conversion needs a cross-species model from sg.models.cross_species, not {type(model).__name__}."
-        raise TypeError(msg)
-    if labels not in adata.obs.columns:
-        msg = f"labels={labels!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-        raise KeyError(msg)
-    for key, value in (("l2", l2), ("lr", lr)):
-        if not (np.isfinite(value) and value >= 0):
-            msg = f"{key} must be a non-negative number, got {value!r}."
-            raise ValueError(msg)
-    if epochs < 1 or batch_size < 1:
-        msg = f"epochs and batch_size must be positive, got {epochs} and {batch_size}."
-        raise ValueError(msg)
-    y_raw = adata.obs[labels]
-    keep = y_raw.notna().to_numpy()
-    classes = pd.Index(pd.unique(y_raw[keep].astype(str))).sort_values()
-    if len(classes) < 2:
-        msg = f"adata.obs[{labels!r}] needs at least two labels to learn from; it has {list(classes)}."
-        raise ValueError(msg)
-    y = torch.as_tensor(classes.get_indexer(y_raw[keep].astype(str)), dtype=torch.int64)
-
-    alignment = align_genes(adata, model, gene_symbols=gene_symbols)
-    x, _ = model_input(get_matrix(adata, layer)[np.flatnonzero(keep)], alignment, model)
-    x = sparse.csr_matrix(x)
-
-    gen = torch.Generator().manual_seed(int(rng))
-    torch.manual_seed(int(rng))
-    coo = model.conversion.tocoo()
-    rows = torch.as_tensor(coo.row, dtype=torch.int64)
-    cols = torch.as_tensor(coo.col, dtype=torch.int64)
-    start_w = torch.as_tensor(coo.data, dtype=torch.float32)
-    init_w = torch.as_tensor(np.asarray(model.initial[coo.row, coo.col]).ravel(), dtype=torch.float32)
-    weights = nn.Parameter(start_w.clone())
-    encoder = _copy.deepcopy(model.base.encoder).eval()
-    for p in encoder.parameters():
-        p.requires_grad_(requires_grad=False)
-    with torch.no_grad():
-        latent = encoder(torch.zeros(2, model.base.n_genes)).shape[1]
-    head = nn.Linear(latent, len(classes))
-    optimizer = torch.optim.Adam([weights, *head.parameters()], lr=lr)
-    n_model = model.base.n_genes
-    n_pairs = max(1, int(coo.nnz))
-
-    def embed(batch: torch.Tensor) -> torch.Tensor:
-        converted = batch.new_zeros((batch.shape[0], n_model)).index_add(1, rows, batch[:, cols] * weights)
-        return encoder(converted)
-
+    _check_fit_conversion_args(model, adata, labels=labels, l2=l2, lr=lr, epochs=epochs, batch_size=batch_size)
+    x, y, classes = _labeled_input(model, adata, labels=labels, layer=layer, gene_symbols=gene_symbols)
     show = settings.progress if progress is None else progress
-    history = []
-    n = x.shape[0]
-    for _ in tqdm(range(epochs), disable=not show, desc="fit conversion", unit="epoch"):
-        order = torch.randperm(n, generator=gen).numpy()
-        total = 0.0
-        for lo in range(0, n, batch_size):
-            idx = order[lo : lo + batch_size]
-            batch = torch.as_tensor(x[idx].toarray(), dtype=torch.float32)
-            logits = head(embed(batch))
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            loss = loss + l2 * ((weights - init_w) ** 2).sum() / n_pairs
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        history.append(total / n)
-
-    learned_w = weights.detach().double().numpy()
+    learned_w, history = _learn_conversion(
+        model, x, y, len(classes), l2=l2, epochs=epochs, lr=lr, batch_size=batch_size, rng=rng, show=show
+    )
+    coo = model.conversion.tocoo()
     conv = sparse.csr_matrix((learned_w, (coo.row, coo.col)), shape=model.conversion.shape)
     fit = {
         "labels": labels,
-        "n_cells": int(n),
+        "n_cells": int(x.shape[0]),
         "classes": [str(c) for c in classes],
         "l2": float(l2),
         "epochs": int(epochs),
@@ -664,3 +598,109 @@ def fit_conversion(
     pairs = pairs.reindex(pairs["change"].abs().sort_values(ascending=False, kind="stable").index)
     pairs.attrs["loss_history"] = history
     return learned, pairs.reset_index(drop=True)
+
+
+def _check_fit_conversion_args(
+    model: Any, adata: AnnData, *, labels: str, l2: float, lr: float, epochs: int, batch_size: int
+) -> None:
+    """Check the arguments of :func:`fit_conversion`."""
+    if not isinstance(model, CrossSpeciesModel):
+        msg = f"fit_conversion needs a cross-species model from sg.models.cross_species, not {type(model).__name__}."
+        raise TypeError(msg)
+    if labels not in adata.obs.columns:
+        msg = f"labels={labels!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+        raise KeyError(msg)
+    for key, value in (("l2", l2), ("lr", lr)):
+        if not (np.isfinite(value) and value >= 0):
+            msg = f"{key} must be a non-negative number, got {value!r}."
+            raise ValueError(msg)
+    if epochs < 1 or batch_size < 1:
+        msg = f"epochs and batch_size must be positive, got {epochs} and {batch_size}."
+        raise ValueError(msg)
+
+
+def _labeled_input(
+    model: CrossSpeciesModel, adata: AnnData, *, labels: str, layer: str | None, gene_symbols: str | None
+) -> tuple[sparse.csr_matrix, torch.Tensor, pd.Index]:
+    """The model input of the labeled cells of :func:`fit_conversion`, their class indices and the classes."""
+    import torch
+
+    from .._utils import get_matrix
+    from ..pp._align import align_genes
+    from ..pp._prepare import model_input
+
+    y_raw = adata.obs[labels]
+    keep = y_raw.notna().to_numpy()
+    classes = pd.Index(pd.unique(y_raw[keep].astype(str))).sort_values()
+    if len(classes) < 2:
+        msg = f"adata.obs[{labels!r}] needs at least two labels to learn from; it has {list(classes)}."
+        raise ValueError(msg)
+    y = torch.as_tensor(classes.get_indexer(y_raw[keep].astype(str)), dtype=torch.int64)
+
+    alignment = align_genes(adata, model, gene_symbols=gene_symbols)
+    x, _ = model_input(get_matrix(adata, layer)[np.flatnonzero(keep)], alignment, model)
+    return sparse.csr_matrix(x), y, classes
+
+
+def _learn_conversion(
+    model: CrossSpeciesModel,
+    x: sparse.csr_matrix,
+    y: torch.Tensor,
+    n_classes: int,
+    *,
+    l2: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    rng: int,
+    show: bool,
+) -> tuple[np.ndarray, list[float]]:
+    """The training loop of :func:`fit_conversion`.
+
+    Returns the learned weights of the conversion's non-zero entries (in the order of
+    ``model.conversion.tocoo()``) and the mean loss of each epoch.
+    """
+    import torch
+    from torch import nn
+
+    from .._utils._progress import tqdm
+
+    gen = torch.Generator().manual_seed(int(rng))
+    torch.manual_seed(int(rng))
+    coo = model.conversion.tocoo()
+    rows = torch.as_tensor(coo.row, dtype=torch.int64)
+    cols = torch.as_tensor(coo.col, dtype=torch.int64)
+    start_w = torch.as_tensor(coo.data, dtype=torch.float32)
+    init_w = torch.as_tensor(np.asarray(model.initial[coo.row, coo.col]).ravel(), dtype=torch.float32)
+    weights = nn.Parameter(start_w.clone())
+    encoder = _copy.deepcopy(model.base.encoder).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(requires_grad=False)
+    with torch.no_grad():
+        latent = encoder(torch.zeros(2, model.base.n_genes)).shape[1]
+    head = nn.Linear(latent, n_classes)
+    optimizer = torch.optim.Adam([weights, *head.parameters()], lr=lr)
+    n_model = model.base.n_genes
+    n_pairs = max(1, int(coo.nnz))
+
+    def embed(batch: torch.Tensor) -> torch.Tensor:
+        converted = batch.new_zeros((batch.shape[0], n_model)).index_add(1, rows, batch[:, cols] * weights)
+        return encoder(converted)
+
+    history = []
+    n = x.shape[0]
+    for _ in tqdm(range(epochs), disable=not show, desc="fit conversion", unit="epoch"):
+        order = torch.randperm(n, generator=gen).numpy()
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            batch = torch.as_tensor(x[idx].toarray(), dtype=torch.float32)
+            logits = head(embed(batch))
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            loss = loss + l2 * ((weights - init_w) ** 2).sum() / n_pairs
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        history.append(total / n)
+    return weights.detach().double().numpy(), history

@@ -424,47 +424,16 @@ def from_scvi(
     >>> model = sg.models.from_scvi(vae)  # doctest: +SKIP
     >>> sg.tl.attribute(adata, model)  # doctest: +SKIP
     """
-    import torch
-
     if isinstance(model, str | Path):
         return load_scvi_folder(model, name=name, input=input)
-    module = getattr(model, "module", None)
-    z_encoder = getattr(module, "z_encoder", None)
-    if z_encoder is None:
-        msg = (
-            f"{type(model).__name__} is not an scvi-tools model with an encoder (model.module.z_encoder); "
-            "pass a trained SCVI, SCANVI or a model built the same way."
-        )
-        raise TypeError(msg)
-    if not getattr(model, "is_trained_", getattr(model, "is_trained", True)):
-        msg = f"This {type(model).__name__} was never trained; call model.train() first (an untrained encoder's attributions are noise)."
-        raise ValueError(msg)
+    module, z_encoder = _check_from_scvi_args(model)
     genes = _var_names(model)
     fc = z_encoder.encoder
-    linears, posts = [], []
-    for block in fc.fc_layers:
-        mods = [m for m in block if m is not None]
-        if not isinstance(mods[0], torch.nn.Linear):
-            msg = f"Unexpected scvi-tools encoder layout: a block starts with {type(mods[0]).__name__}, not Linear."
-            raise TypeError(msg)
-        linears.append((mods[0].weight, mods[0].bias))
-        posts.append([_copy_eval(m) for m in mods[1:]])
+    linears, posts = _live_blocks(fc)
     mean = z_encoder.mean_encoder
     head = (mean.weight, mean.bias)
     encode = bool(getattr(module, "encode_covariates", False))
-    embedding = None
-    if encode and getattr(module, "batch_representation", "one-hot") == "embedding":
-        from scvi import REGISTRY_KEYS
-
-        n_batch = int(module.n_batch)
-        with torch.no_grad():
-            embedding = (
-                module.compute_embedding(REGISTRY_KEYS.BATCH_KEY, torch.arange(n_batch).reshape(-1, 1))
-                .reshape(n_batch, -1)
-                .float()
-                .cpu()
-                .numpy()
-            )
+    embedding = _live_batch_embedding(module) if encode else None
     cov = _covariates_from_registry(
         model.adata_manager.registry if getattr(model, "adata_manager", None) else model.registry_,
         encode=encode,
@@ -485,6 +454,55 @@ def from_scvi(
         model_class=model_class,
         log1p_inside=input == "model" and bool(log_variational),
     )
+
+
+def _check_from_scvi_args(model: Any) -> tuple[Any, Any]:
+    """Check that ``model`` is a trained scvi-tools model with an encoder; return its module and ``z_encoder``."""
+    module = getattr(model, "module", None)
+    z_encoder = getattr(module, "z_encoder", None)
+    if z_encoder is None:
+        msg = (
+            f"{type(model).__name__} is not an scvi-tools model with an encoder (model.module.z_encoder); "
+            "pass a trained SCVI, SCANVI or a model built the same way."
+        )
+        raise TypeError(msg)
+    if not getattr(model, "is_trained_", getattr(model, "is_trained", True)):
+        msg = f"This {type(model).__name__} was never trained; call model.train() first (an untrained encoder's attributions are noise)."
+        raise ValueError(msg)
+    return module, z_encoder
+
+
+def _live_blocks(fc: Any) -> tuple[list[tuple[Any, Any]], list[list[nn.Module]]]:
+    """The (weight, bias) of each block's Linear and eval-mode copies of the layers after it."""
+    import torch
+
+    linears, posts = [], []
+    for block in fc.fc_layers:
+        mods = [m for m in block if m is not None]
+        if not isinstance(mods[0], torch.nn.Linear):
+            msg = f"Unexpected scvi-tools encoder layout: a block starts with {type(mods[0]).__name__}, not Linear."
+            raise TypeError(msg)
+        linears.append((mods[0].weight, mods[0].bias))
+        posts.append([_copy_eval(m) for m in mods[1:]])
+    return linears, posts
+
+
+def _live_batch_embedding(module: Any) -> np.ndarray | None:
+    """The batch embedding table (levels x dimensions) of a module that embeds its batch, else ``None``."""
+    if getattr(module, "batch_representation", "one-hot") != "embedding":
+        return None
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    n_batch = int(module.n_batch)
+    with torch.no_grad():
+        return (
+            module.compute_embedding(REGISTRY_KEYS.BATCH_KEY, torch.arange(n_batch).reshape(-1, 1))
+            .reshape(n_batch, -1)
+            .float()
+            .cpu()
+            .numpy()
+        )
 
 
 def _copy_eval(m: nn.Module) -> nn.Module:
@@ -608,9 +626,41 @@ def load_scvi_folder(
     path: str | Path, *, name: str | None = None, allow_pickle: bool = False, input: str = "encoder"
 ) -> ScviModel:
     """Read a folder saved by an scvi-tools model's ``save`` (``model.pt``) without scvi-tools."""
-    import torch
-
     folder = Path(path)
+    state, attrs, genes = _read_scvi_save(folder, allow_pickle=allow_pickle)
+    registry = attrs.get("registry_", {})
+    model_class = str(registry.get("model_name", "SCVI"))
+    params = _init_params(attrs.get("init_params_", {}))
+    linears, posts = _saved_blocks(state, params, folder)
+    head = (state["z_encoder.mean_encoder.weight"], state.get("z_encoder.mean_encoder.bias"))
+    encode = bool(params.get("encode_covariates", False))
+    embedding = None
+    if encode and params.get("batch_representation", "one-hot") == "embedding":
+        keys = [k for k in state if "embeddings_dict." in k and k.endswith(".weight")]
+        if len(keys) != 1:
+            msg = f"{str(folder)!r}: a batch embedding is expected in the state dict (found {keys})."
+            raise ValueError(msg)
+        embedding = state[keys[0]].float().numpy()
+    log_variational = bool(params.get("log_variational", True))
+    cov = _covariates_from_registry(
+        registry, encode=encode, deep=bool(params.get("deeply_inject_covariates", True)), batch_embedding=embedding
+    )
+    return ScviModel(
+        linears,
+        posts,
+        head,
+        genes,
+        cov,
+        preprocessing=_preprocessing(log_variational=log_variational, input=input),
+        name=_name_for(model_class, name) if name is None else name,
+        source=str(folder),
+        model_class=model_class,
+        log1p_inside=input == "model" and bool(log_variational),
+    )
+
+
+def _read_scvi_save(folder: Path, *, allow_pickle: bool) -> tuple[dict, dict, list[str]]:
+    """Read and check a saved ``model.pt``; return its state dict, its ``attr_dict`` and its genes."""
     saved = _read_model_pt(folder / SCVI_FILE, allow_pickle=allow_pickle)
     if not isinstance(saved, dict) or "model_state_dict" not in saved or "attr_dict" not in saved:
         msg = f"{str(folder / SCVI_FILE)!r} is not an scvi-tools model file (no model_state_dict / attr_dict)."
@@ -621,9 +671,13 @@ def load_scvi_folder(
     if not attrs.get("is_trained_", True):
         msg = f"The model in {str(folder)!r} was saved untrained; train it (model.train()) and save it again."
         raise ValueError(msg)
-    registry = attrs.get("registry_", {})
-    model_class = str(registry.get("model_name", "SCVI"))
-    params = _init_params(attrs.get("init_params_", {}))
+    return state, attrs, genes
+
+
+def _saved_blocks(state: dict, params: dict, folder: Path) -> tuple[list[tuple[Any, Any]], list[list[nn.Module]]]:
+    """Rebuild the encoder's blocks from a saved state dict: each Linear's (weight, bias) and the layers after it."""
+    import torch
+
     prefix = "z_encoder.encoder.fc_layers.Layer "
     n_blocks = len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
     if n_blocks == 0 or "z_encoder.mean_encoder.weight" not in state:
@@ -654,31 +708,7 @@ def load_scvi_folder(
         if dropout > 0:
             mods.append(torch.nn.Dropout(dropout))
         posts.append([m.eval() for m in mods])
-    head = (state["z_encoder.mean_encoder.weight"], state.get("z_encoder.mean_encoder.bias"))
-    encode = bool(params.get("encode_covariates", False))
-    embedding = None
-    if encode and params.get("batch_representation", "one-hot") == "embedding":
-        keys = [k for k in state if "embeddings_dict." in k and k.endswith(".weight")]
-        if len(keys) != 1:
-            msg = f"{str(folder)!r}: a batch embedding is expected in the state dict (found {keys})."
-            raise ValueError(msg)
-        embedding = state[keys[0]].float().numpy()
-    log_variational = bool(params.get("log_variational", True))
-    cov = _covariates_from_registry(
-        registry, encode=encode, deep=bool(params.get("deeply_inject_covariates", True)), batch_embedding=embedding
-    )
-    return ScviModel(
-        linears,
-        posts,
-        head,
-        genes,
-        cov,
-        preprocessing=_preprocessing(log_variational=log_variational, input=input),
-        name=_name_for(model_class, name) if name is None else name,
-        source=str(folder),
-        model_class=model_class,
-        log1p_inside=input == "model" and bool(log_variational),
-    )
+    return linears, posts
 
 
 def _init_params(init: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -395,12 +396,124 @@ def train_encoder(
     >>> model.n_genes, len(model.training["loss"])
     (40, 2)
     """
-    import torch
-
-    from .._utils._progress import tqdm
     from ._base import SCIMILARITY_PREPROCESSING, FoundationModel
-    from ._scimilarity import SCimilarityEncoder
 
+    opts = _check_train_encoder_args(
+        hidden=hidden,
+        latent=latent,
+        dropout=dropout,
+        input_dropout=input_dropout,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        thinning=thinning,
+        gene_dropout=gene_dropout,
+        consistency=consistency,
+        attribution_consistency=attribution_consistency,
+        attribution_steps=attribution_steps,
+    )
+    x, gene_order, overlap, ids, label_map = _training_inputs(
+        adata,
+        labels=labels,
+        layer=layer,
+        gene_order=gene_order,
+        n_top_genes=n_top_genes,
+        min_cells=min_cells,
+        gene_symbols=gene_symbols,
+        check_counts=check_counts,
+        mod=mod,
+    )
+    target_sum = float(SCIMILARITY_PREPROCESSING.target_sum)
+    start = logg.info(
+        f"training a {len(gene_order)}-gene encoder on {x.shape[0]} cells "
+        f"({'labels ' + repr(labels) if labels else 'self-supervised'}, {epochs} epochs)"
+    )
+    t0 = time.perf_counter()
+    show = settings.progress if progress is None else progress
+    encoder, losses = _train_seeded(len(gene_order), x, ids, opts, seed=seed, target_sum=target_sum, show=show)
+    seconds = time.perf_counter() - t0
+
+    model = FoundationModel(
+        encoder,
+        gene_order,
+        preprocessing=SCIMILARITY_PREPROCESSING,
+        name=name,
+        labels=label_map,
+        source="scsig.models.train_encoder",
+    )
+    model.training = {
+        "labels": labels if labels is not None else "none (self-supervised)",
+        "n_cells": int(x.shape[0]),
+        "n_genes": len(gene_order),
+        "n_genes_in_data": overlap,
+        **opts.record(),
+        "seed": int(seed),
+        "loss": losses,
+        "seconds": round(seconds, 2),
+    }
+    logg.info(f"    finished: final loss {losses[-1]:.4f}", time=start)
+    return model
+
+
+@dataclass(frozen=True)
+class _TrainOptions:
+    """The checked training options of :func:`train_encoder`, as given (``thinning`` as floats)."""
+
+    hidden: Sequence[int]
+    latent: int
+    dropout: float
+    input_dropout: float
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    temperature: float
+    thinning: tuple[float, float]
+    gene_dropout: float
+    consistency: float
+    attribution_consistency: float
+    attribution_steps: int
+
+    def record(self) -> dict[str, Any]:
+        """The options as plain numbers and lists, for ``model.training``."""
+        return {
+            "hidden": [int(h) for h in self.hidden],
+            "latent": int(self.latent),
+            "dropout": float(self.dropout),
+            "input_dropout": float(self.input_dropout),
+            "epochs": int(self.epochs),
+            "batch_size": int(self.batch_size),
+            "lr": float(self.lr),
+            "weight_decay": float(self.weight_decay),
+            "temperature": float(self.temperature),
+            "thinning": list(self.thinning),
+            "gene_dropout": float(self.gene_dropout),
+            "consistency": float(self.consistency),
+            "attribution_consistency": float(self.attribution_consistency),
+            "attribution_steps": int(self.attribution_steps),
+        }
+
+
+def _check_train_encoder_args(
+    *,
+    hidden: Sequence[int],
+    latent: int,
+    dropout: float,
+    input_dropout: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    temperature: float,
+    thinning: tuple[float, float],
+    gene_dropout: float,
+    consistency: float,
+    attribution_consistency: float,
+    attribution_steps: int,
+) -> _TrainOptions:
+    """Check the training options of :func:`train_encoder` and bundle them."""
     lo_thin, hi_thin = (float(v) for v in thinning)
     if not 0 < lo_thin <= hi_thin <= 1:
         msg = f"thinning must be (low, high) with 0 < low <= high <= 1, got {thinning!r}."
@@ -419,7 +532,41 @@ def train_encoder(
     if epochs < 1 or batch_size < 2:
         msg = f"epochs must be >= 1 and batch_size >= 2 (BatchNorm needs 2 cells), got {epochs} and {batch_size}."
         raise ValueError(msg)
+    return _TrainOptions(
+        hidden=hidden,
+        latent=latent,
+        dropout=dropout,
+        input_dropout=input_dropout,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        thinning=(lo_thin, hi_thin),
+        gene_dropout=gene_dropout,
+        consistency=consistency,
+        attribution_consistency=attribution_consistency,
+        attribution_steps=attribution_steps,
+    )
 
+
+def _training_inputs(
+    adata: Any,
+    *,
+    labels: str | None,
+    layer: str | None,
+    gene_order: Sequence[str] | None,
+    n_top_genes: int | None,
+    min_cells: int,
+    gene_symbols: str | None,
+    check_counts: bool,
+    mod: str,
+) -> tuple[sparse.csr_matrix, list[str], int, np.ndarray, dict[int, str] | None]:
+    """Check and read the training data of :func:`train_encoder`.
+
+    Returns the counts aligned to the gene order, the gene order, how many of its genes the data
+    has, the label index of each cell and the label map.
+    """
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     if gene_symbols is not None and gene_symbols not in data.var.columns:
         msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(data.var.columns)})."
@@ -441,95 +588,107 @@ def train_encoder(
         msg = f"None of the {len(gene_order)} genes of gene_order is in the data (first: {gene_order[:3]})."
         raise ValueError(msg)
     ids, label_map = _label_ids(data, labels)
-    target_sum = float(SCIMILARITY_PREPROCESSING.target_sum)
-    n = x.shape[0]
-    show = settings.progress if progress is None else progress
-    start = logg.info(
-        f"training a {len(gene_order)}-gene encoder on {n} cells "
-        f"({'labels ' + repr(labels) if labels else 'self-supervised'}, {epochs} epochs)"
-    )
-    t0 = time.perf_counter()
-    losses: list[float] = []
+    return x, gene_order, overlap, ids, label_map
+
+
+def _train_seeded(
+    n_genes: int,
+    x: sparse.csr_matrix,
+    ids: np.ndarray,
+    opts: _TrainOptions,
+    *,
+    seed: int,
+    target_sum: float,
+    show: bool,
+) -> tuple[torch.nn.Module, list[float]]:
+    """Build and train the encoder under ``seed``, leaving torch's global random state as it was.
+
+    Returns the encoder, its BatchNorm statistics recomputed on ``x``, and the mean loss per epoch.
+    """
+    import torch
+
+    from ._scimilarity import SCimilarityEncoder
+
     with _threads(settings.n_jobs), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         encoder = SCimilarityEncoder(
-            len(gene_order), hidden, latent, dropout=float(dropout), input_dropout=float(input_dropout)
+            n_genes, opts.hidden, opts.latent, dropout=float(opts.dropout), input_dropout=float(opts.input_dropout)
         )
-        steps_per_epoch = max(1, sum(1 for lo in range(0, n, batch_size) if min(batch_size, n - lo) >= 2))
-        optim = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epochs * steps_per_epoch)
-        ids_t = torch.as_tensor(ids)
-        encoder.train()
-        with tqdm(range(epochs), disable=not show, desc="train encoder", unit="epoch") as bar:
-            for _ in bar:
-                order = torch.randperm(n, generator=gen).numpy()
-                total, seen = 0.0, 0
-                for lo in range(0, n, batch_size):
-                    idx = order[lo : lo + batch_size]
-                    if idx.size < 2:
-                        continue
-                    batch = torch.as_tensor(x[idx].toarray())
-                    views = [
-                        _augment(batch, thinning=(lo_thin, hi_thin), gene_dropout=gene_dropout, gen=gen)
-                        for _ in range(2)
-                    ]
-                    bid = ids_t[torch.as_tensor(idx)]
-                    if consistency > 0 or attribution_consistency > 0:
-                        z, embed, attr = depth_consistency_losses(
-                            encoder,
-                            _normalize(torch.cat(views), target_sum),
-                            _normalize(batch, target_sum),
-                            attributions=attribution_consistency > 0,
-                            n_steps=int(attribution_steps),
-                        )
-                        loss = contrastive_loss(z, torch.cat([bid, bid]), temperature) + consistency * embed
-                        if attr is not None:
-                            loss = loss + attribution_consistency * attr
-                    else:
-                        z = encoder(_normalize(torch.cat(views), target_sum))
-                        loss = contrastive_loss(z, torch.cat([bid, bid]), temperature)
-                    optim.zero_grad()
-                    loss.backward()
-                    optim.step()
-                    sched.step()
-                    total += float(loss.detach()) * idx.size
-                    seen += idx.size
-                losses.append(total / max(seen, 1))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        _recalibrate_batchnorm(encoder, x, max(batch_size, 2), target_sum)
-    seconds = time.perf_counter() - t0
+        losses = _fit_encoder(encoder, x, ids, opts, gen=gen, target_sum=target_sum, show=show)
+        _recalibrate_batchnorm(encoder, x, max(opts.batch_size, 2), target_sum)
+    return encoder, losses
 
-    model = FoundationModel(
-        encoder,
-        gene_order,
-        preprocessing=SCIMILARITY_PREPROCESSING,
-        name=name,
-        labels=label_map,
-        source="scsig.models.train_encoder",
-    )
-    model.training = {
-        "labels": labels if labels is not None else "none (self-supervised)",
-        "n_cells": int(n),
-        "n_genes": len(gene_order),
-        "n_genes_in_data": overlap,
-        "hidden": [int(h) for h in hidden],
-        "latent": int(latent),
-        "dropout": float(dropout),
-        "input_dropout": float(input_dropout),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "temperature": float(temperature),
-        "thinning": [lo_thin, hi_thin],
-        "gene_dropout": float(gene_dropout),
-        "consistency": float(consistency),
-        "attribution_consistency": float(attribution_consistency),
-        "attribution_steps": int(attribution_steps),
-        "seed": int(seed),
-        "loss": losses,
-        "seconds": round(seconds, 2),
-    }
-    logg.info(f"    finished: final loss {losses[-1]:.4f}", time=start)
-    return model
+
+def _fit_encoder(
+    encoder: torch.nn.Module,
+    x: sparse.csr_matrix,
+    ids: np.ndarray,
+    opts: _TrainOptions,
+    *,
+    gen: torch.Generator,
+    target_sum: float,
+    show: bool,
+) -> list[float]:
+    """The training loop of :func:`train_encoder` (AdamW, cosine decay); return the mean loss per epoch."""
+    import torch
+
+    from .._utils._progress import tqdm
+
+    n, batch_size, epochs = x.shape[0], opts.batch_size, opts.epochs
+    steps_per_epoch = max(1, sum(1 for lo in range(0, n, batch_size) if min(batch_size, n - lo) >= 2))
+    optim = torch.optim.AdamW(encoder.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epochs * steps_per_epoch)
+    ids_t = torch.as_tensor(ids)
+    losses: list[float] = []
+    encoder.train()
+    with tqdm(range(epochs), disable=not show, desc="train encoder", unit="epoch") as bar:
+        for _ in bar:
+            order = torch.randperm(n, generator=gen).numpy()
+            total, seen = 0.0, 0
+            for lo in range(0, n, batch_size):
+                idx = order[lo : lo + batch_size]
+                if idx.size < 2:
+                    continue
+                batch = torch.as_tensor(x[idx].toarray())
+                views = [
+                    _augment(batch, thinning=opts.thinning, gene_dropout=opts.gene_dropout, gen=gen) for _ in range(2)
+                ]
+                loss = _batch_loss(encoder, batch, views, ids_t[torch.as_tensor(idx)], opts, target_sum=target_sum)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                sched.step()
+                total += float(loss.detach()) * idx.size
+                seen += idx.size
+            losses.append(total / max(seen, 1))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+def _batch_loss(
+    encoder: torch.nn.Module,
+    batch: torch.Tensor,
+    views: list[torch.Tensor],
+    bid: torch.Tensor,
+    opts: _TrainOptions,
+    *,
+    target_sum: float,
+) -> torch.Tensor:
+    """The training loss of one batch: contrastive, plus the optional depth-consistency terms."""
+    import torch
+
+    if opts.consistency > 0 or opts.attribution_consistency > 0:
+        z, embed, attr = depth_consistency_losses(
+            encoder,
+            _normalize(torch.cat(views), target_sum),
+            _normalize(batch, target_sum),
+            attributions=opts.attribution_consistency > 0,
+            n_steps=int(opts.attribution_steps),
+        )
+        loss = contrastive_loss(z, torch.cat([bid, bid]), opts.temperature) + opts.consistency * embed
+        if attr is not None:
+            loss = loss + opts.attribution_consistency * attr
+        return loss
+    z = encoder(_normalize(torch.cat(views), target_sum))
+    return contrastive_loss(z, torch.cat([bid, bid]), opts.temperature)
