@@ -27,6 +27,10 @@ float64 (a scale folded into a float32 weight would move the pre-activation by ~
 layer is a float32 product, but under the self-similarity target the signs of its entries matter:
 every entry within that product's rounding bound of zero is recomputed in float64 before the target's
 gradient is taken (a few per thousand entries; no measurable cost, ``benchmarks/precision.py``).
+Where layers run with autograd (activations without a closed form here, such as SELU, or more than two
+hidden layers), the same holds per path point: a point where an activation with a kink at zero gets an
+input entry within float32 rounding of zero, or (self-similarity) an output entry is near zero, is
+recomputed in float64 (``benchmarks/precision.py --arch sctab``).
 
 The code is in three parts: the plan (:mod:`scsig.attribution._plan`: how an encoder becomes a first
 affine map and a list of layers, with one builder per encoder type), the kernels
@@ -60,11 +64,11 @@ __all__ = ["Workspace", "attributions_from_plan", "bytes_per_cell", "fast_attrib
 _ROWS_PER_BLOCK = 4096
 """Path points (cells x points) per sub-block of the second layer and above."""
 
-_NEAR_ZERO_TOL = 2.0**-13
-"""Output entries of a path point with ``|f_k| <= tol * max_j |f_j|`` are "near zero": under the
-self-similarity target such a point is recomputed in float64 (``_grad_autograd``). The float32 error
-of a scTab-SSL-shaped SELU MLP's output was at most ~14 float32 ulps of the row maximum on the Kang
-cells (``benchmarks/precision.py --arch sctab``); this is ~70 times that."""
+_NEAR_ZERO_TOL = 2.0**-16
+"""An activation's input or output entry of a path point with ``|a_k| <= tol * max_j |a_j|`` is "near
+zero"; such a point is recomputed in float64 (``_grad_autograd``). On scTab-SSL's shape (random weights,
+the Kang cells) the float32 error of the SELU inputs and of the output was at most ~11 float32 ulps of the
+row's maximum; this is 128 ulps, and flags ~6 % of the path points there."""
 
 _F32_PRODUCT_TOL = 2.0**-22
 """Per summed term, a bound on the relative rounding of a float32 product ``hidden @ w3.T + c3``
