@@ -17,6 +17,10 @@ in ``--cache`` (keyed by the number of cells) so that repeated runs only recompu
 
     python benchmarks/precision.py                         # all 832 Kang cells, 2 threads
     python benchmarks/precision.py --cells 200 --skip-captum32 --repeats 3
+    python benchmarks/precision.py --arch sctab             # scTab-SSL's shape (SELU), seed 0
+
+``--arch sctab`` takes scTab-SSL's shape instead (19,331 -> 512 -> 512 -> 256 -> 256 -> 64 with SELU, the
+random weights of ``benchmarks/reference_backends.py``), loaded as an ``SSLModel``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ def build_model(var_names: list[str], seed: int = 0):
     enc = SCimilarityEncoder(N_GENES, HIDDEN, LATENT)
     randomize_batchnorm(enc, prelu=True)
     return FoundationModel(enc.eval(), genes, name="bench", labels={0: "a", 1: "b"})
+
+
+def build_sctab(var_names: list[str], folder: Path, seed: int = 0):
+    """A scTab-SSL model (19,331 -> 512 -> 512 -> 256 -> 256 -> 64, SELU; random weights of
+    ``benchmarks/reference_backends.py``) over the Kang genes plus padding."""
+    from reference_backends import write_ssl_folder
+
+    import scsig as sg
+
+    genes = [*var_names, *(f"ABSENT{i:05d}" for i in range(19_331 - len(var_names)))]
+    write_ssl_folder(folder, genes, seed=seed)
+    return sg.models.load(folder)
 
 
 def rescale(mat: np.ndarray, target_sum: float = 1000.0) -> np.ndarray:
@@ -94,6 +110,12 @@ def summarize(name: str, diff: np.ndarray, threshold: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--arch",
+        choices=["scimilarity", "sctab"],
+        default="scimilarity",
+        help="the encoder's shape (see the module doc)",
+    )
     parser.add_argument("--cells", type=int, default=832, help="first cells of sg.datasets.kang_ifnb()")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the fast engine")
@@ -119,17 +141,23 @@ def main() -> int:
     sg.settings.progress = False
 
     adata = sg.datasets.kang_ifnb()[: args.cells].copy()
-    model = build_model(list(adata.var_names), seed=args.seed)
+    if args.arch == "sctab":
+        model = build_sctab(list(adata.var_names), Path(tempfile.mkdtemp()) / "ssl", seed=args.seed)
+        shape = "scTab-SSL 19331->512->512->256->256->64 SELU"
+    else:
+        model = build_model(list(adata.var_names), seed=args.seed)
+        shape = f"{N_GENES}->{HIDDEN}->{LATENT}"
     n_vars = adata.n_vars
     print(
-        f"{adata.n_obs} Kang cells, model {N_GENES}->{HIDDEN}->{LATENT} (seed {args.seed}, {n_vars} genes in the data), "
+        f"{adata.n_obs} Kang cells, model {shape} (seed {args.seed}, {n_vars} genes in the data), "
         f"IG n_steps={args.n_steps}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
     )
 
     x = sg.pp.prepare(adata, model).X
     x = sp.csr_matrix(x, dtype=np.float32)
-    digest = hashlib.sha256(np.ascontiguousarray(model.encoder.network[0][1].weight.detach().numpy()[:64]))
-    key = f"float64_ig_{args.cells}_{args.n_steps}_{digest.hexdigest()[:12]}.npz"
+    first = next(p for p in model.encoder.parameters() if p.ndim == 2)
+    digest = hashlib.sha256(np.ascontiguousarray(first.detach().numpy()[:64]))
+    key = f"float64_ig_{args.arch}_{args.cells}_{args.n_steps}_{digest.hexdigest()[:12]}.npz"
     cache = Path(args.cache) / key
     if cache.exists():
         truth = sp.load_npz(cache).toarray()

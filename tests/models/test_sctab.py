@@ -101,7 +101,7 @@ def test_attributions_match_captum(tmp_path, genes, data, engine):
     adata = data.copy()
     sg.tl.attribute(adata, folder, engine=engine, key_added="attr")
     record = adata.uns["scsig"]["layers"]["attr"]
-    assert record["engine"] == ("captum" if engine == "auto" else engine)  # fast is opt-in for SELU MLPs
+    assert record["engine"] == ("fast" if engine == "auto" else engine)  # auto takes the fast engine for SELU MLPs
     ref = _captum_reference(adata, genes, _mlp_from_file(folder / "classifier"))
     l1 = np.abs(adata.layers["attr"].toarray() - ref).sum(axis=1)
     assert l1.max() <= 1e-2, l1.max()  # 1e-5 of each row's sum (1,000)

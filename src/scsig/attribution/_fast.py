@@ -27,6 +27,10 @@ float64 (a scale folded into a float32 weight would move the pre-activation by ~
 layer is a float32 product, but under the self-similarity target the signs of its entries matter:
 every entry within that product's rounding bound of zero is recomputed in float64 before the target's
 gradient is taken (a few per thousand entries; no measurable cost, ``benchmarks/precision.py``).
+Where layers run with autograd (activations without a closed form here, such as SELU, or more than two
+hidden layers), the same holds per path point: a point where an activation with a kink at zero gets an
+input entry within float32 rounding of zero, or (self-similarity) an output entry is near zero, is
+recomputed in float64 (``benchmarks/precision.py --arch sctab``).
 
 The code is in three parts: the plan (:mod:`scsig.attribution._plan`: how an encoder becomes a first
 affine map and a list of layers, with one builder per encoder type), the kernels
@@ -46,11 +50,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import sparse
+from torch import nn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from torch import nn
 
     from ..models import FoundationModel
     from ._plan import Affine, Plan
@@ -60,6 +63,12 @@ __all__ = ["Workspace", "attributions_from_plan", "bytes_per_cell", "fast_attrib
 
 _ROWS_PER_BLOCK = 4096
 """Path points (cells x points) per sub-block of the second layer and above."""
+
+_NEAR_ZERO_TOL = 2.0**-16
+"""An activation's input or output entry of a path point with ``|a_k| <= tol * max_j |a_j|`` is "near
+zero"; such a point is recomputed in float64 (``_grad_autograd``). On scTab-SSL's shape (random weights,
+the Kang cells) the float32 error of the SELU inputs and of the output was at most ~11 float32 ulps of the
+row's maximum; this is 128 ulps, and flags ~6 % of the path points there."""
 
 _F32_PRODUCT_TOL = 2.0**-22
 """Per summed term, a bound on the relative rounding of a float32 product ``hidden @ w3.T + c3``
@@ -316,16 +325,83 @@ def _embed(plan: Plan, pre1: torch.Tensor) -> torch.Tensor:
 
 
 def _grad_autograd(
-    plan: Plan, target: AutogradTarget, modules: list[nn.Module], h: torch.Tensor, ref: torch.Tensor, n: int, s: int
+    plan: Plan,
+    target: AutogradTarget,
+    modules: list[nn.Module],
+    h: torch.Tensor,
+    ref: torch.Tensor,
+    n: int,
+    s: int,
+    h64: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gradient of the summed target with respect to ``h`` through ``modules`` with autograd."""
+    """Gradient of the summed target with respect to ``h`` through ``modules`` with autograd.
+
+    The path points where the input of an activation with a kink at zero (SELU, ReLU, ...) has an
+    entry within float32 rounding of zero, and under the self-similarity target those with an output
+    entry near zero (a kink of ``|z_k f_k|``), are recomputed in float64 from ``h64`` (``h`` in float64, when
+    the caller has it) through float64 copies of ``modules`` (see :data:`_NEAR_ZERO_TOL`).
+    """
+    h = h.detach().requires_grad_(requires_grad=True)
+    near = torch.zeros(h.shape[0], dtype=torch.bool)
+    with torch.enable_grad():
+        out = h
+        for m in modules:
+            if isinstance(m, _KINKED):
+                near |= _near_zero(out.detach())
+            out = m(out)
+        emb = F.normalize(out, p=2, dim=1) if plan.normalize else out
+        (grad,) = torch.autograd.grad(target.value(emb, _per_point(ref, n, s, emb.shape[0])).sum(), h)
+    if isinstance(target, SelfSimilarityTarget):
+        near |= _near_zero(out.detach())
+    rows = torch.nonzero(near).ravel()
+    if rows.numel():
+        hr = h64[rows] if h64 is not None else h.detach()[rows].double()
+        ref_rows = _per_point(ref, n, s, out.shape[0])[rows].double()
+        g64 = _grad_float64(plan, target, modules, hr, ref_rows)
+        grad[rows] = g64.to(grad.dtype)
+    return grad
+
+
+def _near_zero(a: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` with an entry within float32 rounding of zero (:data:`_NEAR_ZERO_TOL`)."""
+    return (a.abs() <= _NEAR_ZERO_TOL * a.abs().amax(dim=1, keepdim=True)).any(dim=1)
+
+
+def _grad_float64(
+    plan: Plan, target: AutogradTarget, modules: list[nn.Module], h: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
+    """Gradient of the summed target with respect to ``h`` (float64, one reference row per row of ``h``)."""
+    modules64 = _float64_modules(modules)
     h = h.detach().requires_grad_(requires_grad=True)
     with torch.enable_grad():
-        emb = _run(modules, h)
+        emb = _run(modules64, h)
         if plan.normalize:
             emb = F.normalize(emb, p=2, dim=1)
-        (grad,) = torch.autograd.grad(target.value(emb, _per_point(ref, n, s, emb.shape[0])).sum(), h)
+        (grad,) = torch.autograd.grad(target.value(emb, ref).sum(), h)
     return grad
+
+
+_KINKED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SELU, nn.ELU)
+"""Activations whose slope jumps at zero: the sign of their input at a path point decides the gradient."""
+
+_MODULES64: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _float64_modules(modules: list[nn.Module]) -> list[nn.Module]:
+    """float64 copies of ``modules`` (cached per module; a module's copy is remade when its parameters change)."""
+    import copy
+
+    copies = []
+    for m in modules:
+        key = tuple((p.data_ptr(), p._version) for p in m.parameters()) + tuple(
+            (b.data_ptr(), b._version) for b in m.buffers()
+        )
+        hit = _MODULES64.get(m)
+        if hit is None or hit[0] != key:
+            hit = (key, copy.deepcopy(m).double())
+            _MODULES64[m] = hit
+        copies.append(hit[1])
+    return copies
 
 
 def _first_layer_grad_events(
@@ -433,8 +509,11 @@ def _first_layer_grad_autograd(
     n, h1 = v.shape
     s = alphas.size
     vt = torch.from_numpy(v)
-    pre1 = (torch.from_numpy(alphas)[None, :, None] * vt[:, None, :] + torch.from_numpy(bias)[:, None, :]).float()
-    g = _grad_autograd(plan, target, plan.upper_modules, pre1.view(n * s, h1), ref, n, s).view(n, s, h1)
+    pre64 = (torch.from_numpy(alphas)[None, :, None] * vt[:, None, :] + torch.from_numpy(bias)[:, None, :]).view(
+        n * s, h1
+    )
+    pre1 = pre64.float()
+    g = _grad_autograd(plan, target, plan.upper_modules, pre1, ref, n, s, h64=pre64).view(n, s, h1)
     return torch.einsum("nsh,s->nh", g.double(), torch.from_numpy(weights)).float().numpy()
 
 

@@ -31,11 +31,11 @@ DEFAULT_CHECKPOINT = "classifier"
 class SSLModel(FoundationModel):
     """A scTab-SSL encoder (an MLP with SELU activations); made by :func:`scsig.models.load`."""
 
-    fast_path_auto = False
-    """``engine="auto"`` uses captum. ``engine="fast"`` covers these encoders (a plain Sequential starting
-    with a Linear) and is 10-20x faster, but on one cell of 500 in ``benchmarks/attribution.py --mode
-    backends`` it was 1.6e-3 (row-L1) from float64 integrated gradients where captum was 4.5e-7, so it
-    is opt-in until that is understood."""
+    fast_path_auto = True
+    """``engine="auto"`` uses the fast engine (a plain Sequential starting with a Linear), 10-20x faster
+    than captum and as close to float64 integrated gradients: the path points where a SELU input (or an
+    output entry, under self-similarity) is within float32 rounding of zero are recomputed in float64
+    (``benchmarks/precision.py --arch sctab``)."""
 
 
 def is_sctab_folder(path: Path) -> bool:
