@@ -12,12 +12,17 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["Signature", "parse_signatures", "resolve_signatures"]
+from ._utils._choices import check_choice
+
+__all__ = ["Aggregate", "Signature", "parse_signatures", "resolve_signatures"]
+
+Aggregate = Literal["mean", "sum"]
+"""How a signature's gene values combine into its score: their (weighted) mean or sum."""
 
 
 def _is_weight_map(obj: Mapping) -> bool:
@@ -119,7 +124,7 @@ def resolve_signatures(
     *,
     index: pd.Index,
     known: np.ndarray | None = None,
-    aggregate: str = "mean",
+    aggregate: Aggregate = "mean",
     where: str = "adata.var_names and known to the model",
     missing_text: str = "not in adata.var or unknown to the model",
     stacklevel: int = 3,
@@ -130,9 +135,7 @@ def resolve_signatures(
     usable gene, or whose usable genes' weights sum to 0, is an error. Returns the signatures and
     whether several were given (a dict name -> genes).
     """
-    if aggregate not in ("mean", "sum"):
-        msg = f"aggregate must be 'mean' or 'sum', not {aggregate!r}."
-        raise ValueError(msg)
+    check_choice("aggregate", aggregate, Aggregate)
     sigs, several = parse_signatures(genes, weights)
     out = []
     for name, (gl, w) in sigs.items():

@@ -16,8 +16,8 @@ from .. import _logging as logg
 from .._constants import SCORE_KEY, UNS_KEY
 from .._docs import doc_params, doc_progress
 from .._settings import settings
-from .._signature import resolve_signatures
-from .._utils import get_matrix
+from .._signature import Aggregate, resolve_signatures
+from .._utils import check_choice, get_matrix
 from ..models import gene_order_hash
 from . import _ingest as ingest
 from . import _manifest as mf
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Atlas"]
 
 ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
+OnError = Literal["raise", "warn"]
+"""What :meth:`Atlas.attribute` does when a dataset fails: stop, or warn and go on."""
 
 
 class Atlas:
@@ -327,7 +329,7 @@ class Atlas:
         names: Sequence[str] | str | None = None,
         client: Any = None,
         obs_columns: Sequence[str] | None = None,
-        on_error: Literal["raise", "warn"] = "raise",
+        on_error: OnError = "raise",
         progress: bool | None = None,
         **attribute_options: Any,
     ) -> pd.DataFrame:
@@ -388,9 +390,7 @@ class Atlas:
         from .._utils._progress import tqdm
         from ..models import FoundationModel, load
 
-        if on_error not in ("raise", "warn"):
-            msg = f"on_error must be 'raise' or 'warn', not {on_error!r}."
-            raise ValueError(msg)
+        check_choice("on_error", on_error, OnError)
         options = ingest.check_options(attribute_options)
         many = isinstance(sources, Sequence) and not isinstance(sources, str)
         sources = list(sources) if many else [sources]
@@ -611,7 +611,7 @@ class Atlas:
         genes: Sequence[str] | Mapping[str, float] | Mapping[str, Sequence[str] | Mapping[str, float]],
         *,
         weights: Sequence[float] | None = None,
-        aggregate: Literal["mean", "sum"] = "mean",
+        aggregate: Aggregate = "mean",
         datasets: Sequence[str] | str | None = None,
         obs_filter: ObsFilter = None,
         key_added: str = SCORE_KEY,

@@ -126,6 +126,104 @@ def _tests(frame: pd.DataFrame, cols: list[str], levels: list[Any], reference: A
     return tests.reset_index(drop=True)
 
 
+def _check_hit_fractions_args(
+    obs: pd.DataFrame,
+    hits_key: str,
+    cols: list[str],
+    *,
+    sample_key: str | None,
+    min_cells: int,
+    min_samples: int,
+    return_tests: bool,
+) -> pd.Series:
+    """Check the columns, the hit calls and the minimums; the hit column."""
+    needed = [hits_key, *cols, *([sample_key] if sample_key is not None else [])]
+    missing = [c for c in needed if c not in obs.columns]
+    if missing:
+        msg = f"Column(s) {missing} not in adata.obs (columns: {list(obs.columns)[:15]})."
+        raise KeyError(msg)
+    if sample_key is not None and sample_key in cols:
+        msg = f"sample_key={sample_key!r} is also in groupby; the samples are the units within each group."
+        raise ValueError(msg)
+    reserved = {"n_cells", "n_hits", "fraction"} | (set(_TEST_COLUMNS) if return_tests else set())
+    clash = [c for c in needed[1:] if c in reserved]
+    if clash:
+        msg = (
+            f"Column(s) {clash} of adata.obs have the name of an output column of the table "
+            f"({sorted(reserved)}); rename them first, e.g. adata.obs.rename(columns={{{clash[0]!r}: "
+            f"{clash[0] + '_'!r}}}, inplace=True)."
+        )
+        raise ValueError(msg)
+    hit = obs[hits_key]
+    if hit.dtype != bool:
+        values = pd.unique(hit.dropna())
+        if hit.isna().any() or not set(values.tolist()) <= {0, 1}:
+            msg = f"adata.obs[{hits_key!r}] must be boolean hit calls (see sg.tl.hits), got dtype {hit.dtype}."
+            raise TypeError(msg)
+    if min_cells < 1 or min_samples < 1:
+        msg = f"min_cells and min_samples must be >= 1, got {min_cells} and {min_samples}."
+        raise ValueError(msg)
+    if return_tests and sample_key is None:
+        msg = (
+            "Tests compare per-sample fractions, so they need sample_key= (the column of sample IDs). "
+            "Cells of one sample are not independent replicates."
+        )
+        raise ValueError(msg)
+    return hit
+
+
+def _check_test_design(obs: pd.DataFrame, condition: str, levels: list[Any], *, sample_key: str, reference: Any) -> Any:
+    """Check that the tests can run (two levels, a known reference, one level per sample); the reference level."""
+    if len(levels) < 2:
+        msg = (
+            f"adata.obs[{condition!r}] has {len(levels)} level(s) ({levels[:5]}); the tests compare its levels, "
+            "so it needs at least 2. Put the condition first in groupby."
+        )
+        raise ValueError(msg)
+    if reference is None:
+        reference = levels[0]
+    elif reference != "rest" and reference not in levels:
+        msg = f"reference={reference!r} is not a level of {condition!r} (levels: {levels})."
+        raise ValueError(msg)
+    spans = obs[[sample_key, condition]].dropna().groupby(sample_key, observed=True)[condition].nunique()
+    shared = spans.index[spans.to_numpy() > 1].tolist()
+    if shared:
+        msg = (
+            f"Samples {shared[:5]} of {sample_key!r} have cells in several levels of {condition!r}, so the two sides "
+            "of a test would share samples (e.g. a donor measured in both conditions): the Mann-Whitney test "
+            "needs independent samples. Pass a sample_key whose samples each belong to one level (e.g. a "
+            "sample ID per donor and condition), or return_tests=False and compare the donors' paired fractions "
+            "yourself."
+        )
+        raise ValueError(msg)
+    return reference
+
+
+def _fraction_table(obs: pd.DataFrame, hit: pd.Series, keys: list[str], *, min_cells: int) -> pd.DataFrame:
+    """Cells, hits and the hit fraction of each unit of ``keys``, in the obs columns' level order."""
+    work = obs[keys].copy()
+    work.columns = [f"k{i}" for i in range(len(keys))]  # private names: any obs column name is safe
+    work["hit"] = hit.astype(bool).to_numpy()
+    ks = list(work.columns[:-1])
+    n_unlabeled = int(work[ks].isna().any(axis=1).sum())
+    if n_unlabeled:
+        warnings.warn(
+            f"{n_unlabeled} cells have a missing value in {keys} and are left out.", UserWarning, stacklevel=3
+        )
+    grouped = work.dropna(subset=ks).groupby(ks, observed=True, sort=False)["hit"]
+    frame = pd.DataFrame({"n_cells": grouped.size(), "n_hits": grouped.sum()}).reset_index()
+    frame.columns = [*keys, "n_cells", "n_hits"]
+    frame["n_cells"] = frame["n_cells"].astype(np.int64)
+    frame["n_hits"] = frame["n_hits"].astype(np.int64)
+    frac = frame["n_hits"] / frame["n_cells"]
+    frame["fraction"] = frac.where(frame["n_cells"] >= min_cells).astype(np.float64)
+
+    for col in keys:  # each column's levels in the obs column's own order (categories, else sorted), as scanpy
+        present = set(frame[col].tolist())
+        frame[col] = pd.Categorical(frame[col], categories=[lv for lv in _levels(obs[col]) if lv in present])
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
 def hit_fractions(
     adata: Any,
     hits_key: str,
@@ -223,86 +321,20 @@ def hit_fractions(
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     obs = data.obs
     cols = _as_list(groupby)
-    needed = [hits_key, *cols, *([sample_key] if sample_key is not None else [])]
-    missing = [c for c in needed if c not in obs.columns]
-    if missing:
-        msg = f"Column(s) {missing} not in adata.obs (columns: {list(obs.columns)[:15]})."
-        raise KeyError(msg)
-    if sample_key is not None and sample_key in cols:
-        msg = f"sample_key={sample_key!r} is also in groupby; the samples are the units within each group."
-        raise ValueError(msg)
-    reserved = {"n_cells", "n_hits", "fraction"} | (set(_TEST_COLUMNS) if return_tests else set())
-    clash = [c for c in needed[1:] if c in reserved]
-    if clash:
-        msg = (
-            f"Column(s) {clash} of adata.obs have the name of an output column of the table "
-            f"({sorted(reserved)}); rename them first, e.g. adata.obs.rename(columns={{{clash[0]!r}: "
-            f"{clash[0] + '_'!r}}}, inplace=True)."
-        )
-        raise ValueError(msg)
-    hit = obs[hits_key]
-    if hit.dtype != bool:
-        values = pd.unique(hit.dropna())
-        if hit.isna().any() or not set(values.tolist()) <= {0, 1}:
-            msg = f"adata.obs[{hits_key!r}] must be boolean hit calls (see sg.tl.hits), got dtype {hit.dtype}."
-            raise TypeError(msg)
-    if min_cells < 1 or min_samples < 1:
-        msg = f"min_cells and min_samples must be >= 1, got {min_cells} and {min_samples}."
-        raise ValueError(msg)
-    if return_tests and sample_key is None:
-        msg = (
-            "Tests compare per-sample fractions, so they need sample_key= (the column of sample IDs). "
-            "Cells of one sample are not independent replicates."
-        )
-        raise ValueError(msg)
+    hit = _check_hit_fractions_args(
+        obs,
+        hits_key,
+        cols,
+        sample_key=sample_key,
+        min_cells=min_cells,
+        min_samples=min_samples,
+        return_tests=return_tests,
+    )
     levels = _levels(obs[cols[0]])
     if return_tests:
-        if len(levels) < 2:
-            msg = (
-                f"adata.obs[{cols[0]!r}] has {len(levels)} level(s) ({levels[:5]}); the tests compare its levels, "
-                "so it needs at least 2. Put the condition first in groupby."
-            )
-            raise ValueError(msg)
-        if reference is None:
-            reference = levels[0]
-        elif reference != "rest" and reference not in levels:
-            msg = f"reference={reference!r} is not a level of {cols[0]!r} (levels: {levels})."
-            raise ValueError(msg)
-        spans = obs[[sample_key, cols[0]]].dropna().groupby(sample_key, observed=True)[cols[0]].nunique()
-        shared = spans.index[spans.to_numpy() > 1].tolist()
-        if shared:
-            msg = (
-                f"Samples {shared[:5]} of {sample_key!r} have cells in several levels of {cols[0]!r}, so the two sides "
-                "of a test would share samples (e.g. a donor measured in both conditions): the Mann-Whitney test "
-                "needs independent samples. Pass a sample_key whose samples each belong to one level (e.g. a "
-                "sample ID per donor and condition), or return_tests=False and compare the donors' paired fractions "
-                "yourself."
-            )
-            raise ValueError(msg)
-
+        reference = _check_test_design(obs, cols[0], levels, sample_key=sample_key, reference=reference)
     keys = [*cols, *([sample_key] if sample_key is not None else [])]
-    work = obs[keys].copy()
-    work.columns = [f"k{i}" for i in range(len(keys))]  # private names: any obs column name is safe
-    work["hit"] = hit.astype(bool).to_numpy()
-    ks = list(work.columns[:-1])
-    n_unlabeled = int(work[ks].isna().any(axis=1).sum())
-    if n_unlabeled:
-        warnings.warn(
-            f"{n_unlabeled} cells have a missing value in {keys} and are left out.", UserWarning, stacklevel=2
-        )
-    grouped = work.dropna(subset=ks).groupby(ks, observed=True, sort=False)["hit"]
-    frame = pd.DataFrame({"n_cells": grouped.size(), "n_hits": grouped.sum()}).reset_index()
-    frame.columns = [*keys, "n_cells", "n_hits"]
-    frame["n_cells"] = frame["n_cells"].astype(np.int64)
-    frame["n_hits"] = frame["n_hits"].astype(np.int64)
-    frac = frame["n_hits"] / frame["n_cells"]
-    frame["fraction"] = frac.where(frame["n_cells"] >= min_cells).astype(np.float64)
-
-    for col in keys:  # each column's levels in the obs column's own order (categories, else sorted), as scanpy
-        present = set(frame[col].tolist())
-        frame[col] = pd.Categorical(frame[col], categories=[lv for lv in _levels(obs[col]) if lv in present])
-    frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
-
+    frame = _fraction_table(obs, hit, keys, min_cells=min_cells)
     if not return_tests:
         return frame
     return frame, _tests(frame, cols, levels, reference, min_samples)

@@ -141,6 +141,121 @@ def _gene_list(genes: Any, var_names: pd.Index) -> list[str]:
     return gene_list
 
 
+def _check_compare_scores_args(data: AnnData, genes: Any, *, contrast: str, groupby: str | None) -> list[str]:
+    """Check the obs columns and the var names; the signature as a list of gene names."""
+    if contrast not in data.obs:
+        msg = f"contrast={contrast!r} is not a column of adata.obs (columns: {list(data.obs.columns)})."
+        raise KeyError(msg)
+    if groupby is not None and groupby not in data.obs:
+        msg = f"groupby={groupby!r} is not a column of adata.obs."
+        raise KeyError(msg)
+    check_unique_var_names(data.var_names)
+    return _gene_list(genes, data.var_names)
+
+
+def _contrast_sides(
+    data: AnnData, contrast: str, positive: Any, negative: Any
+) -> tuple[pd.Series, set[str], np.ndarray, np.ndarray]:
+    """The contrast labels (NaN where unlabeled), the positive label set and the positive/negative cell masks."""
+    unlabeled = data.obs[contrast].isna().to_numpy()  # on neither side
+    labels = data.obs[contrast].astype(str).where(~unlabeled)
+    pos_set = _label_set(positive, labels, "positive", contrast)
+    is_pos = labels.isin(pos_set).to_numpy()
+    if negative is None:
+        is_neg = ~is_pos & ~unlabeled
+    else:
+        neg_set = _label_set(negative, labels, "negative", contrast)
+        both = sorted(pos_set & neg_set)
+        if both:
+            msg = f"Label(s) {both} of adata.obs[{contrast!r}] are both positive and negative; give each to one side."
+            raise ValueError(msg)
+        is_neg = labels.isin(neg_set).to_numpy()
+    if not is_neg.any():
+        msg = (
+            f"No negative cells: every cell of adata.obs[{contrast!r}] is positive ({sorted(pos_set)}). The contrast "
+            "needs cells of another label (pass negative= or a column with at least two labels)."
+        )
+        raise ValueError(msg)
+    return labels, pos_set, is_pos, is_neg
+
+
+def _resolve_methods(methods: Sequence[str] | str | None) -> list[str]:
+    """The methods to run (``None``: every one whose package is installed), each known and installed."""
+    if methods is None:
+        methods = [m for m, pkg in SCORERS.items() if pkg is None or importlib.util.find_spec(pkg) is not None]
+    elif isinstance(methods, str):
+        methods = [methods]
+    for m in methods:
+        if m not in SCORERS:
+            msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
+            raise ValueError(msg)
+        pkg = SCORERS[m]
+        if pkg is not None:
+            check_installed(pkg, purpose=f"method {m!r}", extra="compare")
+    return list(methods)
+
+
+def _score_method(
+    data: AnnData, method: str, genes: list[str], counts: Any, *, layer: str | None, seed: int
+) -> np.ndarray:
+    """One method's score per cell; the attribution score is NaN (with a warning) if no gene is known to the model."""
+    if method != "attribution":
+        return _expression_scores(counts, data.obs_names, data.var_names, list(genes), method, seed=seed)
+    key = attribution_layer(data, layer)
+    in_model = f"{key}{IN_MODEL_SUFFIX}"
+    known = data.var[in_model].to_numpy(bool) if in_model in data.var else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # genes not in var were reported above
+            (sig,), _ = resolve_signatures(genes, index=pd.Index(data.var_names), known=known)
+    except ValueError as err:  # no signature gene is known to the model
+        warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=3)
+        return np.full(data.n_obs, np.nan)
+    values, _ = score_signature(data.layers[key], sig)
+    return values
+
+
+def _compare_table(
+    data: AnnData,
+    results: dict[str, np.ndarray],
+    labels: pd.Series,
+    is_pos: np.ndarray,
+    is_neg: np.ndarray,
+    totals: np.ndarray,
+    *,
+    groupby: str | None,
+    min_cells: int,
+) -> pd.DataFrame:
+    """AUROC and depth correlation of each method, pooled (group ``"all"``) and within each ``groupby`` group."""
+    keep = is_pos | is_neg
+    groups: list[tuple[str, np.ndarray]] = [("all", keep)]
+    if groupby is not None:
+        for g in data.obs[groupby].dropna().astype(str).unique():
+            groups.append((g, keep & (data.obs[groupby].astype(str) == g).to_numpy()))
+    level_masks = [(labels == lv).to_numpy() for lv in labels[keep].unique()]
+
+    rows = []
+    for m, values in results.items():
+        within = []
+        for name, mask in groups:
+            n_p, n_n = int((mask & is_pos).sum()), int((mask & is_neg).sum())
+            auc = _auroc(values[mask], is_pos[mask]) if min(n_p, n_n) >= min_cells else float("nan")
+            rhos = [
+                _abs_spearman(values[mask & lv], totals[mask & lv])
+                for lv in level_masks
+                if (mask & lv).sum() >= min_cells
+            ]
+            rho = float(np.nanmean(rhos)) if rhos and not np.all(np.isnan(rhos)) else float("nan")
+            if name != "all":
+                within.append(rho)
+            rows.append(
+                {"method": m, "group": name, "auroc": auc, "depth_rho": rho, "n_positive": n_p, "n_negative": n_n}
+            )
+        if groupby is not None and within and not np.all(np.isnan(within)):
+            rows[-len(groups)]["depth_rho"] = float(np.nanmean(within))
+    return pd.DataFrame(rows)
+
+
 @doc_params(doc_mod=doc_mod)
 def compare_scores(
     adata: Any,
@@ -230,47 +345,10 @@ def compare_scores(
     ['attribution', 'score_genes']
     """
     _, data = resolve_adata(adata, mod=mod, read_only=True)
-    if contrast not in data.obs:
-        msg = f"contrast={contrast!r} is not a column of adata.obs (columns: {list(data.obs.columns)})."
-        raise KeyError(msg)
-    if groupby is not None and groupby not in data.obs:
-        msg = f"groupby={groupby!r} is not a column of adata.obs."
-        raise KeyError(msg)
-    check_unique_var_names(data.var_names)
-    genes = _gene_list(genes, data.var_names)
-    unlabeled = data.obs[contrast].isna().to_numpy()  # on neither side
-    labels = data.obs[contrast].astype(str).where(~unlabeled)
-    pos_set = _label_set(positive, labels, "positive", contrast)
-    is_pos = labels.isin(pos_set).to_numpy()
-    if negative is None:
-        is_neg = ~is_pos & ~unlabeled
-    else:
-        neg_set = _label_set(negative, labels, "negative", contrast)
-        both = sorted(pos_set & neg_set)
-        if both:
-            msg = f"Label(s) {both} of adata.obs[{contrast!r}] are both positive and negative; give each to one side."
-            raise ValueError(msg)
-        is_neg = labels.isin(neg_set).to_numpy()
-    if not is_neg.any():
-        msg = (
-            f"No negative cells: every cell of adata.obs[{contrast!r}] is positive ({sorted(pos_set)}). The contrast "
-            "needs cells of another label (pass negative= or a column with at least two labels)."
-        )
-        raise ValueError(msg)
+    genes = _check_compare_scores_args(data, genes, contrast=contrast, groupby=groupby)
+    labels, pos_set, is_pos, is_neg = _contrast_sides(data, contrast, positive, negative)
     keep = is_pos | is_neg
-
-    if methods is None:
-        methods = [m for m, pkg in SCORERS.items() if pkg is None or importlib.util.find_spec(pkg) is not None]
-    elif isinstance(methods, str):
-        methods = [methods]
-    for m in methods:
-        if m not in SCORERS:
-            msg = f"Unknown scoring method {m!r}; use some of {list(SCORERS)}."
-            raise ValueError(msg)
-        pkg = SCORERS[m]
-        if pkg is not None:
-            check_installed(pkg, purpose=f"method {m!r}", extra="compare")
-
+    methods = _resolve_methods(methods)
     reads = {contrast: "contrast"} | ({groupby: "groupby"} if groupby is not None else {})
     check_key_added(data, [f"{key_added}_{m}" for m in methods], reads=reads)
     counts = to_memory(get_matrix(data, counts_layer))
@@ -281,50 +359,9 @@ def compare_scores(
     totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
     start = logg.info(f"comparing {len(methods)} scoring methods on {int(keep.sum())} cells")
     results: dict[str, np.ndarray] = {}
-    for m in methods:
-        if m == "attribution":
-            key = attribution_layer(data, layer)
-            in_model = f"{key}{IN_MODEL_SUFFIX}"
-            known = data.var[in_model].to_numpy(bool) if in_model in data.var else None
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # genes not in var were reported above
-                    (sig,), _ = resolve_signatures(genes, index=pd.Index(data.var_names), known=known)
-            except ValueError as err:  # no signature gene is known to the model
-                warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=2)
-                results[m] = np.full(data.n_obs, np.nan)
-                continue
-            results[m], _ = score_signature(data.layers[key], sig)
-        else:
-            results[m] = _expression_scores(counts, data.obs_names, data.var_names, list(genes), m, seed=seed)
-
-    groups: list[tuple[str, np.ndarray]] = [("all", keep)]
-    if groupby is not None:
-        for g in data.obs[groupby].dropna().astype(str).unique():
-            groups.append((g, keep & (data.obs[groupby].astype(str) == g).to_numpy()))
-    level_masks = [(labels == lv).to_numpy() for lv in labels[keep].unique()]
-
-    rows = []
-    for m, values in results.items():
-        within = []
-        for name, mask in groups:
-            n_p, n_n = int((mask & is_pos).sum()), int((mask & is_neg).sum())
-            auc = _auroc(values[mask], is_pos[mask]) if min(n_p, n_n) >= min_cells else float("nan")
-            rhos = [
-                _abs_spearman(values[mask & lv], totals[mask & lv])
-                for lv in level_masks
-                if (mask & lv).sum() >= min_cells
-            ]
-            rho = float(np.nanmean(rhos)) if rhos and not np.all(np.isnan(rhos)) else float("nan")
-            if name != "all":
-                within.append(rho)
-            rows.append(
-                {"method": m, "group": name, "auroc": auc, "depth_rho": rho, "n_positive": n_p, "n_negative": n_n}
-            )
-        if groupby is not None and within and not np.all(np.isnan(within)):
-            rows[-len(groups)]["depth_rho"] = float(np.nanmean(within))
-    table = pd.DataFrame(rows)
-
+    for m in methods:  # a loop, not a comprehension: the warning's stacklevel counts frames
+        results[m] = _score_method(data, m, genes, counts, layer=layer, seed=seed)
+    table = _compare_table(data, results, labels, is_pos, is_neg, totals, groupby=groupby, min_cells=min_cells)
     _, data = resolve_adata(adata, mod=mod)
     for m, values in results.items():
         data.obs[f"{key_added}_{m}"] = values

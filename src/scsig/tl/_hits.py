@@ -94,6 +94,120 @@ def _tie_message(ties: list[tuple[str, int, int, float]], *, above: bool) -> str
     )
 
 
+def _check_hits_args(mode: str, cut: float | None, *, above: bool) -> float:
+    """Check ``mode`` and ``cut``; the cut as a float (the mode's default when ``None``)."""
+    check_choice("mode", mode, Mode)
+    if cut is None:
+        if mode == "value":
+            msg = "mode='value' needs cut=, the score threshold (it has no default)."
+            raise ValueError(msg)
+        cut = _DEFAULT_CUT[(mode, bool(above))]
+    cut = float(cut)
+    if not np.isfinite(cut):
+        msg = f"cut must be a finite number, got {cut!r}."
+        raise ValueError(msg)
+    if mode == "percentile" and not 0 <= cut <= 100:
+        msg = (
+            f"With mode='percentile', cut is a percentile in [0, 100]; got {cut:g}. For a fraction use mode='quantile'."
+        )
+        raise ValueError(msg)
+    if mode == "percentile" and 0 < cut <= 1:
+        share = 100 - cut if above else cut
+        warnings.warn(
+            f"cut={cut:g} with mode='percentile' is the {cut:g}th percentile, so about {share:.4g} % of cells are "
+            f"hits. If you meant the fraction {cut:g}, pass mode='quantile' (or cut={100 * cut:g}).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if mode == "quantile" and not 0 <= cut <= 1:
+        msg = f"With mode='quantile', cut is a quantile in [0, 1]; got {cut:g}. For percentiles use mode='percentile'."
+        raise ValueError(msg)
+    return cut
+
+
+def _hit_scores(data: Any, key: str, groupby: str | None) -> np.ndarray:
+    """The numeric scores of ``adata.obs[key]``, after checking the score and ``groupby`` columns."""
+    if key not in data.obs.columns:
+        msg = f"Score column {key!r} not in adata.obs. Run sg.tl.score first or pass key= one of {list(data.obs.columns)[:10]}."
+        raise KeyError(msg)
+    if data.n_obs == 0:
+        msg = "adata has no cells; select at least one cell before calling hits."
+        raise ValueError(msg)
+    scores = pd.to_numeric(data.obs[key], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isnan(scores).all():
+        msg = f"adata.obs[{key!r}] holds no numeric scores."
+        raise ValueError(msg)
+    if groupby is not None and groupby not in data.obs.columns:
+        msg = f"groupby={groupby!r} is not a column of adata.obs (columns: {list(data.obs.columns)[:10]})."
+        raise KeyError(msg)
+    return scores
+
+
+def _hit_reference(obs: pd.DataFrame, reference: Any) -> tuple[np.ndarray, str, list[str]]:
+    """The reference cells (all when ``reference`` is ``None``), their description and the columns read."""
+    if reference is None:
+        return np.ones(len(obs), dtype=bool), "all cells", []
+    ref_mask, ref_desc, ref_cols = _reference_mask(obs, reference)
+    if not ref_mask.any():
+        msg = f"reference= selects no cells ({ref_desc}); the thresholds need reference cells."
+        raise ValueError(msg)
+    return ref_mask, ref_desc, ref_cols
+
+
+def _hit_groups(obs: pd.DataFrame, groupby: str | None, n_obs: int) -> dict[str, np.ndarray]:
+    """The cell indices of each group (one group ``"all"`` without ``groupby``); warns about unlabelled cells."""
+    if groupby is None:
+        return {"all": np.arange(n_obs)}
+    codes = pd.Categorical(obs[groupby])
+    groups = {str(c): np.flatnonzero(codes.codes == i) for i, c in enumerate(codes.categories)}
+    n_missing = int((codes.codes < 0).sum())
+    if n_missing:
+        warnings.warn(f"{n_missing} cells have no {groupby!r} label; they are not hits.", UserWarning, stacklevel=3)
+    return groups
+
+
+def _call_hits(
+    scores: np.ndarray,
+    groups: dict[str, np.ndarray],
+    ref_mask: np.ndarray,
+    *,
+    mode: str,
+    cut: float,
+    above: bool,
+    groupby: str | None,
+) -> tuple[np.ndarray, dict[str, list]]:
+    """The hit mask and the per-group table; warns about ties at the extreme and groups without reference cells."""
+    is_hit = np.zeros(scores.size, dtype=bool)
+    table: dict[str, list] = {k: [] for k in ("groups", "thresholds", "floors", "n_reference", "n_cells", "n_hits")}
+    ties, no_reference = [], []
+    for name, idx in groups.items():
+        s = scores[idx]
+        ref = s[ref_mask[idx] & np.isfinite(s)]
+        theta, _, _ = _threshold(ref, mode, cut)
+        floor = (ref.min() if above else ref.max()) if ref.size else np.nan
+        if ref.size == 0:
+            no_reference.append(name)
+        if np.isfinite(theta) and np.isfinite(floor):
+            with np.errstate(invalid="ignore"):
+                is_hit[idx] = ((s >= theta) & (s > floor)) if above else ((s <= theta) & (s < floor))
+            if (theta <= floor) if above else (theta >= floor):
+                ties.append((name, int((ref == floor).sum()), int(ref.size), float(floor)))
+        for k, v in zip(
+            table, (name, float(theta), float(floor), int(ref.size), int(idx.size), int(is_hit[idx].sum())), strict=True
+        ):
+            table[k].append(v)
+    if ties:
+        warnings.warn(_tie_message(ties, above=above), UserWarning, stacklevel=3)
+    if no_reference:
+        warnings.warn(
+            f"{len(no_reference)} group(s) of {groupby!r} have no reference cells ({no_reference[:5]}); they have no "
+            "threshold and no hits.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return is_hit, table
+
+
 @doc_params(doc_adata=doc_adata, doc_copy=doc_copy, doc_mod=doc_mod)
 def hits(
     adata: Any,
@@ -193,100 +307,20 @@ def hits(
 
     >>> sg.tl.hits(adata, "score", reference={{"group": "a"}}, key_added="score_hit_ref")
     """
-    check_choice("mode", mode, Mode)
-    if cut is None:
-        if mode == "value":
-            msg = "mode='value' needs cut=, the score threshold (it has no default)."
-            raise ValueError(msg)
-        cut = _DEFAULT_CUT[(mode, bool(above))]
-    cut = float(cut)
-    if not np.isfinite(cut):
-        msg = f"cut must be a finite number, got {cut!r}."
-        raise ValueError(msg)
-    if mode == "percentile" and not 0 <= cut <= 100:
-        msg = (
-            f"With mode='percentile', cut is a percentile in [0, 100]; got {cut:g}. For a fraction use mode='quantile'."
-        )
-        raise ValueError(msg)
-    if mode == "percentile" and 0 < cut <= 1:
-        share = 100 - cut if above else cut
-        warnings.warn(
-            f"cut={cut:g} with mode='percentile' is the {cut:g}th percentile, so about {share:.4g} % of cells are "
-            f"hits. If you meant the fraction {cut:g}, pass mode='quantile' (or cut={100 * cut:g}).",
-            UserWarning,
-            stacklevel=2,
-        )
-    if mode == "quantile" and not 0 <= cut <= 1:
-        msg = f"With mode='quantile', cut is a quantile in [0, 1]; got {cut:g}. For percentiles use mode='percentile'."
-        raise ValueError(msg)
-
+    cut = _check_hits_args(mode, cut, above=above)
     _, data_ro = resolve_adata(adata, mod=mod, read_only=True)
-    if key not in data_ro.obs.columns:
-        msg = f"Score column {key!r} not in adata.obs. Run sg.tl.score first or pass key= one of {list(data_ro.obs.columns)[:10]}."
-        raise KeyError(msg)
-    if data_ro.n_obs == 0:
-        msg = "adata has no cells; select at least one cell before calling hits."
-        raise ValueError(msg)
-    scores = pd.to_numeric(data_ro.obs[key], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(scores).all():
-        msg = f"adata.obs[{key!r}] holds no numeric scores."
-        raise ValueError(msg)
-    if groupby is not None and groupby not in data_ro.obs.columns:
-        msg = f"groupby={groupby!r} is not a column of adata.obs (columns: {list(data_ro.obs.columns)[:10]})."
-        raise KeyError(msg)
-
+    scores = _hit_scores(data_ro, key, groupby)
     key_added = key_added or f"{key}_hit"
     if key_added == key:
         msg = f"key_added={key_added!r} would overwrite the scores it is computed from; choose another name."
         raise ValueError(msg)
-    if reference is None:
-        ref_mask, ref_desc, ref_cols = np.ones(scores.size, dtype=bool), "all cells", []
-    else:
-        ref_mask, ref_desc, ref_cols = _reference_mask(data_ro.obs, reference)
-        if not ref_mask.any():
-            msg = f"reference= selects no cells ({ref_desc}); the thresholds need reference cells."
-            raise ValueError(msg)
+    ref_mask, ref_desc, ref_cols = _hit_reference(data_ro.obs, reference)
     reads = {key: "the scores"} | ({groupby: "groupby"} if groupby is not None else {})
     reads |= dict.fromkeys(ref_cols, "a reference column")
     check_key_added(data_ro, [key_added], reads=reads)
     start = logg.info(f"calling hits on {key!r} ({mode}, cut={cut:g}, {'above' if above else 'below'})")
-    is_hit = np.zeros(scores.size, dtype=bool)
-    if groupby is None:
-        groups = {"all": np.arange(scores.size)}
-    else:
-        labels = data_ro.obs[groupby]
-        codes = pd.Categorical(labels)
-        groups = {str(c): np.flatnonzero(codes.codes == i) for i, c in enumerate(codes.categories)}
-        n_missing = int((codes.codes < 0).sum())
-        if n_missing:
-            warnings.warn(f"{n_missing} cells have no {groupby!r} label; they are not hits.", UserWarning, stacklevel=2)
-    table: dict[str, list] = {k: [] for k in ("groups", "thresholds", "floors", "n_reference", "n_cells", "n_hits")}
-    ties, no_reference = [], []
-    for name, idx in groups.items():
-        s = scores[idx]
-        ref = s[ref_mask[idx] & np.isfinite(s)]
-        theta, _, _ = _threshold(ref, mode, cut)
-        floor = (ref.min() if above else ref.max()) if ref.size else np.nan
-        if ref.size == 0:
-            no_reference.append(name)
-        if np.isfinite(theta) and np.isfinite(floor):
-            with np.errstate(invalid="ignore"):
-                is_hit[idx] = ((s >= theta) & (s > floor)) if above else ((s <= theta) & (s < floor))
-            if (theta <= floor) if above else (theta >= floor):
-                ties.append((name, int((ref == floor).sum()), int(ref.size), float(floor)))
-        for k, v in zip(
-            table, (name, float(theta), float(floor), int(ref.size), int(idx.size), int(is_hit[idx].sum())), strict=True
-        ):
-            table[k].append(v)
-    if ties:
-        warnings.warn(_tie_message(ties, above=above), UserWarning, stacklevel=2)
-    if no_reference:
-        warnings.warn(
-            f"{len(no_reference)} group(s) of {groupby!r} have no reference cells ({no_reference[:5]}); they have no "
-            "threshold and no hits.",
-            UserWarning,
-            stacklevel=2,
-        )
+    groups = _hit_groups(data_ro.obs, groupby, scores.size)
+    is_hit, table = _call_hits(scores, groups, ref_mask, mode=mode, cut=cut, above=above, groupby=groupby)
 
     container, data = resolve_adata(adata, mod=mod, copy=copy)
     data.obs[key_added] = is_hit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -13,11 +13,11 @@ from scipy import sparse
 from .. import _logging as logg
 from .._constants import IN_MODEL_SUFFIX, SCORE_KEY, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
-from .._signature import Signature, parse_signatures, resolve_signatures
+from .._signature import Aggregate, Signature, parse_signatures, resolve_signatures
 from .._uns import check_key_added, encode_key, put_record
 from .._utils import resolve_adata, wrap_return
 from ..pp._validate import check_unique_var_names
-from ._score_modes import check_mode, mode_scores
+from ._score_modes import ScoreMode, check_mode, mode_scores
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -113,8 +113,8 @@ def score(
     *,
     layer: str | None = None,
     weights: Sequence[float] | None = None,
-    aggregate: Literal["mean", "sum"] = "mean",
-    mode: Literal["classic", "top", "rank", "control_diff", "control_ratio", "detected"] = "classic",
+    aggregate: Aggregate = "mean",
+    mode: ScoreMode = "classic",
     mode_kwds: Mapping[str, Any] | None = None,
     key_added: str = SCORE_KEY,
     mod: str = "rna",

@@ -39,18 +39,21 @@ cell's own attribution profile into account:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy import sparse
+
+from .._utils._choices import check_choice, literal_values
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = ["MODES", "check_mode", "control_genes", "detected_counts", "mode_scores", "rank_matrix", "top_sums"]
 
-MODES = ("classic", "top", "rank", "control_diff", "control_ratio", "detected")
+ScoreMode = Literal["classic", "top", "rank", "control_diff", "control_ratio", "detected"]
 """The scoring modes of :func:`scsig.tl.score`."""
+MODES = literal_values(ScoreMode)
 
 
 _OPTIONS = {
@@ -65,9 +68,7 @@ _OPTIONS = {
 
 def check_mode(mode: str, mode_kwds: Mapping[str, Any] | None) -> dict[str, int]:
     """Validate ``mode`` and its options; the options as a dict."""
-    if mode not in MODES:
-        msg = f"mode must be one of {list(MODES)}, not {mode!r}."
-        raise ValueError(msg)
+    check_choice("mode", mode, ScoreMode)
     kwds = dict(mode_kwds or {})
     extra = sorted(set(kwds) - set(_OPTIONS[mode]))
     if extra:
@@ -217,5 +218,6 @@ def mode_scores(
             "n_control_genes": int(ctrl.size),
         }
         return out, used
-    msg = f"mode must be one of {list(MODES)}, not {mode!r}."
-    raise ValueError(msg)
+    check_choice("mode", mode, ScoreMode)  # an unknown mode raises here
+    msg = f"mode {mode!r} has no scoring rule."
+    raise AssertionError(msg)
