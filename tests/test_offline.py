@@ -17,7 +17,9 @@ def test_nothing_reads_data_beside_the_repository():
                 continue
             if PATTERN.search(path.read_text(errors="ignore")):
                 offenders.append(str(path.relative_to(ROOT)))
-    assert not offenders, f"these read ../shared, which a user's clone does not have: {offenders}"
+    assert not offenders, (
+        f"these read the data folder beside the repository, which a user's clone does not have: {offenders}"
+    )
 
 
 def test_bundled_real_datasets_load_offline():

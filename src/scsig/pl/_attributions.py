@@ -32,16 +32,22 @@ _KINDS = ("heatmap", "dotplot")
 StandardScale = Literal["var", "group"]
 
 
+def _score_record(adata: AnnData, key: str) -> dict:
+    """The ``uns`` record of the score ``key`` (a ``key_added`` of :func:`scsig.tl.score`), or a KeyError."""
+    record = get_record(adata, "scores", key)
+    if record is None:
+        msg = (
+            f"{key!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
+            "(pass a list of genes, or the key_added of sg.tl.score)."
+        )
+        raise KeyError(msg)
+    return record
+
+
 def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> list[str]:
     """Gene list from a list, or from the genes a recorded score used (``genes`` = its ``key_added``)."""
     if isinstance(genes, str):
-        record = get_record(adata, "scores", genes)
-        if record is None:
-            msg = (
-                f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
-                "(pass a list of genes, or the key_added of sg.tl.score)."
-            )
-            raise KeyError(msg)
+        record = _score_record(adata, genes)
         seen: dict[str, None] = {}
         for sig in record["signatures"].values():
             seen.update(dict.fromkeys(sig["genes"]))
@@ -83,13 +89,7 @@ def _gene_groups(adata: AnnData, genes: Any) -> dict[str, list[str]]:
             out[str(label)] = [gl] if isinstance(gl, str) else [str(g) for g in gl]
         return out
     if isinstance(genes, str):
-        record = get_record(adata, "scores", genes)
-        if record is None:
-            msg = (
-                f"{genes!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
-                "(pass a list of genes, or the key_added of sg.tl.score)."
-            )
-            raise KeyError(msg)
+        record = _score_record(adata, genes)
         return {
             str(sig.get("name", name)): [str(g) for g in sig["genes"]] for name, sig in record["signatures"].items()
         }
