@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from anndata import AnnData
 from scipy import sparse
 
 import scsig as sg
 from scsig.atlas import _store
+from scsig.atlas._integrity import DamagedDatasetError
 
 from .conftest import synthetic_adata
 
@@ -55,8 +59,8 @@ def test_score_equals_tl_score_and_numpy(tmp_path, attributed_toy):
     atlas = sg.Atlas.create(tmp_path / "a", gene_order=model.gene_order)
     atlas.add(adata, name="toy")
     sig = ["g3", "g0", "g7", "g11"]
-    frame = atlas.score(sig)
-    sg.tl.score(adata, sig)
+    frame = atlas.score(sig, mode="classic")
+    sg.tl.score(adata, sig, mode="classic")
     assert list(frame.index) == list(adata.obs_names)
     assert list(frame.columns) == ["dataset", "group", "score"]
     assert frame["score"].dtype == np.float64
@@ -65,10 +69,10 @@ def test_score_equals_tl_score_and_numpy(tmp_path, attributed_toy):
     # weighted mean, sum and weighted sum mirror sg.tl.score
     w = [1.0, 2.0, 0.5, 3.0]
     for aggregate in ("mean", "sum"):
-        got = atlas.score(sig, weights=w, aggregate=aggregate)["score"]
-        sg.tl.score(adata, sig, weights=w, aggregate=aggregate, key_added="ref")
+        got = atlas.score(sig, weights=w, aggregate=aggregate, mode="classic")["score"]
+        sg.tl.score(adata, sig, weights=w, aggregate=aggregate, key_added="ref", mode="classic")
         np.testing.assert_allclose(got.to_numpy(), adata.obs["ref"].to_numpy(), rtol=1e-6, atol=1e-9)
-    got = atlas.score(dict(zip(sig, w, strict=True)), aggregate="sum")["score"]
+    got = atlas.score(dict(zip(sig, w, strict=True)), aggregate="sum", mode="classic")["score"]
     np.testing.assert_allclose(got, _numpy_scores(adata.layers["attr_ig"], adata.var_names, sig, w, "sum"), rtol=1e-6)
     # the order of the genes does not matter
     np.testing.assert_allclose(atlas.score(sig[::-1])["score"], frame["score"], rtol=1e-12)
@@ -78,7 +82,7 @@ def test_several_signatures_and_key_added(tmp_path, attributed_toy):
     adata, model = attributed_toy
     atlas = sg.Atlas.create(tmp_path / "a", gene_order=model.gene_order)
     atlas.add(adata, name="toy")
-    frame = atlas.score({"up": ["g0", "g1"], "down": {"g5": 1.0, "g9": 3.0}}, key_added="s")
+    frame = atlas.score({"up": ["g0", "g1"], "down": {"g5": 1.0, "g9": 3.0}}, key_added="s", mode="classic")
     assert list(frame.columns[-2:]) == ["s_up", "s_down"]
     np.testing.assert_allclose(
         frame["s_up"], _numpy_scores(adata.layers["attr_ig"], adata.var_names, ["g0", "g1"]), rtol=1e-6
@@ -110,7 +114,7 @@ def test_model_gene_absent_from_dataset_scores_zero(tmp_path, attributed_toy):
     adata, model = attributed_toy
     atlas = sg.Atlas.create(tmp_path / "a", gene_order=model.gene_order)
     atlas.add(adata, name="toy")
-    both = atlas.score(["g0", "absent1"])["score"]
+    both = atlas.score(["g0", "absent1"], mode="classic")["score"]
     np.testing.assert_allclose(both, _numpy_scores(adata.layers["attr_ig"], adata.var_names, ["g0"]) / 2, rtol=1e-6)
 
 
@@ -123,7 +127,7 @@ def test_several_datasets_obs_columns_filter_and_datasets(tmp_path, genes):
     atlas.add(a2, name="d2", obs_columns=["sample"])
     atlas.add(a3, name="d3", obs_columns=["cell_type", "depth"], progress=True)
     sig = ["G1", "G4", "G30"]
-    frame = atlas.score(sig, progress=True)
+    frame = atlas.score(sig, progress=True, mode="classic")
     assert len(frame) == 75
     assert list(frame["dataset"].cat.categories) == ["d1", "d2", "d3"]
     assert list(frame.columns) == ["dataset", "cell_type", "sample", "depth", "score"]
@@ -132,27 +136,29 @@ def test_several_datasets_obs_columns_filter_and_datasets(tmp_path, genes):
     expected = np.concatenate([_numpy_scores(a.layers["attr_ig"], genes, sig) for a in (a1, a2, a3)])
     np.testing.assert_allclose(frame["score"], expected, rtol=1e-6)
 
-    sub = atlas.score(sig, datasets=["d3", "d1"])
+    sub = atlas.score(sig, datasets=["d3", "d1"], mode="classic")
     assert sorted(sub["dataset"].unique()) == ["d1", "d3"]
     np.testing.assert_allclose(sub.loc[a3.obs_names, "score"], expected[65:], rtol=1e-6)
     with pytest.raises(KeyError, match="not in the atlas"):
-        atlas.score(sig, datasets=["nope"])
+        atlas.score(sig, datasets=["nope"], mode="classic")
 
     # a query string; datasets without the column contribute nothing
-    t_cells = atlas.score(sig, obs_filter="cell_type == 'T'")
+    t_cells = atlas.score(sig, obs_filter="cell_type == 'T'", mode="classic")
     want = list(a1.obs_names[a1.obs["cell_type"] == "T"]) + list(a3.obs_names[a3.obs["cell_type"] == "T"])
     assert list(t_cells.index) == want
     # a dict column -> values, a callable, and the dataset column
-    by_dict = atlas.score(sig, obs_filter={"sample": ["s0", "s2"]})
+    by_dict = atlas.score(sig, obs_filter={"sample": ["s0", "s2"]}, mode="classic")
     assert set(by_dict["dataset"]) == {"d1", "d2"}
     assert set(by_dict["sample"]) == {"s0", "s2"}
-    deep = atlas.score(sig, obs_filter=lambda obs: obs["depth"] > 500 if "depth" in obs else np.zeros(len(obs), bool))
+    deep = atlas.score(
+        sig, obs_filter=lambda obs: obs["depth"] > 500 if "depth" in obs else np.zeros(len(obs), bool), mode="classic"
+    )
     assert (deep["depth"] > 500).all()
     assert len(deep) == int((a1.obs["depth"] > 500).sum() + (a3.obs["depth"] > 500).sum())
     assert set(atlas.score(sig, obs_filter="dataset == 'd2'")["dataset"]) == {"d2"}
     with pytest.raises(KeyError, match="no queried dataset"):
-        atlas.score(sig, obs_filter="tissue == 'lung'")
-    empty = atlas.score(sig, obs_filter={"sample": "s9"})
+        atlas.score(sig, obs_filter="tissue == 'lung'", mode="classic")
+    empty = atlas.score(sig, obs_filter={"sample": "s9"}, mode="classic")
     assert len(empty) == 0
     assert "score" in empty
     np.testing.assert_array_equal(atlas.obs().index, frame.index)
@@ -227,7 +233,7 @@ def test_build_paths_agree(tmp_path, genes, monkeypatch, kind):
     atlas.add(adata, name="d")
     full = atlas.to_anndata()
     np.testing.assert_allclose(full[:, adata.var_names].layers["attr_ig"].toarray(), layer.toarray(), rtol=1e-7)
-    frame = atlas.score(genes[::3])
+    frame = atlas.score(genes[::3], mode="classic")
     np.testing.assert_allclose(frame["score"], _numpy_scores(layer, adata.var_names, genes[::3]), rtol=1e-6)
 
 
@@ -244,9 +250,9 @@ def test_to_anndata_round_trip(tmp_path, attributed_toy):
     want = adata[adata.obs["group"] == "b", sub.var_names].layers["attr_ig"].toarray()
     np.testing.assert_allclose(sub.layers["attr_ig"].toarray(), want)
     # sg.tl.score on the subset gives the atlas's scores
-    sg.tl.score(sub, ["g2", "g5", "g8"])
+    sg.tl.score(sub, ["g2", "g5", "g8"], mode="classic")
     np.testing.assert_allclose(
-        sub.obs["score"], atlas.score(["g2", "g5", "g8"], obs_filter="group == 'b'")["score"], rtol=1e-6
+        sub.obs["score"], atlas.score(["g2", "g5", "g8"], obs_filter="group == 'b'", mode="classic")["score"], rtol=1e-6
     )
     both = atlas.to_anndata(["g0"])
     assert both.n_obs == adata.n_obs + 20
@@ -264,3 +270,89 @@ def test_shard_is_an_anndata_zarr_store(tmp_path, attributed_toy):
     np.testing.assert_allclose(back[:, adata.var_names].layers["attr_ig"].toarray(), adata.layers["attr_ig"].toarray())
     assert back.uns["scsig"]["layers"]["attr_ig"]["gene_order_hash"] == model.gene_order_hash
     pd.testing.assert_frame_equal(back.obs, adata.obs)
+
+
+def _wide_layer(n_obs=70, n_genes=700, seed=0):
+    """Rows summing to 1,000 with 350-650 non-zero genes (some cells at most 300), as a CSR float32 layer."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n_obs, n_genes), dtype=np.float64)
+    for i in range(n_obs):
+        n = rng.integers(350, 650) if i % 4 else rng.integers(20, 300)
+        x[i, rng.choice(n_genes, size=n, replace=False)] = rng.gamma(0.6, 1.0, size=n) + 0.001
+    x = x / x.sum(1, keepdims=True) * 1000
+    return sparse.csr_matrix(x.astype(np.float32))
+
+
+def _wide_adata(genes, seed=0):
+    adata = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(70)]), var=pd.DataFrame(index=genes))
+    adata.layers["attr_ig"] = _wide_layer(n_genes=len(genes), seed=seed)
+    return adata
+
+
+def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
+    """The atlas's default score is sg.tl.score's default on the same layer, from sums stored at add time."""
+    from scsig.atlas import _rowstats
+
+    genes = [f"G{i}" for i in range(700)]
+    adata = _wide_adata(genes)
+    atlas = sg.Atlas.create(tmp_path / "a", gene_order=genes)
+    atlas.add(adata, name="d")
+    entry = json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"][0]
+    assert entry["row_stats"] == {"top_k": 300}
+    sig = {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}
+    calls = []
+    monkeypatch.setattr(_rowstats, "compute_row_stats", lambda *a: calls.append(a))  # must not be needed
+    frame = atlas.score(sig)
+    assert not calls
+    assert frame.attrs["scsig"]["mode"] == "top"
+    monkeypatch.undo()
+    ref = adata.copy()
+    ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
+    sg.tl.score(ref, sig)
+    np.testing.assert_allclose(frame["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
+    sg.tl.score(ref, sig, mode="classic", key_added="classic")
+    assert not np.allclose(frame["score"], ref.obs["classic"])  # the wide cells are rescaled
+    # another top_k is computed from the shard's values, in several cell blocks when memory is short
+    monkeypatch.setattr(_rowstats, "ROW_STATS_BYTES", 4 * 50 * 17)
+    got = atlas.score(sig, mode_kwds={"top_k": 50})["score"]
+    sg.tl.score(ref, sig, mode_kwds={"top_k": 50}, key_added="k50")
+    np.testing.assert_allclose(got.to_numpy(), ref.obs["k50"].to_numpy(), rtol=1e-9)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        atlas.score(sig, mode="rank")
+
+
+def test_top_score_of_a_shard_without_stored_sums(tmp_path, monkeypatch):
+    """Datasets added before the sums were stored: computed from the values, with a warning, same scores."""
+    from scsig.atlas import _rowstats
+
+    genes = [f"G{i}" for i in range(700)]
+    adata = _wide_adata(genes, seed=3)
+    atlas = sg.Atlas.create(tmp_path / "a", gene_order=genes)
+    monkeypatch.setattr(_rowstats, "write_row_stats", lambda *a, **k: None)  # as an older scsig wrote shards
+    atlas.add(adata, name="old")
+    monkeypatch.undo()
+    entry = json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"][0]
+    assert entry.get("row_stats") is None
+    sig = ["G5", "G50", "G500"]
+    with pytest.warns(UserWarning, match="stores no per-cell top-300 sums"):
+        frame = sg.Atlas.open(tmp_path / "a").score(sig)
+    ref = adata.copy()
+    ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
+    sg.tl.score(ref, sig)
+    np.testing.assert_allclose(frame["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
+    assert atlas.verify(progress=False) == []
+
+
+def test_stored_sums_are_checksummed(tmp_path):
+    genes = [f"G{i}" for i in range(700)]
+    atlas = sg.Atlas.create(tmp_path / "a", gene_order=genes)
+    atlas.add(_wide_adata(genes), name="d")
+    (shard,) = (tmp_path / "a" / "shards").iterdir()
+    chunk = next((shard / "row_stats" / "top").rglob("c/*"))
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=r"Dataset 'd' is damaged: .*row_stats/top"):
+        assert atlas.verify(progress=False) == ["d"]
+    with pytest.raises(DamagedDatasetError, match="'d'"):
+        sg.Atlas.open(tmp_path / "a").score(["G1", "G2"])

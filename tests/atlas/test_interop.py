@@ -58,7 +58,7 @@ def test_from_signature_keeps_trailing_empty_cells(tmp_path):
     atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES)
     assert atlas.datasets == ["B cell", "T cell"]
     sig = ["G1", "G3", "G10"]
-    frame = atlas.score(sig)
+    frame = atlas.score(sig, mode="classic")  # the reference tool's score
     assert len(frame) == 17
     t = frame[frame["dataset"] == "T cell"]
     assert list(t.index) == [f"T cell_{i}" for i in range(10)]  # all 10 cells, not the 8 the reference returns
@@ -68,7 +68,7 @@ def test_from_signature_keeps_trailing_empty_cells(tmp_path):
     b = frame[frame["dataset"] == "B cell"]
     np.testing.assert_allclose(b["score"], b_cells[:, [1, 3, 10]].astype(np.float64).mean(axis=1), rtol=1e-6)
     w = [1.0, 2.0, 3.0]
-    weighted = atlas.score(sig, weights=w, datasets="T cell")
+    weighted = atlas.score(sig, weights=w, datasets="T cell", mode="classic")
     np.testing.assert_allclose(weighted["score"], t_cells[:, [1, 3, 10]] @ np.array(w) / 6, rtol=1e-6)
     assert list(frame.columns) == ["dataset", "sample", "disease", "score"]
     assert frame["disease"].isna().sum() == 2

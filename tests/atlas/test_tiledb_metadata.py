@@ -74,7 +74,7 @@ def test_large_metadata_with_mixed_column_scores(tmp_path):
         sub / "cell_metadata.csv.gz"
     )
     atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES, progress=False)
-    frame = atlas.score(["G2", "G7"], progress=False)
+    frame = atlas.score(["G2", "G7"], mode="classic", progress=False)
     assert len(frame) == n
     assert isinstance(frame["study"].dtype, pd.CategoricalDtype)
     assert sorted(frame["study"].cat.categories) == sorted([*(str(i) for i in range(7)), "GSE1"])
@@ -94,7 +94,7 @@ def test_row_to_cell_index_is_honoured(tmp_path):
     meta = pd.DataFrame({"label": [f"cell at {p}" for p in order]}, index=pd.Index(order, name="x"))
     meta.to_csv(sub / "cell_metadata.csv.gz")
     atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES)
-    frame = atlas.score(["G1", "G3", "G10"], progress=False)
+    frame = atlas.score(["G1", "G3", "G10"], mode="classic", progress=False)
     assert frame["label"].astype(str).tolist() == [f"cell at {p}" for p in order]
     np.testing.assert_allclose(frame["score"], _mean(dense, order, [1, 3, 10]), rtol=1e-6)
     back = atlas.to_anndata(progress=False)
@@ -109,7 +109,7 @@ def test_row_to_cell_index_subset_and_gaps(tmp_path):
     kept = np.array([9, 0, 5, 1, 3, 4, 6, 8])
     pd.DataFrame({"k": kept}, index=pd.Index(kept, name="x")).to_csv(sub / "cell_metadata.csv.gz")
     atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES)
-    frame = atlas.score(["G0", "G11"], progress=False)
+    frame = atlas.score(["G0", "G11"], mode="classic", progress=False)
     np.testing.assert_allclose(frame["score"], _mean(dense, kept, [0, 11]), rtol=1e-6)
     dense[2, 4] = 1.0  # now a cell with values has no metadata row: refused, nothing half-made
     sub2 = write_reference_folder(tmp_path / "pub2", "B", dense)

@@ -34,7 +34,7 @@ def test_store_equals_in_memory(toy, tmp_path, engine):
     atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
     atlas.add(ad.read_h5ad(out, backed="r"), name="x")
     np.testing.assert_allclose(
-        atlas.score(["g0", "g3"])["score"].to_numpy(),
+        atlas.score(["g0", "g3"], mode="classic")["score"].to_numpy(),
         np.asarray(want.layers["attr_ig"][:, [0, 3]].mean(axis=1)).ravel(),
         rtol=1e-6,
     )

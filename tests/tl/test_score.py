@@ -33,7 +33,7 @@ def test_matches_numpy(attributed, fmt, aggregate):
     dense = _layer(adata)
     layer = adata.layers["attr_ig"]
     adata.layers["attr_ig"] = {"csr": layer, "csc": layer.tocsc(), "dense": layer.toarray()}[fmt]
-    sg.tl.score(adata, GENES, aggregate=aggregate)
+    sg.tl.score(adata, GENES, aggregate=aggregate, mode="classic")
     sub = dense[:, _cols(adata, GENES)]
     expected = sub.mean(1) if aggregate == "mean" else sub.sum(1)
     np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
@@ -44,8 +44,8 @@ def test_matches_numpy(attributed, fmt, aggregate):
 def test_weighted(attributed, aggregate):
     adata = attributed
     w = np.array([0.5, 2.0, 1.0, 3.0])
-    sg.tl.score(adata, dict(zip(GENES, w, strict=True)), aggregate=aggregate, key_added="w")
-    sg.tl.score(adata, GENES, weights=w, aggregate=aggregate, key_added="w2")
+    sg.tl.score(adata, dict(zip(GENES, w, strict=True)), aggregate=aggregate, mode="classic", key_added="w")
+    sg.tl.score(adata, GENES, weights=w, aggregate=aggregate, mode="classic", key_added="w2")
     sub = _layer(adata)[:, _cols(adata, GENES)]
     expected = sub @ w / (w.sum() if aggregate == "mean" else 1)
     np.testing.assert_allclose(adata.obs["w"], expected, rtol=1e-6)
@@ -62,7 +62,7 @@ def test_gene_order_does_not_matter(attributed):
 def test_several_signatures(attributed):
     adata = attributed
     sigs = {"up": ["g0", "g1", "g2"], "other": {"g10": 1.0, "g11": 3.0}}
-    sg.tl.score(adata, sigs, key_added="sig")
+    sg.tl.score(adata, sigs, mode="classic", key_added="sig")
     dense = _layer(adata)
     np.testing.assert_allclose(adata.obs["sig_up"], dense[:, _cols(adata, sigs["up"])].mean(1), rtol=1e-6)
     expected = dense[:, _cols(adata, ["g10", "g11"])] @ np.array([1.0, 3.0]) / 4

@@ -77,18 +77,16 @@ def test_modes_match_numpy(attributed, fmt, mode, kwds):
     assert adata.uns["scsig"]["scores"]["score"]["mode"] == mode
 
 
-def test_classic_is_default_and_mean(attributed):
+def test_classic_is_the_mean(attributed):
     adata = attributed
-    sg.tl.score(adata, GENES, key_added="default")
     sg.tl.score(adata, GENES, mode="classic", key_added="classic")
-    np.testing.assert_array_equal(adata.obs["default"], adata.obs["classic"])
     np.testing.assert_allclose(adata.obs["classic"], _dense(adata)[:, _cols(adata, GENES)].mean(1), rtol=1e-6)
-    assert adata.uns["scsig"]["scores"]["default"]["mode"] == "classic"
+    assert adata.uns["scsig"]["scores"]["classic"]["mode"] == "classic"
 
 
 def test_top_large_k_is_classic(attributed):
     adata = attributed
-    sg.tl.score(adata, GENES, key_added="classic")
+    sg.tl.score(adata, GENES, mode="classic", key_added="classic")
     sg.tl.score(adata, GENES, mode="top", mode_kwds={"top_k": adata.n_vars}, key_added="top")
     np.testing.assert_allclose(adata.obs["top"], adata.obs["classic"], rtol=1e-9)
 
@@ -167,7 +165,7 @@ def test_depth_spread_classic_falls_top_does_not():
     adata = ad.AnnData(X=np.zeros_like(x), layers={"attr": x.astype(np.float32)})
     adata.var_names = [f"g{i}" for i in range(50)]
     adata.uns["scsig"] = {"layers": {"attr": {}}}
-    sg.tl.score(adata, ["g0", "g1"], layer="attr", key_added="classic")
+    sg.tl.score(adata, ["g0", "g1"], layer="attr", mode="classic", key_added="classic")
     sg.tl.score(adata, ["g0", "g1"], layer="attr", mode="top", mode_kwds={"top_k": 5}, key_added="top")
     assert adata.obs["classic"].iloc[1] < adata.obs["classic"].iloc[0]
     np.testing.assert_allclose(adata.obs["top"].iloc[1], adata.obs["top"].iloc[0], rtol=1e-5)
@@ -195,3 +193,78 @@ def test_control_mode_without_controls(attributed):
     adata = attributed
     with pytest.raises(ValueError, match="No control genes"):
         sg.tl.score(adata, list(adata.var_names), mode="control_diff")
+
+
+def _wide_attributions(n_obs=80, n_genes=900, seed=0):
+    """Attribution-like rows summing to 1,000; most cells have 350-800 non-zero genes, some at most 300."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n_obs, n_genes), dtype=np.float32)
+    for i in range(n_obs):
+        n = rng.integers(350, 800) if i % 5 else rng.integers(50, 300)
+        cols = rng.choice(n_genes, size=n, replace=False)
+        x[i, cols] = rng.gamma(0.6, 1.0, size=n) + 0.001
+    x = x / x.sum(1, keepdims=True) * 1000
+    adata = ad.AnnData(X=np.zeros_like(x), layers={"attr_ig": sparse.csr_matrix(x.astype(np.float32))})
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    adata.obs_names = [f"c{i}" for i in range(n_obs)]
+    adata.uns["scsig"] = {"layers": {"attr_ig": {"target_sum": 1000.0}}}
+    return adata
+
+
+def _numpy_top_default(a, cols, weights, target_sum=1000.0, k=300):
+    """Rescale each row so its k largest values sum to target_sum (rows with <= k values unchanged), weighted mean."""
+    out = np.empty(a.shape[0])
+    for i, row in enumerate(a):
+        nonzero = row[row != 0]
+        if nonzero.size > k:
+            row = row * target_sum / np.sort(nonzero)[::-1][:k].sum()
+        out[i] = row[cols] @ weights / weights.sum()
+    return out
+
+
+def test_default_is_top_and_matches_numpy_on_wide_cells():
+    adata = _wide_attributions()
+    a = adata.layers["attr_ig"].toarray().astype(np.float64)
+    assert ((a != 0).sum(1) > 300).mean() > 0.7  # the rescaling is exercised
+    genes = ["g3", "g100", "g250", "g777", "g11"]
+    w = np.array([1.0, 2.0, 0.5, 1.5, 3.0])
+    cols = _cols(adata, genes)
+    sg.tl.score(adata, dict(zip(genes, w, strict=True)))
+    assert adata.uns["scsig"]["scores"]["score"]["mode"] == "top"
+    assert adata.uns["scsig"]["scores"]["score"]["signatures"]["signature"]["mode_options"] == {"top_k": 300}
+    expected = _numpy_top_default(a, cols, w)
+    np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
+    # it differs from the classic score where cells have more than 300 attributions
+    sg.tl.score(adata, dict(zip(genes, w, strict=True)), mode="classic", key_added="classic")
+    classic = a[:, cols] @ w / w.sum()
+    np.testing.assert_allclose(adata.obs["classic"], classic, rtol=1e-6)
+    wide = (a != 0).sum(1) > 300
+    assert np.all(np.abs(adata.obs["score"].to_numpy()[wide] / classic[wide] - 1) > 1e-3)
+    np.testing.assert_allclose(adata.obs["score"].to_numpy()[~wide], classic[~wide], rtol=1e-6)
+    # hits on the default score are the hits of the numpy score
+    sg.tl.hits(adata, "score", cut=80, key_added="hit")
+    np.testing.assert_array_equal(adata.obs["hit"].to_numpy(), expected >= np.percentile(expected, 80))
+
+
+def test_compare_scores_follows_the_default_mode():
+    adata = _wide_attributions(seed=1)
+    rng = np.random.default_rng(1)
+    adata.X = sparse.csr_matrix(rng.poisson(1.0, adata.shape).astype(np.float32))
+    adata.obs["group"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    genes = ["g3", "g100", "g250"]
+    sg.tl.compare_scores(adata, genes, contrast="group", positive="a", methods=["attribution"], min_cells=3)
+    sg.tl.score(adata, genes, key_added="direct")
+    np.testing.assert_array_equal(adata.obs["compare_attribution"], adata.obs["direct"])
+    assert adata.uns["scsig"]["compare"]["compare"]["mode"] == "top"
+    sg.tl.compare_scores(
+        adata,
+        genes,
+        contrast="group",
+        positive="a",
+        methods=["attribution"],
+        min_cells=3,
+        mode="classic",
+        key_added="c",
+    )
+    a = adata.layers["attr_ig"].toarray().astype(np.float64)
+    np.testing.assert_allclose(adata.obs["c_attribution"], a[:, _cols(adata, genes)].mean(1), rtol=1e-6)

@@ -19,6 +19,7 @@ from .._settings import settings
 from .._signature import Aggregate, resolve_signatures
 from .._utils import check_choice, get_matrix
 from ..models import gene_order_hash
+from ..tl._score_modes import DEFAULT_MODE, DEFAULT_TOP_K, check_mode
 from . import _ingest as ingest
 from . import _manifest as mf
 from ._integrity import check_name, verify_shards
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Atlas"]
 
 ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
+AtlasMode = Literal["top", "classic"]
+"""The scoring modes of :meth:`Atlas.score`."""
 OnError = Literal["raise", "warn"]
 """What :meth:`Atlas.attribute` does when a dataset fails: stop, or warn and go on."""
 
@@ -224,6 +227,7 @@ class Atlas:
                 n_obs=int(shards[n]["n_obs"]),
                 nnz=int(shards[n]["nnz"]),
                 seal=_seal(shards[n]),
+                row_top_k=_row_top_k(shards[n]),
             )
             for n in names
         ]
@@ -612,6 +616,8 @@ class Atlas:
         *,
         weights: Sequence[float] | None = None,
         aggregate: Aggregate = "mean",
+        mode: AtlasMode = DEFAULT_MODE,
+        mode_kwds: Mapping[str, Any] | None = None,
         datasets: Sequence[str] | str | None = None,
         obs_filter: ObsFilter = None,
         key_added: str = SCORE_KEY,
@@ -620,10 +626,23 @@ class Atlas:
     ) -> pd.DataFrame:
         r"""Score every matching cell of the atlas for a gene signature.
 
-        A cell's score is what :func:`scsig.tl.score` gives on its dataset's layer: the mean
-        (``aggregate="mean"``) or sum of its normalized attributions over the signature's genes, or
-        with weights :math:`w_g` the weighted mean :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum
-        :math:`\sum_g w_g a_g`). Genes outside the atlas gene order are left out with a warning;
+        A cell's score is what :func:`scsig.tl.score` gives, in the same ``mode``, on its dataset's
+        whole layer. ``mode="classic"`` is the mean (``aggregate="mean"``) or sum of its normalized
+        attributions over the signature's genes, or with weights :math:`w_g` the weighted mean
+        :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum :math:`\sum_g w_g a_g`): what the
+        published method and the reference tool's ``query_attributions`` compute. The default,
+        ``mode="top"`` (as in :func:`scsig.tl.score`), is that score times the cell's attribution
+        total over the sum of its 300 largest attributions, which keeps deeper cells from scoring
+        lower (see :func:`scsig.tl.score`). Both per-cell sums are stored when a dataset is added,
+        so a ``"top"`` query reads the same gene columns as a classic one plus two numbers per cell;
+        for datasets added by an older scsig, or another ``top_k``, they are computed from the
+        dataset's values once per session (every gene read; a warning says so).
+
+        .. versionchanged:: 0.2.0
+           ``mode=`` added, default ``"top"``; pass ``mode="classic"`` for the scores of earlier
+           versions and of the reference tool.
+
+        Genes outside the atlas gene order are left out with a warning;
         a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
         Only the signature's genes are read, shard by shard, in parallel with dask; within a shard
         they are read in groups of about 4 million values (at most three groups at a time), so a
@@ -638,6 +657,10 @@ class Atlas:
             Weights for a gene list, in the same order.
         aggregate
             ``"mean"`` or ``"sum"``.
+        mode
+            ``"top"`` (default) or ``"classic"``, as in :func:`scsig.tl.score` (the atlas has these two).
+        mode_kwds
+            ``{{"top_k": k}}`` for ``mode="top"`` (default 300).
         datasets
             Datasets to query (all by default).
         obs_filter
@@ -657,19 +680,27 @@ class Atlas:
         A DataFrame indexed by cell, one row per matching cell in dataset order: ``dataset``
         (categorical), the datasets' metadata columns, and the float64 score column(s). Cell names
         are the datasets' own, so they may repeat across datasets; ``dataset`` tells them apart.
-        ``frame.attrs["scsig"]`` records the genes used and missing.
+        ``frame.attrs["scsig"]`` records the mode and the genes used and missing.
         """
+        check_choice("mode", mode, AtlasMode)
+        kwds = check_mode(mode, mode_kwds)
+        top_k = kwds.get("top_k", DEFAULT_TOP_K) if mode == "top" else None
         cols, coef, names, record = self._signature_columns(genes, weights, aggregate)
         keys = [f"{key_added}_{n}" for n in names] if names else [key_added]
         specs = self._specs(datasets)
         cats = [s.name for s in specs]
-        start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets")
-        tasks = [(s, cols, coef, keys, obs_filter, cats) for s in specs]
+        start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets ({mode})")
+        tasks = [(s, cols, coef, keys, obs_filter, cats, top_k) for s in specs]
         results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
         check_filter(obs_filter, [ok for _, ok in results])
         frame = concat_frames([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
         warn_no_cells(obs_filter, len(frame))
-        frame.attrs[UNS_KEY] = {"aggregate": aggregate, "signatures": record}
+        frame.attrs[UNS_KEY] = {
+            "aggregate": aggregate,
+            "mode": mode,
+            **({"mode_options": {"top_k": top_k}} if top_k is not None else {}),
+            "signatures": record,
+        }
         logg.info(f"    finished: {len(frame)} cells scored", time=start)
         return frame
 
@@ -744,6 +775,11 @@ class Atlas:
 def _seal(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     record = entry.get("checksums")
     return None if record is None else (str(record["algorithm"]), str(record["checksum"]))
+
+
+def _row_top_k(entry: Mapping[str, Any]) -> int | None:
+    record = entry.get("row_stats")
+    return None if record is None else int(record["top_k"])
 
 
 def _attribute_report(names: list[str], had: Mapping[str, Mapping], results: Mapping[str, Any]) -> pd.DataFrame:

@@ -145,15 +145,20 @@ def clean_leftovers(root: Path, manifest: Mapping) -> None:
             remove_tree(child)
 
 
-def seal(shard: Path) -> dict[str, Any]:
+def seal(shard: Path, *, layer: str, n_obs: int) -> dict[str, Any]:
     """The shard at ``shard`` is complete and about to be committed: fields to add to its manifest entry.
 
     This is the one point of every write path where the finished files exist and nobody can see
-    them yet; it runs in the writing process, outside the atlas's writer lock.
+    them yet; it runs in the writing process, outside the atlas's writer lock. It stores each
+    cell's attribution total and top-``k`` sum (for ``Atlas.score(mode="top")``), then checksums
+    every file, those included.
     """
+    from ..tl._score_modes import DEFAULT_TOP_K
     from ._integrity import seal_shard
+    from ._rowstats import write_row_stats
 
-    return {"checksums": seal_shard(shard)}
+    row_stats = write_row_stats(shard, layer=layer, n_obs=n_obs, top_k=DEFAULT_TOP_K)
+    return {"row_stats": row_stats, "checksums": seal_shard(shard)}
 
 
 def commit(root: Path, staged: Path, entry: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def write_dataset(
     with staging(root) as staged:
         nnz = build(staged / "shard", staged / "scratch")
         remove_tree(staged / "scratch")
-        extra = seal(staged / "shard")
+        extra = seal(staged / "shard", layer=layer, n_obs=n_obs)
         entry = {
             "name": name,
             "dir": staged.name,

@@ -33,6 +33,7 @@ __all__ = [
     "run_tasks",
     "score_shard",
     "shard_obs",
+    "top_factors",
     "warn_no_cells",
 ]
 
@@ -46,6 +47,8 @@ _LOCK = threading.Lock()
 _READERS: OrderedDict[tuple[str, str], ShardReader] = OrderedDict()
 _OBS: OrderedDict[str, pd.DataFrame] = OrderedDict()
 _CHECKED: set[str] = set()
+_ROW_FACTORS: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_COMPUTED_WARNED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ShardSpec:
     """Values recorded in the manifest (``None``: not checked)."""
     seal: tuple[str, str] | None = None
     """``(algorithm, checksum)`` of the shard's checksum list (``None``: written before checksums)."""
+    row_top_k: int | None = None
+    """``top_k`` of the per-cell sums stored in the shard (``None``: none stored, computed when needed)."""
 
 
 def _reader(spec: ShardSpec) -> ShardReader:
@@ -170,6 +175,44 @@ def _with_dataset(obs: pd.DataFrame, name: str, categories: Sequence[str]) -> pd
     return frame
 
 
+def top_factors(spec: ShardSpec, top_k: int) -> np.ndarray:
+    """Per cell of the shard, its attribution total over the sum of its ``top_k`` largest attributions (0 for an empty cell).
+
+    Read from the sums stored at add time when they are for ``top_k``; otherwise computed from the
+    shard's values (every gene read, in bounded memory) and kept for this process.
+    """
+    from ._rowstats import compute_row_stats, read_row_stats
+
+    key = (spec.path, int(top_k))
+    with _LOCK:
+        cached = _ROW_FACTORS.get(key)
+        if cached is not None:
+            _ROW_FACTORS.move_to_end(key)
+            return cached
+    if spec.row_top_k == top_k:
+        _check_once(spec)
+        totals, tops = read_row_stats(Path(spec.path), spec.n_obs, spec.name)
+    else:
+        with _LOCK:
+            first = spec.path not in _COMPUTED_WARNED
+            _COMPUTED_WARNED.add(spec.path)
+        if first and spec.row_top_k is None:
+            warnings.warn(
+                f"Dataset {spec.name!r} was added by an older scsig and stores no per-cell top-{top_k} sums: "
+                "computing them from its values (every gene is read once; kept for this session). Remove and "
+                "re-add the dataset to store them, or pass mode='classic'.",
+                UserWarning,
+                stacklevel=2,
+            )
+        totals, tops = compute_row_stats(_reader(spec), spec.n_obs, int(top_k))
+    factors = np.divide(totals, tops, out=np.zeros_like(tops), where=tops > 0)
+    with _LOCK:
+        _ROW_FACTORS[key] = factors
+        while len(_ROW_FACTORS) > 1 and sum(f.size for f in _ROW_FACTORS.values()) > OBS_CACHE_ROWS:
+            _ROW_FACTORS.popitem(last=False)
+    return factors
+
+
 def score_shard(
     spec: ShardSpec,
     cols: np.ndarray,
@@ -177,10 +220,12 @@ def score_shard(
     keys: Sequence[str],
     obs_filter: Any,
     categories: Sequence[str],
+    top_k: int | None = None,
 ) -> tuple[pd.DataFrame | None, bool]:
     """Scores of one shard's cells that pass the filter: ``(frame, filter_applied)``.
 
-    ``coef`` is genes x signatures; a cell's score is ``sum_g a[cell, g] * coef[g, k]``.
+    ``coef`` is genes x signatures; a cell's classic score is ``sum_g a[cell, g] * coef[g, k]``,
+    and with ``top_k`` (``mode="top"``) that times the cell's :func:`top_factors`.
     ``filter_applied`` is ``False`` when the filter names a column this dataset lacks (no cell matches).
     """
     obs = shard_obs(spec)
@@ -199,6 +244,8 @@ def score_shard(
             scores[:, 0] += mat @ part[:, 0]
         else:
             scores += mat @ part
+    if top_k is not None:
+        scores *= top_factors(spec, top_k)[:, None]
     frame = _with_dataset(obs if mask is None else obs[mask], spec.name, categories)
     rows = scores if mask is None else scores[mask]
     for k, key in enumerate(keys):

@@ -22,6 +22,7 @@ from .._utils import check_installed, get_matrix, resolve_adata, to_memory
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique_var_names
 from ._score import attribution_layer, score_signature
+from ._score_modes import DEFAULT_MODE, ScoreMode, check_mode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -196,7 +197,7 @@ def _resolve_methods(methods: Sequence[str] | str | None) -> list[str]:
 
 
 def _score_method(
-    data: AnnData, method: str, genes: list[str], counts: Any, *, layer: str | None, seed: int
+    data: AnnData, method: str, genes: list[str], counts: Any, *, layer: str | None, seed: int, mode: str
 ) -> np.ndarray:
     """One method's score per cell; the attribution score is NaN (with a warning) if no gene is known to the model."""
     if method != "attribution":
@@ -211,7 +212,7 @@ def _score_method(
     except ValueError as err:  # no signature gene is known to the model
         warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=3)
         return np.full(data.n_obs, np.nan)
-    values, _ = score_signature(data.layers[key], sig)
+    values, _ = score_signature(data.layers[key], sig, mode=mode, pool=known)
     return values
 
 
@@ -267,6 +268,7 @@ def compare_scores(
     groupby: str | None = None,
     methods: Sequence[str] | None = None,
     layer: str | None = None,
+    mode: ScoreMode = DEFAULT_MODE,
     counts_layer: str | None = None,
     min_cells: int = 10,
     seed: int = 0,
@@ -277,7 +279,7 @@ def compare_scores(
     """Compare the attribution score with expression scores for a signature and a labelled contrast.
 
     Every method scores the same cells for ``genes``: ``"attribution"`` is :func:`scsig.tl.score`
-    on the attribution layer; ``"score_genes"`` is :func:`scanpy.tl.score_genes` on log1p(CP10k)
+    on the attribution layer, in ``mode`` (its default, ``"top"``, as :func:`scsig.tl.score`); ``"score_genes"`` is :func:`scanpy.tl.score_genes` on log1p(CP10k)
     expression; ``"ucell"`` (pyucell) and ``"aucell"`` (decoupler) are rank-based scores, run when
     those packages are installed (``pip install 'scsig[compare]'``).
 
@@ -313,6 +315,12 @@ def compare_scores(
         Methods to compare; ``None`` takes every one whose package is installed.
     layer
         Attribution layer; ``None`` takes the only one recorded.
+    mode
+        Scoring mode of the attribution score, as in :func:`scsig.tl.score` (default ``"top"``;
+        ``"classic"`` is the published method's score). Modes with options take their defaults.
+
+        .. versionchanged:: 0.2.0
+           The attribution score follows :func:`scsig.tl.score`'s default, ``"top"`` (it was ``"classic"``).
     counts_layer
         Layer with raw counts for the expression scores and totals; ``None`` reads ``X``.
     min_cells
@@ -344,6 +352,7 @@ def compare_scores(
     >>> sorted(res["method"].unique())
     ['attribution', 'score_genes']
     """
+    check_mode(mode, None)
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     genes = _check_compare_scores_args(data, genes, contrast=contrast, groupby=groupby)
     labels, pos_set, is_pos, is_neg = _contrast_sides(data, contrast, positive, negative)
@@ -360,7 +369,7 @@ def compare_scores(
     start = logg.info(f"comparing {len(methods)} scoring methods on {int(keep.sum())} cells")
     results: dict[str, np.ndarray] = {}
     for m in methods:  # a loop, not a comprehension: the warning's stacklevel counts frames
-        results[m] = _score_method(data, m, genes, counts, layer=layer, seed=seed)
+        results[m] = _score_method(data, m, genes, counts, layer=layer, seed=seed, mode=mode)
     table = _compare_table(data, results, labels, is_pos, is_neg, totals, groupby=groupby, min_cells=min_cells)
     _, data = resolve_adata(adata, mod=mod)
     for m, values in results.items():
@@ -375,6 +384,7 @@ def compare_scores(
             "contrast": contrast,
             "positive": sorted(pos_set),
             "groupby": groupby if groupby is not None else "none",
+            "mode": mode,
             "columns": [f"{key_added}_{m}" for m in results],
         },
     )

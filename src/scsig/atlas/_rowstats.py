@@ -1,0 +1,142 @@
+"""Per-cell attribution totals and top-``k`` sums of a shard, for ``Atlas.score(mode="top")``.
+
+``mode="top"`` of :func:`scsig.tl.score` multiplies a cell's classic score by :math:`T_c / S_c`:
+its attribution total over the sum of its ``top_k`` largest attributions. Both need the cell's
+whole row, which a gene-major shard does not hold in one place, so they are computed once when a
+dataset is added (at the ingest seal point, before the checksums are taken, so ``verify`` covers
+them) and stored in the shard as two float64 arrays, ``row_stats/total`` and ``row_stats/top``; the
+manifest entry records ``top_k``. Shards without them (added by an older scsig) and queries with
+another ``top_k`` compute them from the shard's values, in cell blocks whose working memory is
+bounded by :data:`ROW_STATS_BYTES`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ._store import ShardReader
+
+__all__ = ["ROW_STATS", "ROW_STATS_BYTES", "compute_row_stats", "read_row_stats", "write_row_stats"]
+
+ROW_STATS = "row_stats"
+"""Folder of a shard holding the per-cell ``total`` and ``top`` arrays."""
+
+ROW_STATS_BYTES = 1 << 28
+"""Working memory of the per-cell top-``k`` buffers (float32, cells x ``k``); more cells take more passes."""
+
+
+@functools.cache
+def _push_kernel():
+    """A compiled kernel: add a CSC block's values to per-cell totals and bounded min-heaps of the largest values."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def push(indices, data, lo, hi, heap, count, totals):  # pragma: no cover - compiled
+        k = heap.shape[1]
+        for j in range(indices.size):
+            r = indices[j]
+            if r < lo or r >= hi:
+                continue
+            v = abs(data[j])
+            if v == 0.0:
+                continue
+            i = r - lo
+            totals[i] += v
+            c = count[i]
+            if c < k:  # insert and sift up
+                pos = c
+                heap[i, pos] = v
+                count[i] = c + 1
+                while pos > 0:
+                    parent = (pos - 1) // 2
+                    if heap[i, parent] > heap[i, pos]:
+                        tmp = heap[i, parent]
+                        heap[i, parent] = heap[i, pos]
+                        heap[i, pos] = tmp
+                        pos = parent
+                    else:
+                        break
+            elif v > heap[i, 0]:  # replace the smallest kept value and sift down
+                heap[i, 0] = v
+                pos = 0
+                while True:
+                    left = 2 * pos + 1
+                    if left >= k:
+                        break
+                    small = left
+                    if left + 1 < k and heap[i, left + 1] < heap[i, left]:
+                        small = left + 1
+                    if heap[i, small] < heap[i, pos]:
+                        tmp = heap[i, small]
+                        heap[i, small] = heap[i, pos]
+                        heap[i, pos] = tmp
+                        pos = small
+                    else:
+                        break
+
+    return push
+
+
+def compute_row_stats(reader: ShardReader, n_obs: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(totals, top sums)`` of every cell of the shard: the sum of its absolute values and of its ``top_k`` largest.
+
+    Reads every gene of the shard once per block of cells; a block holds as many cells as fit
+    :data:`ROW_STATS_BYTES` of ``top_k`` float32 values each.
+    """
+    push = _push_kernel()
+    totals = np.zeros(n_obs, dtype=np.float64)
+    tops = np.zeros(n_obs, dtype=np.float64)
+    cols = np.arange(reader.n_genes, dtype=np.int64)
+    step = max(1, ROW_STATS_BYTES // (4 * top_k))
+    for lo in range(0, n_obs, step):
+        hi = min(n_obs, lo + step)
+        heap = np.zeros((hi - lo, top_k), dtype=np.float32)
+        count = np.zeros(hi - lo, dtype=np.int64)
+        block_totals = np.zeros(hi - lo, dtype=np.float64)
+        for _, (data, indices, _indptr) in reader.column_groups(cols):
+            push(indices.astype(np.int64, copy=False), data, lo, hi, heap, count, block_totals)
+        totals[lo:hi] = block_totals
+        tops[lo:hi] = heap.sum(axis=1, dtype=np.float64)
+        del heap
+    return totals, tops
+
+
+def write_row_stats(shard: Path, *, layer: str, n_obs: int, top_k: int) -> dict[str, int]:
+    """Compute and store a finished shard's per-cell totals and top-``top_k`` sums; the manifest's record of them."""
+    from ._store import ShardReader, _write_small
+
+    reader = ShardReader(shard, layer, n_obs=n_obs)
+    totals, tops = compute_row_stats(reader, n_obs, top_k)
+    (shard / ROW_STATS).mkdir()
+    _write_small(shard / ROW_STATS / "total", totals, "float64")
+    _write_small(shard / ROW_STATS / "top", tops, "float64")
+    return {"top_k": int(top_k)}
+
+
+def read_row_stats(shard: Path, n_obs: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The stored ``(totals, top sums)`` of a shard (a damaged file raises, naming the dataset)."""
+    from ._integrity import damaged
+    from ._store import _context, require_tensorstore
+
+    ts = require_tensorstore()
+    out = []
+    for array in ("total", "top"):
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(shard / ROW_STATS / array)},
+            "fill_missing_data_reads": False,
+        }
+        try:
+            values = np.asarray(ts.open(spec, read=True, context=_context()).result().read().result(), np.float64)
+        except Exception as err:
+            raise damaged(name, [f"its per-cell totals ({ROW_STATS}/{array}) cannot be read ({err})"]) from err
+        if values.shape != (n_obs,) or not np.all(np.isfinite(values)):
+            raise damaged(name, [f"its per-cell totals ({ROW_STATS}/{array}) do not hold one finite value per cell"])
+        out.append(values)
+    return out[0], out[1]
