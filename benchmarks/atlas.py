@@ -11,7 +11,9 @@ attributions per cell, every row summing to 1,000), then times
   query process;
 - the import of the reference's TileDB array with ``sg.Atlas.from_signature``;
 
-and checks that the scores agree (scsig vs ``query_attributions``, and the imported atlas too).
+and checks that the scores agree (scsig's ``mode="classic"`` vs ``query_attributions``, and the imported
+atlas too). Every query is also timed with ``mode="top"`` (the default of ``Atlas.score``), and the
+build reports the time of the per-cell top-300 sums it stores for that mode.
 Every tool runs in its own subprocess; the reference runs in its own environment
 (``--reference-python``, default ``../refvenv/bin/python`` beside the repository). Sizes above ``--reference-max-cells``
 skip the reference: its build needs about 10 GB per 100k cells.
@@ -274,6 +276,7 @@ def worker(task: str, args: dict) -> dict:
         if handle is not None:
             handle.close()
         out["disk_gb"] = sum(f.stat().st_size for f in Path(args["atlas"]).rglob("*") if f.is_file()) / 1e9
+        out["row_stats_s"] = _time_row_stats(atlas)
         return out
     if task == "import":
         import pandas as pd
@@ -292,13 +295,14 @@ def worker(task: str, args: dict) -> dict:
         reset = _reset_hwm()
         t = time.perf_counter()
         atlas = sg.Atlas.open(args["atlas"])
-        frame = atlas.score(query)
+        mode = args.get("mode", "classic")  # classic: the reference's score
+        frame = atlas.score(query, mode=mode)
         cold = time.perf_counter() - t
         grow = _hwm_gb() - rss0 if reset else float("nan")
         warm = []
         for _ in range(args["repeats"]):
             t = time.perf_counter()
-            frame = atlas.score(query)
+            frame = atlas.score(query, mode=mode)
             warm.append(time.perf_counter() - t)
         np.save(args["scores"], frame["score"].to_numpy())
         out = {"cold": cold, "warm": float(np.median(warm)), "peak_growth_gb": grow, "import_s": imported}
@@ -307,6 +311,17 @@ def worker(task: str, args: dict) -> dict:
         return out
     msg = f"unknown task {task}"
     raise ValueError(msg)
+
+
+def _time_row_stats(atlas) -> float:
+    """Seconds to compute the per-cell totals and top-300 sums of the first shard (what the add stores for mode='top')."""
+    from scsig.atlas import _query
+    from scsig.atlas._rowstats import compute_row_stats
+
+    spec = atlas._specs(None)[0]
+    t = time.perf_counter()
+    compute_row_stats(_query._reader(spec), spec.n_obs, 300)
+    return time.perf_counter() - t
 
 
 def _profile(atlas, query) -> dict:
@@ -406,7 +421,19 @@ def bench(n_cells: int, workdir: Path, *, ref_python: str | None, repeats: int, 
                     "profile": name == "frequent_100",
                 },
                 log,
-            )
+            ),
+            "scsig_top": ours(
+                "query",
+                {
+                    **common,
+                    "atlas": atlas,
+                    "genes": cols,
+                    "repeats": repeats,
+                    "scores": str(workdir / f"t_{name}.npy"),
+                    "mode": "top",
+                },
+                log,
+            ),
         }
         if use_ref:
             q["reference"] = reference(
@@ -464,11 +491,21 @@ def report(res: dict) -> str:
             f"{'  peak during the build (GB)':34s}{bs['build_peak_gb']:>12.2f}   (input matrix resident; the reference loads it inside its build)"
         )
     lines.append(f"{'atlas on disk (GB)':34s}{bs['disk_gb']:>12.2f}")
+    if bs.get("row_stats_s") is not None:
+        lines.append(
+            f"{'  per-cell top-300 sums (s)':34s}{bs['row_stats_s']:>12.1f}   (part of the build; recomputed once to time it)"
+        )
     for name, q in res["queries"].items():
         s, r = q["scsig"], q.get("reference")
         row(f"query {name} warm (s)", s["warm"], r["warm"] if r else None)
         row(f"query {name} cold process (s)", s["cold"], r["cold"] if r else None)
         row(f"query {name} memory growth (GB)", s["peak_growth_gb"], r["peak_growth_gb"] if r else None)
+        if "scsig_top" in q:
+            t = q["scsig_top"]
+            lines.append(
+                f"  mode='top': warm {t['warm']:.3f} s ({t['warm'] / s['warm']:.2f}x classic), "
+                f"cold {t['cold']:.3f} s ({t['cold'] / s['cold']:.2f}x), memory growth {t['peak_growth_gb']:.3f} GB"
+            )
         if "max_abs_diff" in q:
             lines.append(
                 f"  scores vs reference: max |diff| {q['max_abs_diff']}; imported atlas: {q.get('import_max_abs_diff')}"

@@ -99,3 +99,28 @@ def test_from_signature_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no '<cell type>/attributions'"):
         sg.Atlas.from_signature(tmp_path / "empty", tmp_path / "a3", gene_order=GENES)
+
+
+def test_imported_atlas_top_score_equals_in_memory_top(tmp_path, monkeypatch):
+    """An imported (gene-major) dataset gets its per-cell top-k sums from its stored values at the seal."""
+    import json
+
+    from anndata import AnnData
+    from scipy import sparse
+
+    from scsig.tl import _score_modes
+
+    monkeypatch.setattr(_score_modes, "DEFAULT_TOP_K", 4)  # the 12-gene cells have more than 4 values
+    dense = random_attributions(15, len(GENES), 7, empty_tail=1)
+    write_reference_folder(tmp_path / "pub", "NK", dense)
+    atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES)
+    entry = json.loads((tmp_path / "atlas" / "manifest.json").read_text())["shards"][0]
+    assert entry["row_stats"] == {"top_k": 4}
+    sig = ["G1", "G3", "G10"]
+    frame = atlas.score(sig, mode_kwds={"top_k": 4})
+    adata = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(15)]), var=pd.DataFrame(index=GENES))
+    adata.layers["attr_ig"] = sparse.csr_matrix(dense)
+    adata.uns["scsig"] = {"layers": {"attr_ig": {}}}
+    sg.tl.score(adata, sig, mode_kwds={"top_k": 4})
+    np.testing.assert_allclose(frame["score"].to_numpy(), adata.obs["score"].to_numpy(), rtol=1e-9)
+    assert (dense != 0).sum(1).max() > 4

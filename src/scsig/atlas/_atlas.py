@@ -34,6 +34,7 @@ from ._query import (
     shard_obs,
     warn_no_cells,
 )
+from ._rowstats import RowStats
 from ._store import remove_tree
 
 if TYPE_CHECKING:
@@ -307,6 +308,8 @@ class Atlas:
         record = prov if prov is not None else {"provenance": "none", "gene_order_hash": self.gene_order_hash}
         self._warn_mixed(name, record)
 
+        row_stats = RowStats(DEFAULT_TOP_K)
+
         def build(shard: Path, scratch: Path) -> int:
             return ingest.build_from_layer(
                 shard,
@@ -319,9 +322,10 @@ class Atlas:
                 provenance=record,
                 name=name,
                 show=show,
+                row_stats=row_stats,
             )
 
-        self._write_dataset(name, layer_key, obs, record, build, source="anndata")
+        self._write_dataset(name, layer_key, obs, record, build, source="anndata", row_stats=row_stats)
         logg.info(f"    finished: dataset {name!r} added", time=start)
 
     @doc_params(doc_progress=doc_progress)
@@ -445,6 +449,7 @@ class Atlas:
         build: Callable[[Path, Path], int],
         *,
         source: str,
+        row_stats: RowStats | None = None,
     ) -> None:
         check_name(name)
         self._manifest = ingest.write_dataset(
@@ -456,6 +461,7 @@ class Atlas:
             provenance=provenance,
             build=build,
             source=source,
+            row_stats=row_stats,
         )
         self._stamp = mf.manifest_stamp(self._root)
 

@@ -33,6 +33,7 @@ from scipy import sparse
 from .._constants import IN_MODEL_SUFFIX, UNS_KEY
 from . import _manifest as mf
 from ._query import DATASET_KEY
+from ._rowstats import RowStats
 from ._store import BLOCK_NNZ, build_shard_from_csr, build_shard_from_rows, release_memory, remove_tree
 
 if TYPE_CHECKING:
@@ -145,20 +146,22 @@ def clean_leftovers(root: Path, manifest: Mapping) -> None:
             remove_tree(child)
 
 
-def seal(shard: Path, *, layer: str, n_obs: int) -> dict[str, Any]:
+def seal(shard: Path, *, layer: str, n_obs: int, row_stats: RowStats | None = None) -> dict[str, Any]:
     """The shard at ``shard`` is complete and about to be committed: fields to add to its manifest entry.
 
     This is the one point of every write path where the finished files exist and nobody can see
     them yet; it runs in the writing process, outside the atlas's writer lock. It stores each
-    cell's attribution total and top-``k`` sum (for ``Atlas.score(mode="top")``), then checksums
-    every file, those included.
+    cell's attribution total and top-``k`` sum (for ``Atlas.score(mode="top")``; collected by the
+    build in ``row_stats``, else computed from the shard), then checksums every file, those included.
     """
     from ..tl._score_modes import DEFAULT_TOP_K
     from ._integrity import seal_shard
     from ._rowstats import write_row_stats
 
-    row_stats = write_row_stats(shard, layer=layer, n_obs=n_obs, top_k=DEFAULT_TOP_K)
-    return {"row_stats": row_stats, "checksums": seal_shard(shard)}
+    top_k = row_stats.top_k if row_stats is not None else DEFAULT_TOP_K
+    computed = row_stats.result(n_obs) if row_stats is not None else None
+    record = write_row_stats(shard, layer=layer, n_obs=n_obs, top_k=top_k, computed=computed)
+    return {"row_stats": record, "checksums": seal_shard(shard)}
 
 
 def commit(root: Path, staged: Path, entry: dict[str, Any]) -> dict[str, Any]:
@@ -205,15 +208,17 @@ def write_dataset(
     provenance: Mapping | None,
     build: Callable[[Path, Path], int],
     source: str,
+    row_stats: RowStats | None = None,
 ) -> dict[str, Any]:
     """Stage, build, seal and commit one dataset; returns the new manifest.
 
-    ``build(shard, scratch)`` writes the shard folder and returns its number of stored values.
+    ``build(shard, scratch)`` writes the shard folder and returns its number of stored values; a
+    build that sees whole cells feeds them to ``row_stats``.
     """
     with staging(root) as staged:
         nnz = build(staged / "shard", staged / "scratch")
         remove_tree(staged / "scratch")
-        extra = seal(staged / "shard", layer=layer, n_obs=n_obs)
+        extra = seal(staged / "shard", layer=layer, n_obs=n_obs, row_stats=row_stats)
         entry = {
             "name": name,
             "dir": staged.name,
@@ -371,6 +376,7 @@ def build_from_layer(
     provenance: Mapping,
     name: str,
     show: bool,
+    row_stats: RowStats | None = None,
 ) -> int:
     """Write a shard from an attribution layer (in memory or backed); returns its number of values."""
     from .._utils._progress import tqdm
@@ -384,9 +390,9 @@ def build_from_layer(
         if sparse.issparse(x) and x.format != "csr":
             x = sparse.csr_matrix(x)  # row blocks of CSC/COO are slow to cut: one conversion
         if sparse.issparse(x) and x.nnz <= BLOCK_NNZ:  # one gene range: gather straight from the CSR
-            return build_shard_from_csr(path, sparse.csr_matrix(x), lut, on_range=on_range, **common)
+            return build_shard_from_csr(path, sparse.csr_matrix(x), lut, on_range=on_range, on_rows=row_stats, **common)
         return build_shard_from_rows(
-            path, row_blocks(x), lut, n_obs=len(obs), scratch=scratch, on_range=on_range, **common
+            path, row_blocks(x), lut, n_obs=len(obs), scratch=scratch, on_range=on_range, on_rows=row_stats, **common
         )
 
 
@@ -449,6 +455,7 @@ def attribute_dataset(
 
     from ..pp._validate import warn_empty_cells
     from ..tl._attribute import _batches, _provenance, _set_up, _threads
+    from ..tl._score_modes import DEFAULT_TOP_K
 
     opts = attribute_defaults() | check_options(options)
     takes = inspect.signature(_set_up).parameters
@@ -466,11 +473,14 @@ def attribute_dataset(
     record = _provenance(run)
     common = _shard_contents(genes, run.key, record, obs, name)
     identity = np.arange(len(genes), dtype=np.int64)  # the attributions come in the model's (= atlas's) gene order
+    row_stats = RowStats(DEFAULT_TOP_K)
 
     def build(shard: Path, scratch: Path) -> int:
         with _threads(n_jobs, numba=True):
             blocks = _grouped(_batches(run, on_cells=on_cells), BLOCK_NNZ)
-            return build_shard_from_rows(shard, blocks, identity, n_obs=len(obs), scratch=scratch, **common)
+            return build_shard_from_rows(
+                shard, blocks, identity, n_obs=len(obs), scratch=scratch, on_rows=row_stats, **common
+            )
 
     manifest = write_dataset(
         Path(root),
@@ -481,6 +491,7 @@ def attribute_dataset(
         provenance=record,
         build=build,
         source="attribute",
+        row_stats=row_stats,
     )
     warn_empty_cells(run.totals, obs.index, what="in the model's genes")
     entry = next(s for s in manifest["shards"] if s["name"] == name)

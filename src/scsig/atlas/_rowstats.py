@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ._store import ShardReader
 
-__all__ = ["ROW_STATS", "ROW_STATS_BYTES", "compute_row_stats", "read_row_stats", "write_row_stats"]
+__all__ = ["ROW_STATS", "ROW_STATS_BYTES", "RowStats", "compute_row_stats", "read_row_stats", "write_row_stats"]
 
 ROW_STATS = "row_stats"
 """Folder of a shard holding the per-cell ``total`` and ``top`` arrays."""
@@ -107,12 +107,50 @@ def compute_row_stats(reader: ShardReader, n_obs: int, top_k: int) -> tuple[np.n
     return totals, tops
 
 
-def write_row_stats(shard: Path, *, layer: str, n_obs: int, top_k: int) -> dict[str, int]:
-    """Compute and store a finished shard's per-cell totals and top-``top_k`` sums; the manifest's record of them."""
+class RowStats:
+    """Collects the per-cell totals and top-``k`` sums of a build's row blocks, in row order.
+
+    Builds that see whole cells (an AnnData's layer, attribution batches) call it with each block's
+    CSR ``(indptr, data)``: a compiled row-parallel pass over values already in memory, much cheaper
+    than reading the finished gene-major shard again.
+    """
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k = int(top_k)
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, indptr: np.ndarray, data: np.ndarray) -> None:
+        from ..tl._score_modes import csr_totals_and_tops
+
+        self._parts.append(csr_totals_and_tops(np.asarray(indptr) - indptr[0], data, self.top_k))
+
+    def result(self, n_obs: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(totals, tops)`` of every cell, or ``None`` when the blocks seen do not cover ``n_obs`` cells."""
+        if sum(t.size for t, _ in self._parts) != n_obs:
+            return None
+        if not self._parts:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate([t for t, _ in self._parts]), np.concatenate([s for _, s in self._parts])
+
+
+def write_row_stats(
+    shard: Path,
+    *,
+    layer: str,
+    n_obs: int,
+    top_k: int,
+    computed: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, int]:
+    """Store a finished shard's per-cell totals and top-``top_k`` sums; the manifest's record of them.
+
+    ``computed`` are the sums collected during the build (:class:`RowStats`); without them they are
+    computed from the shard (a gene-major build, e.g. a TileDB import).
+    """
     from ._store import ShardReader, _write_small
 
-    reader = ShardReader(shard, layer, n_obs=n_obs)
-    totals, tops = compute_row_stats(reader, n_obs, top_k)
+    if computed is None:
+        computed = compute_row_stats(ShardReader(shard, layer, n_obs=n_obs), n_obs, top_k)
+    totals, tops = computed
     (shard / ROW_STATS).mkdir()
     _write_small(shard / ROW_STATS / "total", totals, "float64")
     _write_small(shard / ROW_STATS / "top", tops, "float64")

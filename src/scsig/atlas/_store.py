@@ -345,14 +345,18 @@ def build_shard_from_csr(
     layer: str,
     name: str,
     on_range: Callable[[int, int], None] | None = None,
+    on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> int:
     """Write a shard from an in-memory CSR matrix (columns mapped by ``lut``); returns nnz.
 
     Each gene range is gathered straight from the CSR arrays by a compiled, row-parallel kernel,
-    so no copy of the whole matrix is made.
+    so no copy of the whole matrix is made. ``on_rows(indptr, data)`` sees the rows (after the checks).
     """
     folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(x.shape[0], n_genes))
-    col_nnz, ranges = _gene_major(_csr_arrays(x), lut, n_genes, name, 0)
+    arrays = _csr_arrays(x)
+    col_nnz, ranges = _gene_major(arrays, lut, n_genes, name, 0)
+    if on_rows is not None:
+        on_rows(arrays[0], arrays[2])
     sink = _ColumnSink(folder, n_genes)
     for g0, g1, data, indices in ranges(BLOCK_NNZ):
         sink.add(g0, col_nnz[g0:g1], data, indices)
@@ -378,11 +382,13 @@ def build_shard_from_rows(
     scratch: Path,
     on_block: Callable[[int], None] | None = None,
     on_range: Callable[[int, int], None] | None = None,
+    on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> int:
     """Write a shard from row blocks (sparse, dense, or CSR arrays ``(indptr, indices, data)``); returns nnz.
 
     Pass 1 turns each block into gene-major order and spills it to ``scratch``; pass 2 merges the
     blocks gene range by gene range. Memory is bounded by the block size, not by the dataset.
+    ``on_rows(indptr, data)`` sees each block's rows, in order (after the block's checks).
     """
     from ._kernels import merge_blocks
 
@@ -395,6 +401,8 @@ def build_shard_from_rows(
         for raw in blocks:
             block = _csr_arrays(raw)
             counts, ranges = _gene_major(block, lut, n_genes, name, sum(rows))
+            if on_rows is not None:
+                on_rows(block[0], block[2])
             for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
                 data.tofile(fd)
                 indices.tofile(fi)
