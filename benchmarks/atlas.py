@@ -277,6 +277,12 @@ def worker(task: str, args: dict) -> dict:
             handle.close()
         out["disk_gb"] = sum(f.stat().st_size for f in Path(args["atlas"]).rglob("*") if f.is_file()) / 1e9
         out["row_stats_s"] = _time_row_stats(atlas)
+        if hasattr(layer, "indptr"):  # in memory: what the build itself does with the rows
+            from scsig.atlas._rowstats import RowStats
+
+            t = time.perf_counter()
+            RowStats(300)(layer.indptr, layer.data)
+            out["row_stats_rows_s"] = time.perf_counter() - t
         return out
     if task == "import":
         import pandas as pd
@@ -314,7 +320,7 @@ def worker(task: str, args: dict) -> dict:
 
 
 def _time_row_stats(atlas) -> float:
-    """Seconds to compute the per-cell totals and top-300 sums of the first shard (what the add stores for mode='top')."""
+    """Seconds to compute the per-cell totals and top-300 sums from the first (gene-major) shard, as a TileDB import does."""
     from scsig.atlas import _query
     from scsig.atlas._rowstats import compute_row_stats
 
@@ -491,9 +497,13 @@ def report(res: dict) -> str:
             f"{'  peak during the build (GB)':34s}{bs['build_peak_gb']:>12.2f}   (input matrix resident; the reference loads it inside its build)"
         )
     lines.append(f"{'atlas on disk (GB)':34s}{bs['disk_gb']:>12.2f}")
+    if bs.get("row_stats_rows_s") is not None:
+        lines.append(
+            f"{'  per-cell top-300 sums (s)':34s}{bs['row_stats_rows_s']:>12.2f}   (part of the build, from its rows; timed again)"
+        )
     if bs.get("row_stats_s") is not None:
         lines.append(
-            f"{'  per-cell top-300 sums (s)':34s}{bs['row_stats_s']:>12.1f}   (part of the build; recomputed once to time it)"
+            f"{'  the same from the shard (s)':34s}{bs['row_stats_s']:>12.1f}   (what a TileDB import adds to its build)"
         )
     for name, q in res["queries"].items():
         s, r = q["scsig"], q.get("reference")

@@ -61,7 +61,8 @@ class Atlas:
     On disk an atlas is a folder: ``manifest.json`` lists the visible shards, ``gene_order.txt`` the
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
-    arrays are Blosc-compressed, sharded zarr v3 arrays). Adding a dataset is atomic: a writer that
+    arrays are Blosc-compressed, sharded zarr v3 arrays; ``row_stats/`` beside them holds each cell's
+    attribution total and top-300 sum, for :meth:`score`'s default ``mode="top"`). Adding a dataset is atomic: a writer that
     dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
     checksummed when its dataset is added: reads refuse damaged data with an error naming the
     dataset, and :meth:`verify` checks every byte.
@@ -741,6 +742,9 @@ class Atlas:
         ``layers[<layer>]`` = the attributions (CSR float32), ``var[f"{layer}_in_model"]`` = True and
         ``uns["scsig"]["layers"][<layer>]`` = the first dataset's provenance, so that
         :func:`scsig.tl.score` works on it; ``uns["scsig"]["atlas"]`` names the atlas and datasets.
+        :func:`scsig.tl.score` on it gives :meth:`score`'s values with ``mode="classic"``; with the
+        default ``mode="top"`` only when every gene was read (``genes=None``), as a cell's top-300
+        sum needs its whole row: on a gene subset use :meth:`score`.
         """
         import anndata as ad
 
