@@ -167,7 +167,7 @@ def test_docs_say_scores_are_shares_of_a_fixed_total():
     assert "shares of a fixed total" in sg.tl.score.__doc__
     assert "lowers that cell's other scores" in sg.tl.score.__doc__
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "shares of that fixed 1,000 per cell" in readme
+    assert "shares of a fixed 1,000 per cell" in readme
 
 
 def test_key_added_warns_before_replacing_a_column_scsig_did_not_write(attributed):
