@@ -1,0 +1,205 @@
+"""Does training change how much attribution scores follow depth? Encoders measured on cells they never saw.
+
+``benchmarks/validity.py`` measures the bundled ``pbmc-demo`` encoder, which was trained on all of
+pbmc3k, so its pbmc3k numbers are on its own training cells. This script asks what training choices
+do on *new* cells, with the seed-to-seed spread that single runs hide:
+
+- pbmc3k's QC'd cells (the demo model's QC and labels, ``scripts/train_demo_model.py``) are split at
+  random (seed 0) into halves; encoders are trained on the first half only and measured on the second;
+- every recipe is trained with several seeds;
+- recipes (all the demo model's recipe otherwise, see ``RECIPES``): ``shipped`` (the demo recipe),
+  ``wide`` (thinning to 10-100 % of depth instead of 30-100 %), ``consistency`` (wide thinning and the
+  depth-consistency term), ``attr-consistency`` (wide thinning and the attribution-consistency term),
+  ``+muscat`` and ``+muscat-wide`` (the same half plus muscat's Kang cells, 2 donors, control and
+  stimulated; cells whose barcode also occurs in ``kang_ifnb`` are left out, so ``kang_ifnb`` stays
+  unseen by every encoder);
+- measured on the held-out pbmc3k half, on ``kang_ifnb`` (never seen) and on ``kang_muscat`` (seen by the
+  ``+muscat`` recipes, flagged): the marker signatures of ``benchmarks/validity.py``, scores
+  ``mode="classic"`` and ``mode="top"`` against ``scanpy.tl.score_genes``.
+
+Usage (about 40 minutes on two busy cores)::
+
+    python benchmarks/validity_training.py --out docs/validity/training
+    python benchmarks/validity_training.py --recipes shipped +muscat --seeds 0 --out /tmp/quick
+    python benchmarks/validity_training.py --combine run1/markers.csv run2/markers.csv --out merged  # runs split up
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import train_demo_model as demo  # noqa: E402
+import validity as V  # noqa: E402
+
+import scsig as sg  # noqa: E402
+
+WIDE = {"thinning": (0.1, 1.0)}
+RECIPES = {
+    "shipped": {},
+    "wide": WIDE,
+    "consistency": {**WIDE, "consistency": 1.0},
+    "attr-consistency": {**WIDE, "attribution_consistency": 5.0},
+    "+muscat": {},
+    "+muscat-wide": WIDE,
+}
+"""Changes to the demo model's recipe (``train_demo_model.RECIPE``)."""
+
+MUSCAT_LABELS = {
+    "CD14+ Monocytes": "CD14 Mono",
+    "FCGR3A+ Monocytes": "FCGR3A Mono",
+    "B cells": "B",
+    "CD4 T cells": "CD4 T",
+    "CD8 T cells": "CD8 T",
+}
+"""muscat's clusters in the demo model's label set."""
+
+HELDOUT_STYLE = ["B", "NK", "CD14 Mono", "CD8 T"]
+"""The signatures of a sorted-population check (B, NK, CD14 monocytes, CD8 T): the summary's columns."""
+
+
+def split_pbmc3k(seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
+    """pbmc3k after the demo model's QC, with its training labels, split into two random halves."""
+    raw, _ = demo.load_pbmc3k("bundled")
+    cells = demo.qc(raw)
+    cells.obs["cell_type"] = demo.derive_labels(cells, seed=0)
+    test = np.random.default_rng(seed).random(cells.n_obs) < 0.5
+    return cells[~test].copy(), cells[test].copy()
+
+
+def muscat_without_ifnb_barcodes() -> ad.AnnData:
+    """muscat's Kang cells, minus every cell whose barcode also occurs in ``kang_ifnb``."""
+    muscat = sg.datasets.kang_muscat()
+    ifnb = {name.split(".")[0] for name in sg.datasets.kang_ifnb().obs_names}
+    keep = ~pd.Index([name.split("-")[0] for name in muscat.obs_names]).isin(ifnb)
+    muscat = muscat[keep].copy()
+    muscat.obs["cell_type"] = muscat.obs["cluster_id"].astype(str).map(MUSCAT_LABELS)
+    return muscat
+
+
+def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnData:
+    if not recipe.startswith("+muscat"):
+        return half
+    parts = []
+    for part in (half, muscat):
+        parts.append(
+            ad.AnnData(
+                X=sparse.csr_matrix(part.X, dtype=np.float32),
+                obs=pd.DataFrame({"cell_type": part.obs["cell_type"].astype(str).to_numpy()}),
+                var=pd.DataFrame(index=part.var_names),
+            )
+        )
+    joined = ad.concat(parts, join="outer", fill_value=0, index_unique="-")
+    joined.X = sparse.csr_matrix(joined.X)
+    return joined
+
+
+def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
+    """Held-out pbmc3k half (labels of ``validity.pbmc3k_labels`` on all of pbmc3k), kang_ifnb, kang_muscat."""
+    data = V.load_datasets()
+    pbmc = data.pop("pbmc3k")[0]
+    data["pbmc3k_heldout"] = (pbmc[pbmc.obs_names.isin(test_half.obs_names)].copy(), {})
+    return {name: adata for name, (adata, _) in data.items()}
+
+
+def score_all(adata: ad.AnnData, model, sigs: dict) -> dict[str, pd.DataFrame]:
+    out = {}
+    work = adata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sg.tl.attribute(work, model, progress=False, on_degenerate="warn")
+        for mode in ("classic", "top"):
+            sg.tl.score(work, sigs, mode=mode, key_added="_s")
+            out[f"attr_{mode}"] = work.obsm["_s"].copy()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("validity_training_results"))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--combine", nargs="+", type=Path, default=None, metavar="CSV", help="only summarize markers.csv files of runs"
+    )
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        rows = pd.concat([pd.read_csv(path) for path in args.combine], ignore_index=True)
+        rows.to_csv(args.out / "markers.csv", index=False)
+        write_summary(rows, args.out)
+        return
+    sg.settings.progress = False
+    half, test_half = split_pbmc3k()
+    genes = list(sg.models.load("pbmc-demo").gene_order)  # the demo model's genes, so results compare
+    muscat = muscat_without_ifnb_barcodes()
+    evals = evaluation_sets(test_half)
+    sigs = {name: V.signatures_of(adata) for name, adata in evals.items()}
+    expression = {}
+    for name, adata in evals.items():
+        expression[name] = (
+            V.expression_scores(adata, sigs[name], ["score_genes"]),
+            V.expression_scores(V.thin(adata), sigs[name], ["score_genes"]),
+        )
+    rows = []
+    for recipe in args.recipes:
+        cells = training_cells(recipe, half, muscat)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            options = {**demo.RECIPE, **RECIPES[recipe]}
+            model = demo.train(cells, genes, options, seed=seed, name=f"{recipe}-s{seed}", progress=False)
+            trained = time.perf_counter() - t0
+            for name, adata in evals.items():
+                orig = score_all(adata, model, sigs[name])
+                thin = score_all(V.thin(adata), model, sigs[name])
+                e_orig, e_thin = expression[name]
+                measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, recipe)
+                seen = name == "kang_muscat" and recipe.startswith("+muscat")
+                rows += [{**row, "seed": seed, "in_training": seen} for row in measured]
+            print(
+                f"{recipe} seed {seed}: {cells.n_obs} cells, trained {trained:.0f} s, total "
+                f"{time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+            pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)
+    write_summary(pd.DataFrame(rows), args.out)
+
+
+def write_summary(rows: pd.DataFrame, out: Path) -> None:
+    rows = rows.assign(abs_rho_target=rows["rho_target"].abs())
+    style = rows[rows["signature"].isin(HELDOUT_STYLE)]
+    per_seed = style.groupby(["dataset", "model", "method", "seed", "in_training"], as_index=False)[
+        ["auroc", "abs_rho_target", "thin_shift_sd"]
+    ].mean()
+    summary = per_seed.groupby(["dataset", "model", "in_training", "method"]).agg(
+        auroc=("auroc", "mean"),
+        abs_rho_target=("abs_rho_target", "mean"),
+        abs_rho_min=("abs_rho_target", "min"),
+        abs_rho_max=("abs_rho_target", "max"),
+        thin_shift_sd=("thin_shift_sd", "mean"),
+        seeds=("seed", "nunique"),
+    )
+    text = [
+        "Means over the B, NK, CD14 Mono and CD8 T signatures (those a dataset has), then over seeds; "
+        "`abs_rho_min`/`abs_rho_max`: the range over seeds.",
+        "",
+        V.markdown(summary),
+    ]
+    (out / "summary.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
