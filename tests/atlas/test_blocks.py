@@ -1,0 +1,138 @@
+"""Atlas.attribute on a cluster with datasets split into blocks of cells: the values of one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scsig as sg
+from scsig.atlas import _ingest
+
+distributed = pytest.importorskip("distributed")
+
+
+def _files(adata, tmp_path, cuts):
+    paths = []
+    for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        paths.append(tmp_path / f"p{k}.h5ad")
+        adata[lo:hi].copy().write_h5ad(paths[-1])
+    return [str(p) for p in paths]
+
+
+def _assert_same(got, want):
+    assert got.datasets == want.datasets
+    x, y = got.to_anndata(progress=False), want.to_anndata(progress=False)
+    pd.testing.assert_frame_equal(x.obs, y.obs)
+    assert x.layers["attr_ig"].nnz == y.layers["attr_ig"].nnz > 0
+    assert (x.layers["attr_ig"] != y.layers["attr_ig"]).nnz == 0  # identical values, not just close
+    for a, b in zip(got._manifest["shards"], want._manifest["shards"], strict=True):
+        assert (a["n_obs"], a["nnz"]) == (b["n_obs"], b["nnz"])
+        prov_a = {k: v for k, v in a["provenance"].items() if k != "model"}
+        prov_b = {k: v for k, v in b["provenance"].items() if k != "model"}
+        assert prov_a == prov_b  # the completeness gaps of all blocks together, as in one run
+    assert list((got.path / "tmp").iterdir()) == []
+
+
+def test_block_bounds():
+    cuts = _ingest.block_bounds(103, 4, 8)
+    assert cuts[0] == 0
+    assert cuts[-1] == 103
+    assert np.all(np.diff(cuts) >= 0)
+    assert np.all(cuts[:-1] % 8 == 0)  # every block starts on a batch of the whole run
+    assert cuts.tolist() == [0, 24, 48, 72, 103]
+    assert _ingest.block_bounds(10, 3, 16).tolist() == [0, 0, 0, 10]  # blocks smaller than a batch: empty ones
+    assert _ingest.n_blocks(5000, None) == 1
+    assert _ingest.n_blocks(5000, 6000) == 1
+    assert _ingest.n_blocks(5000, 2000) == 2
+    assert _ingest.cells_per_task(12_000, 2) == _ingest.MIN_TASK_CELLS
+    assert _ingest.cells_per_task(1_000_000, 2) == 125_000
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory):
+    """The toy data in two files, attributed in this process (batches of 4 cells, 10 steps)."""
+    tmp = tmp_path_factory.mktemp("blocks")
+    adata, model = sg.datasets.toy()
+    paths = _files(adata, tmp, (0, 27, 60))
+    local = sg.Atlas.create(tmp / "local", gene_order=model.gene_order)
+    local.attribute(paths, model, batch_size=4, n_steps=10, progress=False)
+    return adata, model, paths, local
+
+
+def test_blocks_on_threads_equal_one_process(local_build, tmp_path, monkeypatch):
+    """Blocks of 10 cells on a one-worker cluster: the values, obs and records of the in-process build."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_info
+
+    _, model, paths, local = local_build
+    seen = []
+    spill = _ingest._spill_cells
+
+    def spy(run, rows, *args, **kwargs):
+        blas = [p["num_threads"] for p in threadpool_info()]
+        seen.append((rows, torch.get_num_threads(), numba.get_num_threads(), max(blas, default=1)))
+        return spill(run, rows, *args, **kwargs)
+
+    monkeypatch.setattr(_ingest, "_spill_cells", spy)
+    remote = sg.Atlas.create(tmp_path / "remote", gene_order=model.gene_order)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
+        report = remote.attribute(paths, model, client=client, cells_per_task=10, batch_size=4, n_steps=10)
+    assert report["status"].tolist() == ["added", "added"]
+    _assert_same(remote, local)
+    rows = sorted(r for r, *_ in seen)
+    # 27 cells in 3 blocks and 33 in 3, each starting on a multiple of the batch size
+    assert rows == [(0, 8), (0, 8), (8, 16), (8, 20), (16, 27), (20, 33)]
+    assert {tuple(threads) for _, *threads in seen} == {(1, 1, 1)}  # torch, numba and BLAS: the worker's one thread
+
+
+def test_blocks_on_processes_equal_one_process(local_build, tmp_path):
+    """Two worker processes (models, spills and records pickled), and the default block size."""
+    _, model, paths, local = local_build
+    remote = sg.Atlas.create(tmp_path / "remote", gene_order=model.gene_order)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
+        report = remote.attribute(
+            paths, model, client=client, cells_per_task=12, batch_size=4, n_steps=10, progress=False
+        )
+        default = sg.Atlas.create(tmp_path / "default", gene_order=model.gene_order)
+        default.attribute(paths, model, client=client, batch_size=4, n_steps=10, progress=False)  # one task each
+    assert report["status"].tolist() == ["added", "added"]
+    _assert_same(remote, local)
+    _assert_same(default, local)
+
+
+def test_failed_block_fails_its_dataset_only(local_build, tmp_path):
+    """A bad cell in one block: that dataset fails and leaves nothing; the others are added; a rerun adds it."""
+    adata, model, paths, local = local_build
+    bad = adata[27:60].copy()
+    bad.X = bad.X.astype(np.float32)
+    bad.X.data[bad.X.indptr[25]] = 0.5  # cell 25: in the last block, not the first
+    remote = sg.Atlas.create(tmp_path / "remote", gene_order=model.gene_order)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
+        with pytest.warns(UserWarning, match="1 of 2 datasets failed"):
+            report = remote.attribute(
+                [paths[0], bad], model, names=["p0", "p1"], client=client, cells_per_task=10, batch_size=4,
+                n_steps=10, on_error="warn", progress=False,
+            )  # fmt: skip
+        assert report["status"].tolist() == ["added", "failed"]
+        assert "integer" in report.loc["p1", "error"]
+        assert remote.datasets == ["p0"]
+        assert list((remote.path / "tmp").iterdir()) == []  # the failed dataset's blocks left nothing
+        assert len(list((remote.path / "shards").iterdir())) == 1
+        bad.X.data[bad.X.indptr[25]] = adata[27:60].X.data[adata[27:60].X.indptr[25]]
+        report = remote.attribute(
+            [paths[0], bad], model, names=["p0", "p1"], client=client, cells_per_task=10, batch_size=4, n_steps=10,
+            progress=False,
+        )  # fmt: skip
+    assert report["status"].tolist() == ["skipped", "added"]
+    _assert_same(remote, local)
