@@ -40,8 +40,9 @@ def test_block_bounds():
     assert cuts[-1] == 103
     assert np.all(np.diff(cuts) >= 0)
     assert np.all(cuts[:-1] % 8 == 0)  # every block starts on a batch of the whole run
-    assert cuts.tolist() == [0, 24, 48, 72, 103]
-    assert _ingest.block_bounds(10, 3, 16).tolist() == [0, 0, 0, 10]  # blocks smaller than a batch: empty ones
+    assert cuts.tolist() == [0, 24, 48, 72, 103]  # 13 batches: 3, 3, 3 and 4
+    assert _ingest.block_bounds(3000, 2, 512).tolist() == [0, 1536, 3000]  # within one batch of equal
+    assert _ingest.block_bounds(10, 3, 16).tolist() == [0, 0, 0, 10]  # fewer batches than blocks: empty ones
     assert _ingest.n_blocks(5000, None) == 1
     assert _ingest.n_blocks(5000, 6000) == 1
     assert _ingest.n_blocks(5000, 2000) == 2
@@ -57,6 +58,9 @@ def local_build(tmp_path_factory):
     paths = _files(adata, tmp, (0, 27, 60))
     local = sg.Atlas.create(tmp / "local", gene_order=model.gene_order)
     local.attribute(paths, model, batch_size=4, n_steps=10, progress=False)
+    gaps = [s["provenance"]["completeness_gap"] for s in local._manifest["shards"]]
+    assert [g["n_cells"] for g in gaps] == [27, 33]  # the gaps of all cells, measured as they were attributed
+    assert all(np.isfinite(g["median"]) for g in gaps)
     return adata, model, paths, local
 
 
@@ -86,7 +90,7 @@ def test_blocks_on_threads_equal_one_process(local_build, tmp_path, monkeypatch)
     _assert_same(remote, local)
     rows = sorted(r for r, *_ in seen)
     # 27 cells in 3 blocks and 33 in 3, each starting on a multiple of the batch size
-    assert rows == [(0, 8), (0, 8), (8, 16), (8, 20), (16, 27), (20, 33)]
+    assert rows == [(0, 8), (0, 12), (8, 16), (12, 24), (16, 27), (24, 33)]
     assert {tuple(threads) for _, *threads in seen} == {(1, 1, 1)}  # torch, numba and BLAS: the worker's one thread
 
 

@@ -585,14 +585,15 @@ def attribute_dataset(
 
 
 def block_bounds(n_obs: int, n_blocks: int, batch_size: int) -> np.ndarray:
-    """Cell boundaries of ``n_blocks`` blocks of about equal size, each starting at a multiple of ``batch_size``.
+    """Cell boundaries of ``n_blocks`` blocks of whole batches, as equal as batches allow.
 
-    Blocks then hold the very batches of a run over all cells, so their values are those of one
-    run (a block may be empty when blocks are smaller than a batch).
+    Each block starts at a multiple of ``batch_size``, so blocks hold the very batches of a run
+    over all cells and their values are those of one run (a block is empty when there are fewer
+    batches than blocks).
     """
-    cuts = (np.arange(n_blocks + 1, dtype=np.int64) * n_obs // max(n_blocks, 1)) // batch_size * batch_size
-    cuts[-1] = n_obs
-    return np.maximum.accumulate(np.minimum(cuts, n_obs))
+    n_batches = -(-n_obs // batch_size)
+    first = np.arange(n_blocks + 1, dtype=np.int64) * n_batches // max(n_blocks, 1)
+    return np.minimum(first * batch_size, n_obs)
 
 
 def attribute_block(
