@@ -140,3 +140,12 @@ def test_failed_block_fails_its_dataset_only(local_build, tmp_path):
         )  # fmt: skip
     assert report["status"].tolist() == ["skipped", "added"]
     _assert_same(remote, local)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "100", True])
+def test_cells_per_task_is_checked(local_build, tmp_path, bad):
+    _, model, paths, _ = local_build
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
+    with pytest.raises(ValueError, match="cells_per_task must be a positive number of cells"):
+        atlas.attribute(paths, model, cells_per_task=bad, progress=False)
+    assert atlas.datasets == []

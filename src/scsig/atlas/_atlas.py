@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -416,7 +417,9 @@ class Atlas:
         self._refresh()
         have = {s["name"]: s for s in self._manifest["shards"]}
         todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
-        if cells_per_task is not None and (isinstance(cells_per_task, bool) or int(cells_per_task) < 1):
+        if cells_per_task is not None and (
+            isinstance(cells_per_task, bool) or not isinstance(cells_per_task, Integral) or cells_per_task < 1
+        ):
             msg = f"cells_per_task must be a positive number of cells, not {cells_per_task!r}."
             raise ValueError(msg)
         sizes = [ingest.n_cells(s) for s, _ in todo]
