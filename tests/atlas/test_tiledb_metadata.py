@@ -117,3 +117,74 @@ def test_row_to_cell_index_subset_and_gaps(tmp_path):
     with pytest.raises(ValueError, match="no row of cell_metadata.csv.gz describes"):
         sg.Atlas.from_signature(tmp_path / "pub2", tmp_path / "atlas2", gene_order=GENES)
     assert not (tmp_path / "atlas2").exists()
+
+
+def _same_value(got, text):
+    """A metadata value as imported equals the CSV's text: missing stays missing, numbers by value."""
+    if text == "":
+        return pd.isna(got)
+    if pd.isna(got):
+        return False
+    if str(got) == text:
+        return True
+    try:
+        return float(got) == float(text)
+    except (TypeError, ValueError):
+        return False
+
+
+def test_small_mixed_columns_keep_every_value(tmp_path):
+    """Small tables: int/str, float/str and partly empty columns, typed differently in two cell types."""
+    tables = {
+        "T": pd.DataFrame(
+            {
+                "int_str": [1, "a", 2, "b", 3, "c"],
+                "float_str": [0.5, "x", 1.25, "y", None, 2.0],
+                "with_none": [None, "p", None, "q", None, "r"],
+                "all_none": [None] * 6,
+                "num": [1, 2, 3, 4, 5, 6],
+                "flag": ["True", None, "False", "True", "False", "True"],
+            },
+            index=pd.Index([f"T_{i}" for i in range(6)], name="cell"),
+        ),
+        "B": pd.DataFrame(
+            {
+                "int_str": [7, 8, 9, 10, 11],  # numbers only here: int64 in this cell type, text in T
+                "float_str": [0.1, 0.2, None, 0.4, 0.5],
+                "with_none": [None, None, None, None, "s"],
+                "all_none": [None] * 5,
+                "num": ["u", "v", "w", "x", "y"],
+                "flag": ["True"] * 5,
+            },
+            index=pd.Index([f"B_{i}" for i in range(5)], name="cell"),
+        ),
+    }
+    dense = {}
+    for k, (ct, meta) in enumerate(tables.items()):
+        dense[ct] = random_attributions(len(meta), len(GENES), 10 + k)
+        sub = write_reference_folder(tmp_path / "pub", ct, dense[ct])
+        meta.to_csv(sub / "cell_metadata.csv.gz")
+    atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES, progress=False)
+    # the text each value has in the CSV files, as written
+    text = {ct: pd.read_csv(tmp_path / "pub" / ct / "cell_metadata.csv.gz", dtype=str, keep_default_na=False, index_col=0)
+            for ct in tables}  # fmt: skip
+    for ct in tables:  # per cell type: one dtype per column, every value kept
+        obs = atlas.obs(datasets=ct)
+        for col in tables[ct].columns:
+            assert not (obs[col].dtype == object and obs[col].map(type).nunique() > 1), (ct, col)
+            bad = [
+                (c, g, t) for c, g, t in zip(obs.index, obs[col], text[ct][col], strict=True) if not _same_value(g, t)
+            ]
+            assert bad == [], (ct, col, obs[col].dtype)
+    assert isinstance(atlas.obs(datasets="T")["int_str"].dtype, pd.CategoricalDtype)
+    assert atlas.obs(datasets="B")["int_str"].dtype == np.int64
+    assert atlas.obs(datasets="T")["all_none"].isna().all()
+    frame = atlas.score(["G1", "G4"], progress=False)  # both cell types in one frame
+    want = pd.concat([text["B"], text["T"]])  # datasets in name order
+    assert frame.index.tolist() == want.index.tolist()
+    for col in tables["T"].columns:
+        bad = [(c, g, t) for c, g, t in zip(frame.index, frame[col], want[col], strict=True) if not _same_value(g, t)]
+        assert bad == [], (col, frame[col].dtype)
+    picked = atlas.score(["G1", "G4"], obs_filter={"float_str": ["x", "1.25"]}, progress=False)
+    assert picked.index.tolist() == ["T_1", "T_2"]
+    np.testing.assert_allclose(picked["score"], _mean(dense["T"], [1, 2], [1, 4]), rtol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -337,6 +338,7 @@ class Atlas:
         *,
         names: Sequence[str] | str | None = None,
         client: Any = None,
+        cells_per_task: int | None = None,
         obs_columns: Sequence[str] | None = None,
         on_error: OnError = "raise",
         progress: bool | None = None,
@@ -366,10 +368,18 @@ class Atlas:
         names
             One dataset name per source; by default each file's stem (required for AnnData objects).
         client
-            A :class:`distributed.Client`: one task per dataset on its cluster, each worker
-            streaming its shard (the atlas folder and the source files must be reachable at the same
-            paths from the workers; a backed AnnData is sent as its file's path). Each task uses its
-            worker's threads. Default: the datasets one after the other in this process.
+            A :class:`distributed.Client`: the datasets are attributed by tasks on its cluster,
+            each worker streaming its part to disk (the atlas folder and the source files must be
+            reachable at the same paths from the workers and from this process; a backed AnnData is
+            sent as its file's path). A dataset of more than ``cells_per_task`` cells is split into
+            blocks of cells attributed in parallel, then merged into its shard by one more task and
+            committed once; smaller datasets are one task each. The values are those of a build
+            in one process. Each task limits torch, numba and BLAS to its worker's threads.
+            Default: the datasets one after the other in this process.
+        cells_per_task
+            With ``client``: about how many cells one task attributes. Default: enough tasks for
+            about four per worker thread, at least 2,000 cells each, so the workers finish together.
+            Pass a number above the largest dataset for one task per dataset.
         obs_columns
             Columns of each source's ``obs`` to keep (all by default).
         on_error
@@ -416,14 +426,23 @@ class Atlas:
         self._refresh()
         have = {s["name"]: s for s in self._manifest["shards"]}
         todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
-        jobs = [{"root": str(self._root), "source": ingest.for_worker(s), "name": n} for s, n in todo]
+        if cells_per_task is not None and (
+            isinstance(cells_per_task, bool) or not isinstance(cells_per_task, Integral) or cells_per_task < 1
+        ):
+            msg = f"cells_per_task must be a positive number of cells, not {cells_per_task!r}."
+            raise ValueError(msg)
+        sizes = [ingest.n_cells(s) for s, _ in todo]
+        jobs = [
+            {"root": str(self._root), "source": ingest.for_worker(s), "name": n, "n_obs": k}
+            for (s, n), k in zip(todo, sizes, strict=True)
+        ]
         common = {"model": loaded, "options": options, "genes": list(self._genes)}
         common |= {"gene_order_hash": self.gene_order_hash, "obs_columns": obs_columns}
-        total = sum(ingest.n_cells(s) for s, _ in todo)
+        total = sum(sizes)
         show = settings.progress if progress is None else progress
         start = logg.info(f"attributing {len(todo)} datasets ({total:,} cells) into the atlas")
         with tqdm(total=total, disable=not show, desc="attribute", unit="cells") as bar:
-            run = ingest.run_local if client is None else partial(ingest.run_on_client, client)
+            run = ingest.run_local if client is None else partial(ingest.run_on_client, client, per_task=cells_per_task)
             results = run(jobs, common=common, bar=bar)
         ingest.reorder(self._root, [j["name"] for j in jobs])
         self._refresh()

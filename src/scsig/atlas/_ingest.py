@@ -34,7 +34,16 @@ from .._constants import IN_MODEL_SUFFIX, UNS_KEY
 from . import _manifest as mf
 from ._query import DATASET_KEY
 from ._rowstats import RowStats
-from ._store import BLOCK_NNZ, build_shard_from_csr, build_shard_from_rows, release_memory, remove_tree
+from ._store import (
+    BLOCK_NNZ,
+    Spill,
+    build_shard_from_csr,
+    build_shard_from_rows,
+    build_shard_from_spills,
+    release_memory,
+    remove_tree,
+    spill_rows,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -217,21 +226,52 @@ def write_dataset(
     """
     with staging(root) as staged:
         nnz = build(staged / "shard", staged / "scratch")
-        remove_tree(staged / "scratch")
-        extra = seal(staged / "shard", layer=layer, n_obs=n_obs, row_stats=row_stats)
-        entry = {
-            "name": name,
-            "dir": staged.name,
-            "n_obs": int(n_obs),
-            "nnz": int(nnz),
-            "layer": layer,
-            "obs_columns": [str(c) for c in obs_columns],
-            "provenance": mf.jsonable(dict(provenance)) if provenance is not None else None,
-            "source": source,
-            "added": now(),
-            **extra,
-        }
-        return commit(root, staged, entry)
+        return finish_staged(
+            root,
+            staged,
+            name=name,
+            layer=layer,
+            n_obs=n_obs,
+            nnz=nnz,
+            obs_columns=obs_columns,
+            provenance=provenance,
+            source=source,
+            row_stats=row_stats,
+        )
+
+
+def finish_staged(
+    root: Path,
+    staged: Path,
+    *,
+    name: str,
+    layer: str,
+    n_obs: int,
+    nnz: int,
+    obs_columns: Sequence[str],
+    provenance: Mapping | None,
+    source: str,
+    row_stats: RowStats | None = None,
+) -> dict[str, Any]:
+    """Seal and commit the shard built in ``staged/shard`` (its scratch files removed); returns the new manifest.
+
+    ``row_stats`` are the per-cell sums the build collected (else :func:`seal` computes them from the shard).
+    """
+    remove_tree(staged / "scratch")
+    extra = seal(staged / "shard", layer=layer, n_obs=n_obs, row_stats=row_stats)
+    entry = {
+        "name": name,
+        "dir": staged.name,
+        "n_obs": int(n_obs),
+        "nnz": int(nnz),
+        "layer": layer,
+        "obs_columns": [str(c) for c in obs_columns],
+        "provenance": mf.jsonable(dict(provenance)) if provenance is not None else None,
+        "source": source,
+        "added": now(),
+        **extra,
+    }
+    return commit(root, staged, entry)
 
 
 # ---------------------------------------------------------------------- what a shard holds
@@ -430,6 +470,104 @@ def _open_source(source: Any) -> AnnData:
     return ad.read_h5ad(path, backed="r")
 
 
+def pinned_threads(n_jobs: int | None) -> contextlib.AbstractContextManager:
+    """Torch, numba and BLAS/OpenMP pools limited to ``n_jobs`` threads (``None``: left as they are).
+
+    Torch's and numba's counts are per calling thread, so a task sets them itself: a dask worker's
+    task thread otherwise starts with as many as the machine has cores, and two worker processes on
+    two cores then fight over them.
+    """
+    from .._utils import threads
+
+    stack = contextlib.ExitStack()
+    if n_jobs is None:
+        return stack
+    stack.enter_context(threads(n_jobs, numba=True))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (scanpy)
+        return stack
+    stack.enter_context(threadpool_limits(limits=max(1, int(n_jobs))))
+    return stack
+
+
+def _prepare(
+    source: Any,
+    name: str,
+    model: Any,
+    options: Mapping[str, Any],
+    *,
+    genes: Sequence[str],
+    gene_order_hash: str,
+    obs_columns: Sequence[str] | None,
+) -> tuple[Any, pd.DataFrame]:
+    """Open the source and set up its attribution run (checked against the atlas's model); ``(run, shard obs)``."""
+    import inspect
+
+    from ..tl._attribute import _set_up
+
+    opts = attribute_defaults() | check_options(options)
+    takes = inspect.signature(_set_up).parameters
+    adata = _open_source(source)
+    run = _set_up(adata, model, **{k: v for k, v in opts.items() if k in takes})
+    if run.model.gene_order_hash != gene_order_hash:
+        msg = (
+            f"Dataset {name!r}: model {run.model.name!r} has gene order hash {run.model.gene_order_hash[:12]} "
+            f"({run.model.n_genes} genes), but the atlas expects {gene_order_hash[:12]} ({len(genes)} genes). "
+            "Attribute with the atlas's model, or build one atlas per model."
+        )
+        raise ValueError(msg)
+    return run, shard_obs_frame(adata.obs, obs_columns, name)
+
+
+def _spill_cells(run: Any, rows: tuple[int, int], folder: Path, name: str, on_cells: Any) -> tuple[Spill, RowStats]:
+    """Attribute cells ``rows`` batch by batch into a gene-major spill (pass 1 of the shard build).
+
+    Also returns those cells' attribution totals and top-``k`` sums, collected from the batches.
+    """
+    from ..tl._attribute import _batches
+    from ..tl._score_modes import DEFAULT_TOP_K
+
+    n_genes = run.model.n_genes
+    identity = np.arange(n_genes, dtype=np.int64)  # the attributions come in the model's (= atlas's) gene order
+    blocks = _grouped(_batches(run, on_cells=on_cells, rows=rows), BLOCK_NNZ)
+    row_stats = RowStats(DEFAULT_TOP_K)
+    spill = spill_rows(blocks, identity, n_genes=n_genes, name=name, folder=folder, row0=rows[0], on_rows=row_stats)
+    return spill, row_stats
+
+
+def _merge_and_commit(
+    root: Path,
+    staged: Path,
+    spills: Sequence[Spill],
+    *,
+    name: str,
+    key: str,
+    record: dict[str, Any],
+    obs: pd.DataFrame,
+    genes: Sequence[str],
+    row_stats: RowStats,
+) -> dict[str, Any]:
+    """Pass 2 of the shard build from the spills, then seal (with the cells' ``row_stats``) and commit; returns what was added."""
+    genes = pd.Index(genes, dtype=object)
+    common = _shard_contents(genes, key, record, obs, name)
+    nnz = build_shard_from_spills(staged / "shard", spills, n_obs=len(obs), **common)
+    manifest = finish_staged(
+        root,
+        staged,
+        name=name,
+        layer=key,
+        n_obs=len(obs),
+        nnz=nnz,
+        obs_columns=obs.columns,
+        provenance=record,
+        source="attribute",
+        row_stats=row_stats,
+    )
+    entry = next(s for s in manifest["shards"] if s["name"] == name)
+    return {"name": name, "n_obs": int(entry["n_obs"]), "nnz": int(entry["nnz"])}
+
+
 def attribute_dataset(
     root: str,
     source: Any,
@@ -451,51 +589,129 @@ def attribute_dataset(
     :data:`~scsig.atlas._store.BLOCK_NNZ` values), whatever the number of cells. Returns what was
     added: ``{"name", "n_obs", "nnz"}``.
     """
-    import inspect
-
     from ..pp._validate import warn_empty_cells
-    from ..tl._attribute import _batches, _provenance, _set_up, _threads
-    from ..tl._score_modes import DEFAULT_TOP_K
+    from ..tl._attribute import _provenance
 
-    opts = attribute_defaults() | check_options(options)
-    takes = inspect.signature(_set_up).parameters
-    adata = _open_source(source)
-    run = _set_up(adata, model, **{k: v for k, v in opts.items() if k in takes})
-    if run.model.gene_order_hash != gene_order_hash:
-        msg = (
-            f"Dataset {name!r}: model {run.model.name!r} has gene order hash {run.model.gene_order_hash[:12]} "
-            f"({run.model.n_genes} genes), but the atlas expects {gene_order_hash[:12]} ({len(genes)} genes). "
-            "Attribute with the atlas's model, or build one atlas per model."
+    with pinned_threads(n_jobs):
+        run, obs = _prepare(
+            source, name, model, options, genes=genes, gene_order_hash=gene_order_hash, obs_columns=obs_columns
         )
-        raise ValueError(msg)
-    obs = shard_obs_frame(adata.obs, obs_columns, name)
-    genes = pd.Index(genes, dtype=object)
-    record = _provenance(run)
-    common = _shard_contents(genes, run.key, record, obs, name)
-    identity = np.arange(len(genes), dtype=np.int64)  # the attributions come in the model's (= atlas's) gene order
-    row_stats = RowStats(DEFAULT_TOP_K)
-
-    def build(shard: Path, scratch: Path) -> int:
-        with _threads(n_jobs, numba=True):
-            blocks = _grouped(_batches(run, on_cells=on_cells), BLOCK_NNZ)
-            return build_shard_from_rows(
-                shard, blocks, identity, n_obs=len(obs), scratch=scratch, on_rows=row_stats, **common
+        with staging(Path(root)) as staged:
+            spill, row_stats = _spill_cells(run, (0, len(obs)), staged / "scratch" / "part-00000", name, on_cells)
+            added = _merge_and_commit(
+                Path(root),
+                staged,
+                [spill],
+                name=name,
+                key=run.key,
+                record=_provenance(run),
+                obs=obs,
+                genes=genes,
+                row_stats=row_stats,
             )
-
-    manifest = write_dataset(
-        Path(root),
-        name=name,
-        layer=run.key,
-        n_obs=len(obs),
-        obs_columns=obs.columns,
-        provenance=record,
-        build=build,
-        source="attribute",
-        row_stats=row_stats,
-    )
     warn_empty_cells(run.totals, obs.index, what="in the model's genes")
-    entry = next(s for s in manifest["shards"] if s["name"] == name)
-    return {"name": name, "n_obs": int(entry["n_obs"]), "nnz": int(entry["nnz"])}
+    return added
+
+
+# ---------------------------------------------------------------------- one dataset in blocks of cells, on a cluster
+
+
+def block_bounds(n_obs: int, n_blocks: int, batch_size: int) -> np.ndarray:
+    """Cell boundaries of ``n_blocks`` blocks of whole batches, as equal as batches allow.
+
+    Each block starts at a multiple of ``batch_size``, so blocks hold the very batches of a run
+    over all cells and their values are those of one run (a block is empty when there are fewer
+    batches than blocks).
+    """
+    n_batches = -(-n_obs // batch_size)
+    first = np.arange(n_blocks + 1, dtype=np.int64) * n_batches // max(n_blocks, 1)
+    return np.minimum(first * batch_size, n_obs)
+
+
+def attribute_block(
+    root: str,
+    staged: str,
+    source: Any,
+    name: str,
+    model: Any,
+    options: Mapping[str, Any],
+    *,
+    block: int,
+    n_blocks: int,
+    genes: Sequence[str],
+    gene_order_hash: str,
+    obs_columns: Sequence[str] | None = None,
+    on_cells: Callable[[int], None] | None = None,
+    n_jobs: int | None = None,
+) -> dict[str, Any]:
+    """Attribute block ``block`` of ``n_blocks`` of a dataset's cells into a spill in the staging folder ``staged``.
+
+    What :func:`merge_blocks` needs back: the spill (its folder and per-block gene offsets), the
+    block's completeness gaps and per-cell row stats (:class:`RowStats`: two numbers per cell),
+    the run's record and layer name. ``root`` is the atlas (unused here,
+    kept for the same call shape as :func:`attribute_dataset`).
+    """
+    from ..pp._validate import warn_empty_cells
+    from ..tl._attribute import _provenance
+
+    del root
+    with pinned_threads(n_jobs):
+        run, obs = _prepare(
+            source, name, model, options, genes=genes, gene_order_hash=gene_order_hash, obs_columns=obs_columns
+        )
+        lo, hi = (int(v) for v in block_bounds(len(obs), n_blocks, run.batch_size)[block : block + 2])
+        spill, row_stats = _spill_cells(run, (lo, hi), Path(staged) / "scratch" / f"part-{block:05d}", name, on_cells)
+    warn_empty_cells(run.totals[lo:hi], obs.index[lo:hi], what="in the model's genes")
+    record = _provenance(run)
+    record.pop("completeness_gap", None)  # of the whole dataset: made from all blocks' gaps
+    return {
+        "spill": spill,
+        "gaps": run.gaps[lo:hi].copy(),
+        "row_stats": row_stats,
+        "record": record,
+        "key": run.key,
+        "rows": (lo, hi),
+    }
+
+
+def merge_blocks(
+    root: str,
+    staged: str,
+    source: Any,
+    name: str,
+    parts: Sequence[Mapping[str, Any]],
+    *,
+    genes: Sequence[str],
+    obs_columns: Sequence[str] | None = None,
+    n_jobs: int | None = None,
+) -> dict[str, Any]:
+    """Merge the spills of all blocks of a dataset (from :func:`attribute_block`) into its shard, and commit it.
+
+    The blocks' per-cell row stats, joined in cell order, are stored with the shard before it is sealed.
+    """
+    from ..tl._attribute import _gap_summary
+
+    parts = sorted(parts, key=lambda p: p["rows"][0])
+    first = parts[0]
+    record = dict(first["record"])
+    if record.get("method") == "ig":
+        gaps = np.concatenate([p["gaps"] for p in parts])
+        completeness = {"completeness_gap": _gap_summary(gaps)}
+        record = {**{k: v for k, v in record.items() if k not in ("n_steps_auto", "auto_median_gaps")}, **completeness}
+        record |= {k: first["record"][k] for k in ("n_steps_auto", "auto_median_gaps") if k in first["record"]}
+    with pinned_threads(n_jobs):
+        obs = shard_obs_frame(_open_source(source).obs, obs_columns, name)
+        return _merge_and_commit(
+            Path(root),
+            Path(staged),
+            [p["spill"] for p in parts],
+            name=name,
+            key=first["key"],
+            record=record,
+            obs=obs,
+            genes=genes,
+            row_stats=RowStats.combine([p["row_stats"] for p in parts]),
+        )
 
 
 # ---------------------------------------------------------------------- many datasets, in-process or on a cluster
@@ -586,24 +802,65 @@ def for_worker(source: Any) -> Any:
     return str(source) if isinstance(source, Path) else source
 
 
+def _worker_threads() -> int | None:
+    from distributed import get_worker
+
+    try:
+        return int(get_worker().state.nthreads)
+    except (ValueError, AttributeError):  # pragma: no cover - not on a worker
+        return None
+
+
 def dask_task(
     root: str, source: Any, name: str, model: Any, options: Mapping[str, Any], queue: str | None, **kwargs: Any
 ) -> dict[str, Any]:
     """:func:`attribute_dataset` on a dask worker: its threads, and cells done sent to ``queue``."""
-    from distributed import Queue, get_worker
+    from distributed import Queue
 
-    try:
-        n_jobs = int(get_worker().state.nthreads)
-    except (ValueError, AttributeError):  # pragma: no cover - not on a worker
-        n_jobs = None
     report = Queue(queue).put if queue is not None else None
-    return attribute_dataset(root, source, name, model, options, on_cells=report, n_jobs=n_jobs, **kwargs)
+    return attribute_dataset(root, source, name, model, options, on_cells=report, n_jobs=_worker_threads(), **kwargs)
+
+
+def dask_block(
+    root: str, source: Any, name: str, model: Any, options: Mapping[str, Any], queue: str | None, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`attribute_block` on a dask worker: its threads, and cells done sent to ``queue``."""
+    from distributed import Queue
+
+    report = Queue(queue).put if queue is not None else None
+    return attribute_block(root, source=source, name=name, model=model, options=options, on_cells=report,
+                           n_jobs=_worker_threads(), **kwargs)  # fmt: skip
+
+
+def dask_merge(root: str, staged: str, source: Any, name: str, parts: Sequence[Any], **kwargs: Any) -> dict[str, Any]:
+    """:func:`merge_blocks` on a dask worker, with its threads."""
+    return merge_blocks(root, staged, source, name, parts, n_jobs=_worker_threads(), **kwargs)
+
+
+MIN_TASK_CELLS = 2_000
+"""Fewest cells per task when :meth:`scsig.Atlas.attribute` splits datasets into blocks on its own."""
+
+TASKS_PER_THREAD = 4
+"""Tasks per worker thread aimed at when splitting datasets on a cluster (so workers finish together)."""
+
+
+def cells_per_task(total: int, n_threads: int) -> int:
+    """Cells per task on a cluster of ``n_threads`` worker threads: about :data:`TASKS_PER_THREAD` tasks each."""
+    return max(MIN_TASK_CELLS, -(-total // max(1, TASKS_PER_THREAD * n_threads)))
+
+
+def n_blocks(n_obs: int, per_task: int | None) -> int:
+    """Blocks a dataset of ``n_obs`` cells is split into for tasks of about ``per_task`` cells (``None``: one)."""
+    if per_task is None or n_obs <= per_task:
+        return 1
+    return max(1, round(n_obs / per_task))
 
 
 def run_local(jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -> dict[str, Any]:
     """Run the jobs one after the other in this process; ``{name: result or exception}``."""
     results: dict[str, Any] = {}
     for job in jobs:
+        job = {k: v for k, v in job.items() if k != "n_obs"}
         try:
             results[job["name"]] = attribute_dataset(**job, **common, on_cells=bar.update)
         except Exception as err:  # noqa: BLE001 - one dataset's failure is reported, the others go on
@@ -611,37 +868,102 @@ def run_local(jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -
     return results
 
 
-def run_on_client(client: Any, jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -> dict[str, Any]:
-    """Run one task per job on ``client``'s cluster; ``{name: result or exception}``."""
+def run_on_client(
+    client: Any,
+    jobs: list[dict[str, Any]],
+    *,
+    common: dict[str, Any],
+    bar: Any,
+    per_task: int | None = None,
+) -> dict[str, Any]:
+    """Run the jobs on ``client``'s cluster; ``{name: result or exception}``.
+
+    A dataset of more than ``per_task`` cells is split into blocks of cells: one task per block
+    attributes its cells into a spill inside a staging folder that this process creates and holds
+    locked, then one task merges the spills, seals the shard and commits it. Smaller datasets are
+    one task each. ``per_task=None`` picks it from the cluster's threads (:func:`cells_per_task`).
+    """
     from distributed import Queue
 
     queue_name = f"scsig-attribute-{uuid.uuid4().hex}"
     queue = Queue(queue_name, client=client)
     model = common["model"]
     shared = dict(common, model=client.scatter(model, broadcast=True) if not isinstance(model, str) else model)
-    futures = {
-        client.submit(dask_task, **job, **shared, queue=queue_name, pure=False, key=f"{queue_name}-{k}"): job["name"]
-        for k, job in enumerate(jobs)
-    }
+    if per_task is None:
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        per_task = cells_per_task(sum(j["n_obs"] for j in jobs), threads)
+    futures: dict[Any, str] = {}
+    held: dict[str, contextlib.ExitStack] = {}
+    blocks_of: dict[str, list[Any]] = {}
     results: dict[str, Any] = {}
-    pending = set(futures)
-
-    def drain() -> None:
-        while True:
-            got = queue.get(batch=True)
-            if not got:
-                return
-            bar.update(int(sum(got)))
-
-    while pending:
-        time.sleep(0.2)
-        drain()
-        done = {f for f in pending if f.done()}
-        pending -= done
-        for fut in done:
+    try:
+        for k, job in enumerate(jobs):
+            job = dict(job)
+            n_obs, name = job.pop("n_obs"), job["name"]
+            key = f"{queue_name}-{k}"
+            blocks = n_blocks(n_obs, per_task)
+            if blocks == 1:
+                fut = client.submit(dask_task, **job, **shared, queue=queue_name, pure=False, key=key)
+                futures[fut] = name
+                continue
+            stack = contextlib.ExitStack()
             try:
-                results[futures[fut]] = fut.result()
+                staged = str(stack.enter_context(staging(Path(job["root"]))))
             except Exception as err:  # noqa: BLE001 - reported per dataset
-                results[futures[fut]] = err
-    drain()
+                stack.close()
+                results[name] = err
+                continue
+            held[name] = stack
+            source = job["source"]
+            if not isinstance(source, str):  # an AnnData: sent to the workers once, not once per block
+                source = client.scatter(source)
+            parts = [
+                client.submit(
+                    dask_block,
+                    job["root"],
+                    source=source,
+                    name=name,
+                    staged=staged,
+                    block=b,
+                    n_blocks=blocks,
+                    **shared,
+                    queue=queue_name,
+                    pure=False,
+                    key=f"{key}-block-{b}",
+                )  # fmt: skip
+                for b in range(blocks)
+            ]
+            blocks_of[name] = parts
+            merge_kw = {"genes": shared["genes"], "obs_columns": shared["obs_columns"]}
+            fut = client.submit(
+                dask_merge, job["root"], staged, source, name, parts, **merge_kw, pure=False, key=f"{key}-merge"
+            )
+            futures[fut] = name
+        pending = set(futures)
+
+        def drain() -> None:
+            while True:
+                got = queue.get(batch=True)
+                if not got:
+                    return
+                bar.update(int(sum(got)))
+
+        while pending:
+            time.sleep(0.2)
+            drain()
+            done = {f for f in pending if f.done()}
+            pending -= done
+            for fut in done:
+                name = futures[fut]
+                try:
+                    results[name] = fut.result()
+                except Exception as err:  # noqa: BLE001 - reported per dataset
+                    results[name] = err
+                if name in held:  # its shard has moved into the atlas, or it failed: the staging folder goes
+                    client.cancel(blocks_of.pop(name))  # after a failed block, the others' work is of no use
+                    held.pop(name).close()
+        drain()
+    finally:
+        for stack in held.values():
+            stack.close()
     return results

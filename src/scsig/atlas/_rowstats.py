@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from ._store import ShardReader
@@ -123,6 +124,16 @@ class RowStats:
         from ..tl._score_modes import csr_totals_and_tops
 
         self._parts.append(csr_totals_and_tops(np.asarray(indptr) - indptr[0], data, self.top_k))
+
+    @classmethod
+    def combine(cls, parts: Sequence[RowStats]) -> RowStats:
+        """The sums of consecutive blocks of cells (each collected by its own :class:`RowStats`), in the given order."""
+        if len({p.top_k for p in parts}) > 1:  # pragma: no cover - internal consistency
+            msg = f"blocks collected top sums of different k: {sorted({p.top_k for p in parts})}"
+            raise RuntimeError(msg)
+        out = cls(parts[0].top_k)
+        out._parts = [part for p in parts for part in p._parts]
+        return out
 
     def result(self, n_obs: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(totals, tops)`` of every cell, or ``None`` when the blocks seen do not cover ``n_obs`` cells."""

@@ -14,17 +14,19 @@ gene range by gene range, so memory is bounded by the block size rather than by 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     import pandas as pd
@@ -34,9 +36,12 @@ __all__ = [
     "ShardReader",
     "build_shard_from_columns",
     "build_shard_from_csr",
+    "Spill",
     "build_shard_from_rows",
+    "build_shard_from_spills",
     "release_memory",
     "require_tensorstore",
+    "spill_rows",
 ]
 
 BLOCK_NNZ = 1 << 24
@@ -367,6 +372,134 @@ def build_shard_from_csr(
     return nnz
 
 
+@dataclass
+class Spill:
+    """Row blocks of a layer, turned gene-major and written to ``folder`` (pass 1 of a shard build).
+
+    ``segs[b, g]`` is where gene ``g``'s values of block ``b`` start within the block's stretch of
+    ``folder/data.bin`` and ``folder/indices.bin`` (values and block-local row numbers); ``rows[b]``
+    is the block's number of cells. A shard is merged from one or more spills of consecutive cells.
+    """
+
+    folder: Path
+    segs: np.ndarray
+    rows: list[int]
+
+    @property
+    def n_obs(self) -> int:
+        return int(sum(self.rows))
+
+
+def spill_rows(
+    blocks: Iterable[Any],
+    lut: np.ndarray,
+    *,
+    n_genes: int,
+    name: str,
+    folder: Path,
+    row0: int = 0,
+    on_block: Callable[[int], None] | None = None,
+    on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> Spill:
+    """Pass 1: write row blocks (sparse, dense, or CSR arrays) gene-major to ``folder``; memory is one block.
+
+    ``row0`` is the first block's first cell in the dataset (for messages only);
+    ``on_rows(indptr, data)`` sees each block's rows, in order (after the block's checks).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    segs: list[np.ndarray] = []
+    rows: list[int] = []
+    with (folder / "data.bin").open("wb") as fd, (folder / "indices.bin").open("wb") as fi:
+        for raw in blocks:
+            block = _csr_arrays(raw)
+            counts, ranges = _gene_major(block, lut, n_genes, name, row0 + sum(rows))
+            if on_rows is not None:
+                on_rows(block[0], block[2])
+            for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
+                data.tofile(fd)
+                indices.tofile(fi)
+                del data, indices
+            seg = np.zeros(n_genes + 1, dtype=np.int64)
+            np.cumsum(counts, out=seg[1:])
+            segs.append(seg)
+            rows.append(block[0].size - 1)
+            del block, raw
+            release_memory()
+            if on_block is not None:
+                on_block(rows[-1])
+    seg_all = np.stack(segs) if segs else np.zeros((0, n_genes + 1), np.int64)
+    return Spill(folder, seg_all, rows)
+
+
+def build_shard_from_spills(
+    path: Path,
+    spills: Sequence[Spill],
+    *,
+    n_obs: int,
+    n_genes: int,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    uns: dict,
+    layer: str,
+    name: str,
+    on_range: Callable[[int, int], None] | None = None,
+) -> int:
+    """Pass 2: merge spills (of consecutive cells, in order) gene range by gene range into a shard; returns nnz.
+
+    Memory is bounded by :data:`BLOCK_NNZ` values per gene range, not by the dataset.
+    """
+    from ._kernels import merge_blocks
+
+    if sum(s.n_obs for s in spills) != n_obs:  # pragma: no cover - internal consistency
+        msg = f"row blocks hold {sum(s.n_obs for s in spills)} cells, expected {n_obs}"
+        raise RuntimeError(msg)
+    folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(n_obs, n_genes))
+    seg_all = np.concatenate([s.segs for s in spills]) if spills else np.zeros((0, n_genes + 1), np.int64)
+    col_nnz = np.diff(seg_all, axis=1).sum(axis=0) if seg_all.size else np.zeros(n_genes, np.int64)
+    which = np.concatenate([np.full(len(s.rows), k, dtype=np.int64) for k, s in enumerate(spills)] or [[]])
+    file_base = np.zeros(seg_all.shape[0], dtype=np.int64)  # a block's first value in its spill's files
+    b = 0
+    for s in spills:
+        file_base[b : b + len(s.rows)] = np.concatenate([[0], np.cumsum(s.segs[:, -1])])[: len(s.rows)]
+        b += len(s.rows)
+    row_off = np.concatenate([[0], np.cumsum([r for s in spills for r in s.rows])]).astype(np.int64)
+    sink = _ColumnSink(folder, n_genes)
+    with contextlib.ExitStack() as stack:
+        files = [
+            (
+                stack.enter_context((s.folder / "data.bin").open("rb")),
+                stack.enter_context((s.folder / "indices.bin").open("rb")),
+            )
+            for s in spills
+        ]
+        for g0, g1 in _gene_ranges(col_nnz, BLOCK_NNZ):
+            lens = seg_all[:, g1] - seg_all[:, g0]
+            base = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            buf_data = np.empty(int(base[-1]), dtype=np.float32)
+            buf_idx = np.empty(int(base[-1]), dtype=np.int32)
+            for b in range(seg_all.shape[0]):
+                if lens[b]:
+                    fd, fi = files[which[b]]
+                    off = 4 * int(file_base[b] + seg_all[b, g0])
+                    fd.seek(off)
+                    fi.seek(off)
+                    fd.readinto(memoryview(buf_data[base[b] : base[b + 1]]).cast("B"))
+                    fi.readinto(memoryview(buf_idx[base[b] : base[b + 1]]).cast("B"))
+            seg = seg_all[:, g0 : g1 + 1] - seg_all[:, g0 : g0 + 1]
+            out_data = np.empty_like(buf_data)
+            out_idx = np.empty_like(buf_idx)
+            merge_blocks(seg, base[:-1], row_off[:-1], buf_data, buf_idx, out_data, out_idx)
+            del buf_data, buf_idx
+            sink.add(g0, col_nnz[g0:g1], out_data, out_idx)
+            del out_data, out_idx
+            release_memory()
+            if on_range is not None:
+                on_range(g1, n_genes)
+    nnz = sink.close()
+    _finish(path)
+    return nnz
+
+
 def build_shard_from_rows(
     path: Path,
     blocks: Iterable[Any],
@@ -386,69 +519,25 @@ def build_shard_from_rows(
 ) -> int:
     """Write a shard from row blocks (sparse, dense, or CSR arrays ``(indptr, indices, data)``); returns nnz.
 
-    Pass 1 turns each block into gene-major order and spills it to ``scratch``; pass 2 merges the
-    blocks gene range by gene range. Memory is bounded by the block size, not by the dataset.
+    Pass 1 (:func:`spill_rows`) turns each block into gene-major order and spills it to
+    ``scratch``; pass 2 (:func:`build_shard_from_spills`) merges the blocks gene range by gene
+    range. Memory is bounded by the block size, not by the dataset.
     ``on_rows(indptr, data)`` sees each block's rows, in order (after the block's checks).
     """
-    from ._kernels import merge_blocks
-
-    folder = _write_skeleton(path, obs=obs, var=var, uns=uns, layer=layer, shape=(n_obs, n_genes))
-    scratch.mkdir(parents=True, exist_ok=True)
-    segs: list[np.ndarray] = []
-    rows: list[int] = []
-    col_nnz = np.zeros(n_genes, dtype=np.int64)
-    with (scratch / "data.bin").open("wb") as fd, (scratch / "indices.bin").open("wb") as fi:
-        for raw in blocks:
-            block = _csr_arrays(raw)
-            counts, ranges = _gene_major(block, lut, n_genes, name, sum(rows))
-            if on_rows is not None:
-                on_rows(block[0], block[2])
-            for _, _, data, indices in ranges(1 << 62):  # the whole block in one range
-                data.tofile(fd)
-                indices.tofile(fi)
-                del data, indices
-            seg = np.zeros(n_genes + 1, dtype=np.int64)
-            np.cumsum(counts, out=seg[1:])
-            segs.append(seg)
-            rows.append(block[0].size - 1)
-            col_nnz += counts
-            del block, raw
-            release_memory()
-            if on_block is not None:
-                on_block(rows[-1])
-    if sum(rows) != n_obs:  # pragma: no cover - internal consistency
-        msg = f"row blocks hold {sum(rows)} cells, expected {n_obs}"
-        raise RuntimeError(msg)
-    seg_all = np.stack(segs) if segs else np.zeros((0, n_genes + 1), np.int64)
-    file_base = np.concatenate([[0], np.cumsum(seg_all[:, -1])]).astype(np.int64)
-    row_off = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-    sink = _ColumnSink(folder, n_genes)
-    with (scratch / "data.bin").open("rb") as fd, (scratch / "indices.bin").open("rb") as fi:
-        for g0, g1 in _gene_ranges(col_nnz, BLOCK_NNZ):
-            lens = seg_all[:, g1] - seg_all[:, g0]
-            base = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-            buf_data = np.empty(int(base[-1]), dtype=np.float32)
-            buf_idx = np.empty(int(base[-1]), dtype=np.int32)
-            for b in range(seg_all.shape[0]):
-                if lens[b]:
-                    off = 4 * int(file_base[b] + seg_all[b, g0])
-                    fd.seek(off)
-                    fi.seek(off)
-                    fd.readinto(memoryview(buf_data[base[b] : base[b + 1]]).cast("B"))
-                    fi.readinto(memoryview(buf_idx[base[b] : base[b + 1]]).cast("B"))
-            seg = seg_all[:, g0 : g1 + 1] - seg_all[:, g0 : g0 + 1]
-            out_data = np.empty_like(buf_data)
-            out_idx = np.empty_like(buf_idx)
-            merge_blocks(seg, base[:-1], row_off[:-1], buf_data, buf_idx, out_data, out_idx)
-            del buf_data, buf_idx
-            sink.add(g0, col_nnz[g0:g1], out_data, out_idx)
-            del out_data, out_idx
-            release_memory()
-            if on_range is not None:
-                on_range(g1, n_genes)
+    spill = spill_rows(blocks, lut, n_genes=n_genes, name=name, folder=scratch, on_block=on_block, on_rows=on_rows)
+    nnz = build_shard_from_spills(
+        path,
+        [spill],
+        n_obs=n_obs,
+        n_genes=n_genes,
+        obs=obs,
+        var=var,
+        uns=uns,
+        layer=layer,
+        name=name,
+        on_range=on_range,
+    )
     shutil.rmtree(scratch, ignore_errors=True)
-    nnz = sink.close()
-    _finish(path)
     return nnz
 
 

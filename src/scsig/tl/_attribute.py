@@ -373,11 +373,15 @@ def _choose_n_steps(
     return n_steps, medians
 
 
-def _batches(run: _Run, *, on_cells: Callable[[int], None] | None = None) -> Iterator[sparse.csr_matrix]:
+def _batches(
+    run: _Run, *, on_cells: Callable[[int], None] | None = None, rows: tuple[int, int] | None = None
+) -> Iterator[sparse.csr_matrix]:
     """Normalized attributions over the model's genes, one CSR per batch of cells, in cell order.
 
     Reads, checks, normalizes and attributes one batch at a time (the first batch is checked for
     degenerate attributions); fills ``run.totals`` and calls ``on_cells(n)`` after each batch.
+    ``rows=(start, stop)`` attributes only those cells; ``start`` must be a multiple of the batch
+    size, so the batches (and the values) are those of the whole run.
     """
     import torch
 
@@ -386,11 +390,14 @@ def _batches(run: _Run, *, on_cells: Callable[[int], None] | None = None) -> Ite
 
     device = run.device if run.device is not None else torch.device(settings.device)
     run.module.to(device)
-    n_obs = run.totals.size
+    start, stop = (0, run.totals.size) if rows is None else rows
+    if start % run.batch_size:  # pragma: no cover - internal consistency
+        msg = f"rows start at {start}, not a multiple of the batch size {run.batch_size}"
+        raise ValueError(msg)
     requires_integer = run.check_counts and run.model.preprocessing.requires_counts
     with _threads(settings.n_jobs, numba=run.engine == "fast"):
-        for lo in range(0, n_obs, run.batch_size):
-            hi = min(lo + run.batch_size, n_obs)
+        for lo in range(start, stop, run.batch_size):
+            hi = min(lo + run.batch_size, stop)
             chunk = to_memory(run.counts[lo:hi])
             if not run.in_memory:  # negative or NaN input is refused even with check_counts=False
                 _check_counts(chunk, where=f"{run.where} (cells {lo}-{hi - 1})", require_integer=requires_integer)
