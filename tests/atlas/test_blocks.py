@@ -51,6 +51,14 @@ def test_block_bounds():
     assert _ingest.cells_per_task(1_000_000, 2) == 125_000
 
 
+def test_default_split_only_where_whole_datasets_do_not_balance():
+    assert _ingest.default_per_task([6000] * 4, 2) is None  # two datasets per worker: even
+    assert _ingest.default_per_task([5000, 4000, 3000, 2000], 2) is None  # 7,000 each
+    assert _ingest.default_per_task([8000] * 3, 2) == _ingest.cells_per_task(24_000, 2)  # 16,000 vs 12,000
+    assert _ingest.default_per_task([1_000_000], 2) == 125_000  # one large dataset
+    assert _ingest.default_per_task([10, 500], 1) is None  # one thread: nothing to even out
+
+
 @pytest.fixture(scope="module")
 def local_build(tmp_path_factory):
     """The toy data in two files, attributed in this process (batches of 4 cells, 10 steps)."""

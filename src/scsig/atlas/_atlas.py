@@ -377,9 +377,11 @@ class Atlas:
             in one process. Each task limits torch, numba and BLAS to its worker's threads.
             Default: the datasets one after the other in this process.
         cells_per_task
-            With ``client``: about how many cells one task attributes. Default: enough tasks for
-            about four per worker thread, at least 2,000 cells each, so the workers finish together.
-            Pass a number above the largest dataset for one task per dataset.
+            With ``client``: about how many cells one task attributes. Default: one task per
+            dataset when whole datasets keep the worker threads evenly busy (the busiest at most
+            10 % above an even share), otherwise blocks for about four tasks per worker thread, at
+            least 2,000 cells each, so the workers finish together. Pass a number above the largest
+            dataset for one task per dataset.
         obs_columns
             Columns of each source's ``obs`` to keep (all by default).
         on_error

@@ -844,9 +844,31 @@ TASKS_PER_THREAD = 4
 """Tasks per worker thread aimed at when splitting datasets on a cluster (so workers finish together)."""
 
 
+BALANCE_TOLERANCE = 0.1
+"""Whole datasets are one task each when the busiest thread gets at most this much more than an even share."""
+
+
 def cells_per_task(total: int, n_threads: int) -> int:
     """Cells per task on a cluster of ``n_threads`` worker threads: about :data:`TASKS_PER_THREAD` tasks each."""
     return max(MIN_TASK_CELLS, -(-total // max(1, TASKS_PER_THREAD * n_threads)))
+
+
+def default_per_task(sizes: Sequence[int], n_threads: int) -> int | None:
+    """``None`` (one task per dataset) when whole datasets keep ``n_threads`` threads evenly busy, else :func:`cells_per_task`.
+
+    Whole datasets are assigned largest first, each to the least loaded thread; if the busiest
+    thread then gets more than :data:`BALANCE_TOLERANCE` above an even share of the cells, the
+    datasets are split into blocks. Blocks cost an extra merge pass, so they are used only where
+    they even out the work (few or unequal datasets).
+    """
+    threads = max(1, int(n_threads))
+    loads = [0] * threads
+    for size in sorted(sizes, reverse=True):
+        loads[loads.index(min(loads))] += int(size)
+    total = sum(loads)
+    if max(loads) <= (1 + BALANCE_TOLERANCE) * total / threads:
+        return None
+    return cells_per_task(total, threads)
 
 
 def n_blocks(n_obs: int, per_task: int | None) -> int:
@@ -881,7 +903,8 @@ def run_on_client(
     A dataset of more than ``per_task`` cells is split into blocks of cells: one task per block
     attributes its cells into a spill inside a staging folder that this process creates and holds
     locked, then one task merges the spills, seals the shard and commits it. Smaller datasets are
-    one task each. ``per_task=None`` picks it from the cluster's threads (:func:`cells_per_task`).
+    one task each. ``per_task=None`` picks it from the datasets' sizes and the cluster's threads
+    (:func:`default_per_task`).
     """
     from distributed import Queue
 
@@ -891,7 +914,7 @@ def run_on_client(
     shared = dict(common, model=client.scatter(model, broadcast=True) if not isinstance(model, str) else model)
     if per_task is None:
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-        per_task = cells_per_task(sum(j["n_obs"] for j in jobs), threads)
+        per_task = default_per_task([j["n_obs"] for j in jobs], threads)
     futures: dict[Any, str] = {}
     held: dict[str, contextlib.ExitStack] = {}
     blocks_of: dict[str, list[Any]] = {}
