@@ -63,7 +63,7 @@ class Atlas:
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
     arrays are Blosc-compressed, sharded zarr v3 arrays; ``row_stats/`` beside them holds each cell's
-    attribution total and top-300 sum, for :meth:`score`'s default ``mode="top"`). Adding a dataset is atomic: a writer that
+    attribution total and top-300 sum, for :meth:`score`'s default ``mode="top"``). Adding a dataset is atomic: a writer that
     dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
     checksummed when its dataset is added: reads refuse damaged data with an error naming the
     dataset, and :meth:`verify` checks every byte.

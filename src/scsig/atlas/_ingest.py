@@ -911,7 +911,13 @@ def run_on_client(
     queue_name = f"scsig-attribute-{uuid.uuid4().hex}"
     queue = Queue(queue_name, client=client)
     model = common["model"]
-    shared = dict(common, model=client.scatter(model, broadcast=True) if not isinstance(model, str) else model)
+    # hash=False: a key of its own per call. With the default (a key from the data's hash), a second call with the
+    # same model reuses the key, and the first call's future, released when it returns, can take the data away
+    # from the second call's tasks ("lost dependencies").
+    shared = dict(
+        common, model=client.scatter(model, broadcast=True, hash=False) if not isinstance(model, str) else model
+    )
+    scattered: list[Any] = []  # sources sent once per dataset, held until every task that reads them is done
     if per_task is None:
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
         per_task = default_per_task([j["n_obs"] for j in jobs], threads)
@@ -939,7 +945,8 @@ def run_on_client(
             held[name] = stack
             source = job["source"]
             if not isinstance(source, str):  # an AnnData: sent to the workers once, not once per block
-                source = client.scatter(source)
+                source = client.scatter(source, hash=False)
+                scattered.append(source)
             parts = [
                 client.submit(
                     dask_block,
