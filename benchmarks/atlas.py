@@ -12,7 +12,7 @@ attributions per cell, every row summing to 1,000), then times
 - the import of the reference's TileDB array with ``sg.Atlas.from_signature``;
 
 and checks that the scores agree (scsig's ``mode="classic"`` vs ``query_attributions``, and the imported
-atlas too). Every query is also timed with ``mode="top"`` (the default of ``Atlas.score``), and the
+atlas too). Every query is also timed with ``mode="top"`` (the default of ``sg.tl.score``), and the
 build reports the time of the per-cell top-300 sums it stores for that mode.
 Every tool runs in its own subprocess; the reference runs in its own environment
 (``--reference-python``, default ``../refvenv/bin/python`` beside the repository). Sizes above ``--reference-max-cells``

@@ -301,7 +301,8 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"][0]
     assert entry["row_stats"] == {"top_k": 300}
     sig = {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}
-    frame = atlas.score(sig)
+    assert atlas.score(sig).attrs["scsig"]["mode"] == "classic"  # the atlas's default is the reference's score
+    frame = atlas.score(sig, mode="top")
     assert frame.attrs["scsig"]["mode"] == "top"
     monkeypatch.undo()
     ref = adata.copy()
@@ -312,7 +313,7 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     assert not np.allclose(frame["score"], ref.obs["classic"])  # the wide cells are rescaled
     # another top_k is computed from the shard's values, in several cell blocks when memory is short
     monkeypatch.setattr(_rowstats, "ROW_STATS_BYTES", 4 * 50 * 17)
-    got = atlas.score(sig, mode_kwds={"top_k": 50})["score"]
+    got = atlas.score(sig, mode="top", mode_kwds={"top_k": 50})["score"]
     sg.tl.score(ref, sig, mode_kwds={"top_k": 50}, key_added="k50")
     np.testing.assert_allclose(got.to_numpy(), ref.obs["k50"].to_numpy(), rtol=1e-9)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -324,7 +325,7 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     monkeypatch.setattr(_rowstats, "compute_row_stats", None)  # collected during the build, not read back
     atlas.add(adata, name="blocks")
     monkeypatch.undo()
-    blocks = atlas.score(sig, datasets="blocks")
+    blocks = atlas.score(sig, mode="top", datasets="blocks")
     np.testing.assert_allclose(blocks["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
 
 
@@ -342,7 +343,7 @@ def test_top_score_of_a_shard_without_stored_sums(tmp_path, monkeypatch):
     assert entry.get("row_stats") is None
     sig = ["G5", "G50", "G500"]
     with pytest.warns(UserWarning, match="stores no per-cell top-300 sums"):
-        frame = sg.Atlas.open(tmp_path / "a").score(sig)
+        frame = sg.Atlas.open(tmp_path / "a").score(sig, mode="top")
     ref = adata.copy()
     ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
     sg.tl.score(ref, sig)

@@ -192,7 +192,7 @@ def test_top_score_of_blocks_equals_in_memory_top(local_build, tmp_path, monkeyp
         assert [e["row_stats"] for e in entries] == [{"top_k": top_k}] * 2
         monkeypatch.setattr(_rowstats, "compute_row_stats", None)  # the stored sums are read, not recomputed
         kwds = {"mode_kwds": {"top_k": top_k}}
-        frame = sg.Atlas.open(atlas.path).score(sig, **kwds)
+        frame = sg.Atlas.open(atlas.path).score(sig, mode="top", **kwds)
         monkeypatch.undo()
         assert frame.attrs["scsig"]["mode"] == "top"
         for name, part in memory.items():
@@ -221,4 +221,4 @@ def test_top_score_of_blocks_equals_in_memory_top(local_build, tmp_path, monkeyp
     monkeypatch.setattr(_query, "_CHECKED", set())  # a new process: nothing checked or read yet
     monkeypatch.setattr(_query, "_ROW_FACTORS", type(_query._ROW_FACTORS)())
     with pytest.raises(DamagedDatasetError, match="'p1'"):
-        sg.Atlas.open(atlas.path).score(sig)
+        sg.Atlas.open(atlas.path).score(sig, mode="top")

@@ -117,7 +117,7 @@ def test_imported_atlas_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "atlas" / "manifest.json").read_text())["shards"][0]
     assert entry["row_stats"] == {"top_k": 4}
     sig = ["G1", "G3", "G10"]
-    frame = atlas.score(sig, mode_kwds={"top_k": 4})
+    frame = atlas.score(sig, mode="top", mode_kwds={"top_k": 4})
     adata = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(15)]), var=pd.DataFrame(index=GENES))
     adata.layers["attr_ig"] = sparse.csr_matrix(dense)
     adata.uns["scsig"] = {"layers": {"attr_ig": {}}}

@@ -20,7 +20,7 @@ from .._settings import settings
 from .._signature import Aggregate, resolve_signatures
 from .._utils import check_choice, get_matrix
 from ..models import gene_order_hash
-from ..tl._score_modes import DEFAULT_MODE, DEFAULT_TOP_K, check_mode
+from ..tl._score_modes import DEFAULT_TOP_K, check_mode
 from . import _ingest as ingest
 from . import _manifest as mf
 from ._integrity import check_name, verify_shards
@@ -63,7 +63,7 @@ class Atlas:
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
     arrays are Blosc-compressed, sharded zarr v3 arrays; ``row_stats/`` beside them holds each cell's
-    attribution total and top-300 sum, for :meth:`score`'s default ``mode="top"``). Adding a dataset is atomic: a writer that
+    attribution total and top-300 sum, for :meth:`score`'s ``mode="top"``). Adding a dataset is atomic: a writer that
     dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
     checksummed when its dataset is added: reads refuse damaged data with an error naming the
     dataset, and :meth:`verify` checks every byte.
@@ -644,7 +644,7 @@ class Atlas:
         *,
         weights: Sequence[float] | None = None,
         aggregate: Aggregate = "mean",
-        mode: AtlasMode = DEFAULT_MODE,
+        mode: AtlasMode = "classic",
         mode_kwds: Mapping[str, Any] | None = None,
         datasets: Sequence[str] | str | None = None,
         obs_filter: ObsFilter = None,
@@ -658,17 +658,19 @@ class Atlas:
         whole layer. ``mode="classic"`` is the mean (``aggregate="mean"``) or sum of its normalized
         attributions over the signature's genes, or with weights :math:`w_g` the weighted mean
         :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum :math:`\sum_g w_g a_g`): what the
-        published method and the reference tool's ``query_attributions`` compute. The default,
-        ``mode="top"`` (as in :func:`scsig.tl.score`), is that score times the cell's attribution
-        total over the sum of its 300 largest attributions, which keeps deeper cells from scoring
-        lower (see :func:`scsig.tl.score`). Both per-cell sums are stored when a dataset is added,
+        published method and the reference tool's ``query_attributions`` compute, and the default
+        here, so that an atlas (including one imported from the reference tool) answers as the
+        reference does. ``mode="top"``, the default of :func:`scsig.tl.score`, is that score times
+        the cell's attribution total over the sum of its 300 largest attributions, which keeps
+        deeper cells from scoring lower (see :func:`scsig.tl.score`); pass it to get the in-memory
+        default's numbers from the atlas. Both per-cell sums are stored when a dataset is added,
         so a ``"top"`` query reads the same gene columns as a classic one plus two numbers per cell;
         for datasets added by an older scsig, or another ``top_k``, they are computed from the
         dataset's values once per session (every gene read; a warning says so).
 
         .. versionchanged:: 0.2.0
-           ``mode=`` added, default ``"top"``; pass ``mode="classic"`` for the scores of earlier
-           versions and of the reference tool.
+           ``mode=`` added (default ``"classic"``, the scores of earlier versions and of the
+           reference tool); ``mode="top"`` gives :func:`scsig.tl.score`'s default.
 
         Genes outside the atlas gene order are left out with a warning;
         a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
@@ -686,7 +688,8 @@ class Atlas:
         aggregate
             ``"mean"`` or ``"sum"``.
         mode
-            ``"top"`` (default) or ``"classic"``, as in :func:`scsig.tl.score` (the atlas has these two).
+            ``"classic"`` (default) or ``"top"``, as in :func:`scsig.tl.score` (the atlas has these two;
+            note that :func:`scsig.tl.score` defaults to ``"top"``).
         mode_kwds
             ``{{"top_k": k}}`` for ``mode="top"`` (default 300).
         datasets
