@@ -31,11 +31,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -45,6 +44,9 @@ import train_demo_model as demo  # noqa: E402
 import validity as V  # noqa: E402
 
 import scsig as sg  # noqa: E402
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 WIDE = {"thinning": (0.1, 1.0)}
 RECIPES = {
@@ -56,15 +58,6 @@ RECIPES = {
     "+muscat-wide": WIDE,
 }
 """Changes to the demo model's recipe (``train_demo_model.RECIPE``)."""
-
-MUSCAT_LABELS = {
-    "CD14+ Monocytes": "CD14 Mono",
-    "FCGR3A+ Monocytes": "FCGR3A Mono",
-    "B cells": "B",
-    "CD4 T cells": "CD4 T",
-    "CD8 T cells": "CD8 T",
-}
-"""muscat's clusters in the demo model's label set."""
 
 HELDOUT_STYLE = ["B", "NK", "CD14 Mono", "CD8 T"]
 """The signatures of a sorted-population check (B, NK, CD14 monocytes, CD8 T): the summary's columns."""
@@ -79,31 +72,9 @@ def split_pbmc3k(seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
     return cells[~test].copy(), cells[test].copy()
 
 
-def muscat_without_ifnb_barcodes() -> ad.AnnData:
-    """muscat's Kang cells, minus every cell whose barcode also occurs in ``kang_ifnb``."""
-    muscat = sg.datasets.kang_muscat()
-    ifnb = {name.split(".")[0] for name in sg.datasets.kang_ifnb().obs_names}
-    keep = ~pd.Index([name.split("-")[0] for name in muscat.obs_names]).isin(ifnb)
-    muscat = muscat[keep].copy()
-    muscat.obs["cell_type"] = muscat.obs["cluster_id"].astype(str).map(MUSCAT_LABELS)
-    return muscat
-
-
 def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnData:
-    if not recipe.startswith("+muscat"):
-        return half
-    parts = []
-    for part in (half, muscat):
-        parts.append(
-            ad.AnnData(
-                X=sparse.csr_matrix(part.X, dtype=np.float32),
-                obs=pd.DataFrame({"cell_type": part.obs["cell_type"].astype(str).to_numpy()}),
-                var=pd.DataFrame(index=part.var_names),
-            )
-        )
-    joined = ad.concat(parts, join="outer", fill_value=0, index_unique="-")
-    joined.X = sparse.csr_matrix(joined.X)
-    return joined
+    """The training half alone, or (``+muscat`` recipes) joined with muscat's cells."""
+    return demo.join_cells(half, muscat) if recipe.startswith("+muscat") else half
 
 
 def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
@@ -144,7 +115,7 @@ def main() -> None:
     sg.settings.progress = False
     half, test_half = split_pbmc3k()
     genes = list(sg.models.load("pbmc-demo").gene_order)  # the demo model's genes, so results compare
-    muscat = muscat_without_ifnb_barcodes()
+    muscat, _ = demo.muscat_without_ifnb_barcodes()
     evals = evaluation_sets(test_half)
     sigs = {name: V.signatures_of(adata) for name, adata in evals.items()}
     expression = {}
