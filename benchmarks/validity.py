@@ -16,8 +16,10 @@ given with ``--models``), integrated-gradient attributions are scored with every
    would), pooled: AUROC of the target type against the rest over both, and the difference of the
    target type's median between the datasets in SDs of the pooled target-type scores.
 
-Which cells each model saw: ``pbmc-demo`` was trained on pbmc3k, so its pbmc3k numbers are on its own
-training cells (flagged ``in_training`` in the tables); the Kang cells are new to it. A ``trained`` model
+Which cells each model saw: ``pbmc-demo`` was trained on pbmc3k and on muscat's Kang cells, so its pbmc3k
+and ``kang_muscat`` numbers are on its own training cells (flagged ``in_training`` in the tables);
+``kang_ifnb``'s cells are new to it (muscat cells whose barcode occurs in ``kang_ifnb`` were left out of
+its training). A ``trained`` model
 is trained on the dataset it is measured on (self-supervised, no labels). Every number is written to
 ``--out`` (CSV and markdown); nothing is tuned to these data. Run from the repository root:
 
@@ -107,7 +109,7 @@ def pbmc3k_labels(adata: ad.AnnData, seed: int = 0) -> pd.Series:
 
 CD8_LABELS = {"CD8 T", "CD8 T cells"}
 
-TRAINED_ON = {"pbmc-demo": {"pbmc3k"}}
+TRAINED_ON = {"pbmc-demo": {"pbmc3k", "kang_muscat"}}
 """Datasets whose cells a named model was trained on (a ``trained`` model: the dataset it is measured on)."""
 
 

@@ -210,7 +210,7 @@ def join_cells(*parts: ad.AnnData) -> ad.AnnData:
     plain = [
         ad.AnnData(
             X=sparse.csr_matrix(part.X, dtype=np.float32),
-            obs=pd.DataFrame({"cell_type": part.obs["cell_type"].astype(str).to_numpy()}),
+            obs=pd.DataFrame({"cell_type": part.obs["cell_type"].astype(str).to_numpy()}, index=part.obs_names),
             var=pd.DataFrame(index=part.var_names),
         )
         for part in parts
