@@ -287,7 +287,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="MODEL=DATASET",
-        help="datasets a model folder was trained on (pbmc-demo and its variants: pbmc3k)",
+        help="datasets a model folder was trained on (pbmc-demo and its variants: pbmc3k, kang_muscat)",
     )
     parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
     args = parser.parse_args()
@@ -318,9 +318,10 @@ def main() -> None:
             if contrast:
                 sigs = {**sigs, "interferon": ISG}
             model = load_model(mname, adata, dname, args.epochs)
-            seen = trained_on.get(label, set()) | (
-                TRAINED_ON["pbmc-demo"] if model.name.startswith("pbmc-demo") else set()
-            )
+            if label in trained_on:  # named, or given with --trained-on
+                seen = trained_on[label]
+            else:  # a variant trained by scripts/train_demo_model.py sees the demo model's cells
+                seen = TRAINED_ON["pbmc-demo"] if model.name.startswith("pbmc-demo") else set()
             in_training = label == "trained" or dname in seen
             scored = {}
             for which, counts in (("orig", adata), ("thin", thin(adata))):
