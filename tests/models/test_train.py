@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,22 @@ def test_demo_model_scores_interferon_response_on_kang():
     for cell_type in adata.obs["seurat_annotations"].cat.categories:
         m = (adata.obs["seurat_annotations"] == cell_type).to_numpy()
         assert roc_auc_score(stim[m], adata.obs["score"][m]) >= 0.8, cell_type
+
+
+@needs_demo
+def test_demo_model_never_saw_the_quickstart_cells():
+    """pbmc-demo's muscat training cells leave out every barcode of kang_ifnb, and its provenance says so."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", script)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    muscat, info = demo.muscat_without_ifnb_barcodes()
+    ifnb = {name.split(".")[0] for name in sg.datasets.kang_ifnb().obs_names}
+    assert not ifnb & {name.split("-")[0] for name in muscat.obs_names}
+    assert info["n_cells_left_out_shared_with_kang_ifnb"] > 0
+    assert muscat.obs["cell_type"].notna().all()
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    assert prov["more_data"]["n_cells_used"] == muscat.n_obs
+    assert prov["n_training_cells"] == prov["data"]["n_cells_after_qc"] + muscat.n_obs
