@@ -6,8 +6,7 @@ interferon signature is scored four ways:
 - ``scvi (donor encoded)``: the attribution score of an scVI trained here with ``batch_key="donor"`` and
   ``encode_covariates=True`` (each cell's donor held fixed in the encoder; ``--epochs`` epochs, seed 0);
 - ``scvi (no covariates)``: the same scVI set-up with scvi-tools' default ``encode_covariates=False``;
-- ``pbmc-demo``: the attribution score of the bundled demonstration encoder (trained on pbmc3k and on these cells,
-  with cell-type labels; no donor input);
+- ``pbmc-demo``: the attribution score of the bundled demonstration encoder (trained on pbmc3k, no donor input);
 - ``score_genes``: ``scanpy.tl.score_genes`` on log-normalized counts.
 
 For each score, within each cell type x condition stratum, the share of the score's variance explained by the

@@ -12,7 +12,11 @@ do on *new* cells, with the seed-to-seed spread that single runs hide:
   depth-consistency term), ``attr-consistency`` (wide thinning and the attribution-consistency term),
   ``+muscat`` and ``+muscat-wide`` (the same half plus muscat's Kang cells, 2 donors, control and
   stimulated; cells whose barcode also occurs in ``kang_ifnb`` are left out, so ``kang_ifnb`` stays
-  unseen by every encoder);
+  unseen by every encoder), ``+muscat-ctrl`` (muscat's control cells only) and ``+panel`` (the half
+  plus a copy of it restricted to the 1,267 genes muscat measured: muscat's gene panel without its
+  cells);
+- with ``--ensemble``, also the mean of a recipe's seeds' normalized attributions (an ensemble of the
+  encoders, as far as the attributions go), scored as one model;
 - measured on the held-out pbmc3k half, on ``kang_ifnb`` (never seen) and on ``kang_muscat`` (seen by the
   ``+muscat`` recipes, flagged): the marker signatures of ``benchmarks/validity.py``, scores
   ``mode="classic"`` and ``mode="top"`` against ``scanpy.tl.score_genes``.
@@ -21,6 +25,7 @@ Usage (about 40 minutes on two busy cores)::
 
     python benchmarks/validity_training.py --out docs/validity/training
     python benchmarks/validity_training.py --recipes shipped +muscat --seeds 0 --out /tmp/quick
+    python benchmarks/validity_training.py --recipes shipped +muscat --seeds 0 1 2 3 4 --ensemble --out ens
     python benchmarks/validity_training.py --combine run1/markers.csv run2/markers.csv --out merged  # runs split up
 """
 
@@ -31,10 +36,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -45,9 +51,6 @@ import validity as V  # noqa: E402
 
 import scsig as sg  # noqa: E402
 
-if TYPE_CHECKING:
-    import anndata as ad
-
 WIDE = {"thinning": (0.1, 1.0)}
 RECIPES = {
     "shipped": {},
@@ -56,6 +59,8 @@ RECIPES = {
     "attr-consistency": {**WIDE, "attribution_consistency": 5.0},
     "+muscat": {},
     "+muscat-wide": WIDE,
+    "+muscat-ctrl": {},
+    "+panel": {},
 }
 """Changes to the demo model's recipe (``train_demo_model.RECIPE``)."""
 
@@ -73,8 +78,19 @@ def split_pbmc3k(seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
 
 
 def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnData:
-    """The training half alone, or (``+muscat`` recipes) joined with muscat's cells."""
-    return demo.join_cells(half, muscat) if recipe.startswith("+muscat") else half
+    """The training cells of ``recipe``: the pbmc3k half, alone or joined with more cells.
+
+    ``+muscat`` and ``+muscat-wide``: muscat's cells; ``+muscat-ctrl``: its control cells only;
+    ``+panel``: a copy of the half restricted to the genes muscat measured (muscat's gene panel
+    without its cells, donors or stimulation).
+    """
+    if recipe == "+muscat-ctrl":
+        return demo.join_cells(half, muscat[muscat.obs["group_id"].astype(str) == "ctrl"])
+    if recipe.startswith("+muscat"):
+        return demo.join_cells(half, muscat)
+    if recipe == "+panel":
+        return demo.join_cells(half, half[:, half.var_names.isin(muscat.var_names)])
+    return half
 
 
 def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
@@ -85,16 +101,29 @@ def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
     return {name: adata for name, (adata, _) in data.items()}
 
 
-def score_all(adata: ad.AnnData, model, sigs: dict) -> dict[str, pd.DataFrame]:
-    out = {}
+def attribute(adata: ad.AnnData, model) -> sparse.csr_matrix:
+    """The normalized integrated-gradient attribution layer of ``model`` on ``adata``."""
     work = adata.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sg.tl.attribute(work, model, progress=False, on_degenerate="warn")
-        for mode in ("classic", "top"):
-            sg.tl.score(work, sigs, mode=mode, key_added="_s")
-            out[f"attr_{mode}"] = work.obsm["_s"].copy()
+        sg.tl.attribute(work, model, progress=False, on_degenerate="warn", key_added="_a")
+    return sparse.csr_matrix(work.layers["_a"])
+
+
+def score_layer(adata: ad.AnnData, layer: sparse.csr_matrix, sigs: dict) -> dict[str, pd.DataFrame]:
+    """``mode="classic"`` and ``mode="top"`` scores of ``sigs`` on an attribution layer."""
+    work = ad.AnnData(X=sparse.csr_matrix(layer.shape, dtype=np.float32), obs=adata.obs[[]].copy(), var=adata.var[[]])
+    work.layers["_a"] = layer
+    out = {}
+    for mode in ("classic", "top"):
+        sg.tl.score(work, sigs, layer="_a", mode=mode, key_added="_s")
+        out[f"attr_{mode}"] = work.obsm["_s"].copy()
     return out
+
+
+def score_all(adata: ad.AnnData, model, sigs: dict) -> dict[str, pd.DataFrame]:
+    """Attribute ``adata`` with ``model`` and score ``sigs`` in both modes."""
+    return score_layer(adata, attribute(adata, model), sigs)
 
 
 def main() -> None:
@@ -102,6 +131,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("validity_training_results"))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score the mean of the seeds' normalized attributions (model '<recipe> mean of N seeds')",
+    )
     parser.add_argument(
         "--combine", nargs="+", type=Path, default=None, metavar="CSV", help="only summarize markers.csv files of runs"
     )
@@ -118,23 +152,28 @@ def main() -> None:
     muscat, _ = demo.muscat_without_ifnb_barcodes()
     evals = evaluation_sets(test_half)
     sigs = {name: V.signatures_of(adata) for name, adata in evals.items()}
+    thinned = {name: V.thin(adata) for name, adata in evals.items()}
     expression = {}
     for name, adata in evals.items():
         expression[name] = (
             V.expression_scores(adata, sigs[name], ["score_genes"]),
-            V.expression_scores(V.thin(adata), sigs[name], ["score_genes"]),
+            V.expression_scores(thinned[name], sigs[name], ["score_genes"]),
         )
     rows = []
     for recipe in args.recipes:
         cells = training_cells(recipe, half, muscat)
+        layers = {name: ([], []) for name in evals}
         for seed in args.seeds:
             t0 = time.perf_counter()
             options = {**demo.RECIPE, **RECIPES[recipe]}
             model = demo.train(cells, genes, options, seed=seed, name=f"{recipe}-s{seed}", progress=False)
             trained = time.perf_counter() - t0
             for name, adata in evals.items():
-                orig = score_all(adata, model, sigs[name])
-                thin = score_all(V.thin(adata), model, sigs[name])
+                a_orig, a_thin = attribute(adata, model), attribute(thinned[name], model)
+                if args.ensemble:
+                    layers[name][0].append(a_orig)
+                    layers[name][1].append(a_thin)
+                orig, thin = score_layer(adata, a_orig, sigs[name]), score_layer(adata, a_thin, sigs[name])
                 e_orig, e_thin = expression[name]
                 measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, recipe)
                 seen = name == "kang_muscat" and recipe.startswith("+muscat")
@@ -144,6 +183,16 @@ def main() -> None:
                 f"{time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
+            pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)
+        if args.ensemble and len(args.seeds) > 1:
+            label = f"{recipe} mean of {len(args.seeds)} seeds"
+            for name, adata in evals.items():
+                orig = score_layer(adata, sum(layers[name][0]) / len(args.seeds), sigs[name])
+                thin = score_layer(adata, sum(layers[name][1]) / len(args.seeds), sigs[name])
+                e_orig, e_thin = expression[name]
+                measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, label)
+                seen = name == "kang_muscat" and recipe.startswith("+muscat")
+                rows += [{**row, "seed": -1, "in_training": seen} for row in measured]
             pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)
     write_summary(pd.DataFrame(rows), args.out)
 
@@ -164,7 +213,8 @@ def write_summary(rows: pd.DataFrame, out: Path) -> None:
     )
     text = [
         "Means over the B, NK, CD14 Mono and CD8 T signatures (those a dataset has), then over seeds; "
-        "`abs_rho_min`/`abs_rho_max`: the range over seeds.",
+        "`abs_rho_min`/`abs_rho_max`: the range over seeds. `<recipe> mean of N seeds` (with `--ensemble`): the "
+        "mean of the N encoders' normalized attributions, scored once.",
         "",
         V.markdown(summary),
     ]

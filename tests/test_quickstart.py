@@ -24,7 +24,7 @@ def test_quickstart_table(tmp_path):
     assert list(table.index) == ["all cells", *adata.obs["seurat_annotations"].cat.categories]
     assert table.loc["all cells", "n CTRL"] == 391
     assert table.loc["all cells", "n STIM"] == 441
-    # measured with the bundled pbmc-demo model (mode='top'): pooled 0.991, every cell type >= 0.99
+    # measured with the bundled pbmc-demo model (mode='top'): pooled 0.987, every cell type >= 0.99
     assert table.loc["all cells", "scsig AUROC"] > 0.95
     assert (table["scsig AUROC"] > 0.95).all()
     assert (table["scsig STIM"] > table["scsig CTRL"]).all()

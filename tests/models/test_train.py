@@ -242,10 +242,13 @@ def test_demo_model_scores_interferon_response_on_kang():
 
 
 @needs_demo
-def test_demo_model_never_saw_the_quickstart_cells():
-    """pbmc-demo's muscat training cells leave out every barcode of kang_ifnb, and its provenance says so."""
+def test_demo_model_never_saw_kang_cells():
+    """pbmc-demo was trained on pbmc3k's QC'd cells only, and the script's muscat variant leaves out kang_ifnb."""
     import importlib.util
 
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    assert prov["training"]["n_cells"] == prov["data"]["n_cells_after_qc"]
+    assert not prov.get("more_data")
     script = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
     spec = importlib.util.spec_from_file_location("train_demo_model", script)
     demo = importlib.util.module_from_spec(spec)
@@ -254,7 +257,5 @@ def test_demo_model_never_saw_the_quickstart_cells():
     ifnb = {name.split(".")[0] for name in sg.datasets.kang_ifnb().obs_names}
     assert not ifnb & {name.split("-")[0] for name in muscat.obs_names}
     assert info["n_cells_left_out_shared_with_kang_ifnb"] > 0
+    assert info["n_cells_used"] == muscat.n_obs
     assert muscat.obs["cell_type"].notna().all()
-    prov = json.loads((DEMO / "provenance.json").read_text())
-    assert prov["more_data"]["n_cells_used"] == muscat.n_obs
-    assert prov["n_training_cells"] == prov["data"]["n_cells_after_qc"] + muscat.n_obs

@@ -50,9 +50,8 @@ BUNDLED: dict[str, BundledModel] = {
             name="pbmc-demo",
             folder="pbmc-demo",
             description=(
-                "Demonstration SCimilarity-architecture encoder trained on 4,124 PBMCs (10x pbmc3k and muscat's "
-                "Kang et al. 2018 cells; not kang_ifnb's) with cell-type labels; 4,692 genes. For tutorials and "
-                "tests, not a foundation model."
+                "Demonstration SCimilarity-architecture encoder trained on 2,700 PBMCs (10x pbmc3k) with "
+                "marker-derived cell-type labels; 4,692 genes. For tutorials and tests, not a foundation model."
             ),
         ),
     )

@@ -545,7 +545,7 @@ def attribute(
         attributions sum to :math:`t(x) - t(0)` -- up to the integration error; the relative gap
         :math:`|\sum_g a_g - (t(x) - t(0))| / |t(x) - t(0)|` is computed for every cell and
         summarized in ``uns``, with a warning when its median exceeds 1 % (on the bundled Kang cells
-        with the demo model: a median of 2.4 % at 20 steps, 0.9 % at 50, 0.2 % at 200;
+        with the demo model: a median of 1.8 % at 20 steps, 0.8 % at 50, 0.2 % at 200;
         ``benchmarks/everyday.py``).
         ``"auto"`` measures the gap on up to 128 cells at 20, 50, 100, 200, 400, 800 steps and
         uses the first count whose median gap is at most 1 %.
