@@ -15,8 +15,9 @@ do on *new* cells, with the seed-to-seed spread that single runs hide:
   unseen by every encoder), ``+muscat-ctrl`` (muscat's control cells only) and ``+panel`` (the half
   plus a copy of it restricted to the 1,267 genes muscat measured: muscat's gene panel without its
   cells);
-- with ``--ensemble``, also the mean of a recipe's seeds' normalized attributions (an ensemble of the
-  encoders, as far as the attributions go), scored as one model;
+- with ``--ensemble``, also two ensembles of a recipe's seeds: the mean of their normalized
+  attributions (``mean of N seeds``), and one model of the encoders side by side (``ensemble of N
+  seeds``, see ``Concatenated``: the integrated gradients of the mean of their targets);
 - measured on the held-out pbmc3k half, on ``kang_ifnb`` (never seen) and on ``kang_muscat`` (seen by the
   ``+muscat`` recipes, flagged): the marker signatures of ``benchmarks/validity.py``, scores
   ``mode="classic"`` and ``mode="top"`` against ``scanpy.tl.score_genes``.
@@ -40,6 +41,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
@@ -99,6 +101,21 @@ def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
     pbmc = data.pop("pbmc3k")[0]
     data["pbmc3k_heldout"] = (pbmc[pbmc.obs_names.isin(test_half.obs_names)].copy(), {})
     return {name: adata for name, (adata, _) in data.items()}
+
+
+class Concatenated(torch.nn.Module):
+    """Encoders side by side: their embeddings concatenated, scaled by ``1/sqrt(n)`` to keep unit length.
+
+    Its ``self_similarity`` target is the mean of the encoders' targets, so its integrated gradients
+    are the mean of theirs before each cell's normalization (attributed by captum here).
+    """
+
+    def __init__(self, encoders: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(encoders)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.members], dim=1) / len(self.members) ** 0.5
 
 
 def attribute(adata: ad.AnnData, model) -> sparse.csr_matrix:
@@ -163,11 +180,13 @@ def main() -> None:
     for recipe in args.recipes:
         cells = training_cells(recipe, half, muscat)
         layers = {name: ([], []) for name in evals}
+        encoders = []
         for seed in args.seeds:
             t0 = time.perf_counter()
             options = {**demo.RECIPE, **RECIPES[recipe]}
             model = demo.train(cells, genes, options, seed=seed, name=f"{recipe}-s{seed}", progress=False)
             trained = time.perf_counter() - t0
+            encoders.append(model.encoder)
             for name, adata in evals.items():
                 a_orig, a_thin = attribute(adata, model), attribute(thinned[name], model)
                 if args.ensemble:
@@ -185,13 +204,24 @@ def main() -> None:
             )
             pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)
         if args.ensemble and len(args.seeds) > 1:
-            label = f"{recipe} mean of {len(args.seeds)} seeds"
+            n = len(args.seeds)
+            joint = sg.models.from_module(Concatenated(encoders), genes, name=f"{recipe}-ensemble")
             for name, adata in evals.items():
-                orig = score_layer(adata, sum(layers[name][0]) / len(args.seeds), sigs[name])
-                thin = score_layer(adata, sum(layers[name][1]) / len(args.seeds), sigs[name])
-                e_orig, e_thin = expression[name]
-                measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, label)
                 seen = name == "kang_muscat" and recipe.startswith("+muscat")
+                e_orig, e_thin = expression[name]
+                mean_orig = score_layer(adata, sum(layers[name][0]) / n, sigs[name])
+                mean_thin = score_layer(adata, sum(layers[name][1]) / n, sigs[name])
+                measured = V.measure(
+                    adata, {**mean_orig, **e_orig}, {**mean_thin, **e_thin}, name, f"{recipe} mean of {n} seeds"
+                )
+                rows += [{**row, "seed": -1, "in_training": seen} for row in measured]
+                joint_orig, joint_thin = (
+                    score_all(adata, joint, sigs[name]),
+                    score_all(thinned[name], joint, sigs[name]),
+                )
+                measured = V.measure(
+                    adata, {**joint_orig, **e_orig}, {**joint_thin, **e_thin}, name, f"{recipe} ensemble of {n} seeds"
+                )
                 rows += [{**row, "seed": -1, "in_training": seen} for row in measured]
             pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)
     write_summary(pd.DataFrame(rows), args.out)
@@ -213,8 +243,9 @@ def write_summary(rows: pd.DataFrame, out: Path) -> None:
     )
     text = [
         "Means over the B, NK, CD14 Mono and CD8 T signatures (those a dataset has), then over seeds; "
-        "`abs_rho_min`/`abs_rho_max`: the range over seeds. `<recipe> mean of N seeds` (with `--ensemble`): the "
-        "mean of the N encoders' normalized attributions, scored once.",
+        "`abs_rho_min`/`abs_rho_max`: the range over seeds. With `--ensemble`: `<recipe> mean of N seeds`, the "
+        "mean of the N encoders' normalized attributions, scored once; `<recipe> ensemble of N seeds`, one model "
+        "of the N encoders side by side (its attributions are those of the mean of their targets).",
         "",
         V.markdown(summary),
     ]
