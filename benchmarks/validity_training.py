@@ -27,6 +27,7 @@ Usage (about 40 minutes on two busy cores)::
     python benchmarks/validity_training.py --out docs/validity/training
     python benchmarks/validity_training.py --recipes shipped +muscat --seeds 0 --out /tmp/quick
     python benchmarks/validity_training.py --recipes shipped +muscat --seeds 0 1 2 3 4 --ensemble --out ens
+    python benchmarks/validity_training.py --recipes shipped --seeds 0 1 2 3 4 --top-k-sweep 50 100 200 --out k
     python benchmarks/validity_training.py --combine run1/markers.csv run2/markers.csv --out merged  # runs split up
 """
 
@@ -127,14 +128,23 @@ def attribute(adata: ad.AnnData, model) -> sparse.csr_matrix:
     return sparse.csr_matrix(work.layers["_a"])
 
 
-def score_layer(adata: ad.AnnData, layer: sparse.csr_matrix, sigs: dict) -> dict[str, pd.DataFrame]:
-    """``mode="classic"`` and ``mode="top"`` scores of ``sigs`` on an attribution layer."""
+def score_layer(
+    adata: ad.AnnData, layer: sparse.csr_matrix, sigs: dict, top_ks: tuple[int, ...] = ()
+) -> dict[str, pd.DataFrame]:
+    """``mode="classic"`` and ``mode="top"`` scores of ``sigs`` on an attribution layer.
+
+    ``top_ks``: also ``mode="top"`` with these ``top_k`` (as ``attr_top_k<k>``).
+    """
     work = ad.AnnData(X=sparse.csr_matrix(layer.shape, dtype=np.float32), obs=adata.obs[[]].copy(), var=adata.var[[]])
     work.layers["_a"] = layer
     out = {}
-    for mode in ("classic", "top"):
-        sg.tl.score(work, sigs, layer="_a", mode=mode, key_added="_s")
-        out[f"attr_{mode}"] = work.obsm["_s"].copy()
+    for mode, kwds, name in (
+        ("classic", {}, "attr_classic"),
+        ("top", {}, "attr_top"),
+        *(("top", {"top_k": k}, f"attr_top_k{k}") for k in top_ks),
+    ):
+        sg.tl.score(work, sigs, layer="_a", mode=mode, mode_kwds=kwds or None, key_added="_s")
+        out[name] = work.obsm["_s"].copy()
     return out
 
 
@@ -153,6 +163,7 @@ def main() -> None:
         action="store_true",
         help="also score the mean of the seeds' normalized attributions (model '<recipe> mean of N seeds')",
     )
+    parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
     parser.add_argument(
         "--combine", nargs="+", type=Path, default=None, metavar="CSV", help="only summarize markers.csv files of runs"
     )
@@ -192,7 +203,8 @@ def main() -> None:
                 if args.ensemble:
                     layers[name][0].append(a_orig)
                     layers[name][1].append(a_thin)
-                orig, thin = score_layer(adata, a_orig, sigs[name]), score_layer(adata, a_thin, sigs[name])
+                ks = tuple(args.top_k_sweep)
+                orig, thin = score_layer(adata, a_orig, sigs[name], ks), score_layer(adata, a_thin, sigs[name], ks)
                 e_orig, e_thin = expression[name]
                 measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, recipe)
                 seen = name == "kang_muscat" and recipe.startswith("+muscat")
