@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,15 +51,6 @@ if TYPE_CHECKING:
 
 MIN_CELLS = 20
 """Genes with an attribution in fewer cells take the median elasticity."""
-
-
-def attribution(adata: ad.AnnData, model) -> sparse.csr_matrix:
-    """The normalized integrated-gradient attributions (cells x the data's genes)."""
-    work = adata.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sg.tl.attribute(work, model, progress=False, on_degenerate="warn", key_added="attr")
-    return sparse.csr_matrix(work.layers["attr"])
 
 
 def depth(adata: ad.AnnData) -> np.ndarray:
@@ -128,14 +118,14 @@ def evaluate(model, adata: ad.AnnData, dname: str, label: str, *, fraction: floa
         s: np.array([position[g] for g in gs if g in position and g in genes], dtype=int) for s, gs in sigs.items()
     }
     columns = {s: c for s, c in columns.items() if c.size}
-    a, d = attribution(adata, model), depth(adata)
+    a, d = VT.attribute(adata, model), depth(adata)
     calib = V.thin(adata, fraction, seed=seed)
-    a_cal, d_cal = attribution(calib, model), depth(calib)
+    a_cal, d_cal = VT.attribute(calib, model), depth(calib)
     elasticities = {"detected": elasticity_detected(a, a_cal, d, d_cal), "all": elasticity_all(a, a_cal, d, d_cal)}
     d_ref = float(np.median(d))
     thinned = V.thin(adata)
     orig = scores_of(a, d, columns, elasticities, d_ref)
-    thin = scores_of(attribution(thinned, model), depth(thinned), columns, elasticities, d_ref)
+    thin = scores_of(VT.attribute(thinned, model), depth(thinned), columns, elasticities, d_ref)
     e_orig = V.expression_scores(adata, sigs, ["score_genes"])
     e_thin = V.expression_scores(thinned, sigs, ["score_genes"])
     for table in (*orig.values(), *thin.values()):
