@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -295,3 +297,33 @@ def test_top_sums_against_sorting(dtype):
     a = np.abs(dense.astype(dtype).astype(np.float64))
     np.testing.assert_allclose(totals, a.sum(1), rtol=1e-9)
     np.testing.assert_allclose(tops, np.sort(a, 1)[:, ::-1][:, :k].sum(1), rtol=1e-9)
+
+
+def test_top_warns_when_most_cells_detect_at_most_top_k_genes():
+    wide = _wide_attributions()  # 80 % of the cells detect 350-800 genes: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.tl.score(wide, ["g3", "g100"])
+    a = wide.layers["attr_ig"].toarray()
+    narrow = wide.copy()
+    keep = np.zeros_like(a, dtype=bool)  # every cell keeps at most its 120 largest attributions
+    for i, row in enumerate(a):
+        keep[i, np.argsort(row)[::-1][:120]] = True
+    narrow.layers["attr_ig"] = sparse.csr_matrix(
+        np.where(keep, a, 0) / np.where(keep, a, 0).sum(1, keepdims=True) * 1000
+    )
+    median = int(np.median(np.asarray((narrow.layers["attr_ig"] != 0).sum(1))))
+    with pytest.warns(UserWarning, match=rf"100% of the cells .*median {median}.*'top_k': {median // 2}"):
+        sg.tl.score(narrow, ["g3", "g100"])
+    # the warning tells the truth: top equals classic there
+    sg.tl.score(narrow, ["g3", "g100"], mode="classic", key_added="classic")
+    np.testing.assert_allclose(narrow.obs["score"], narrow.obs["classic"], rtol=1e-9)
+    # a top_k below the cells' detected genes is taken silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.tl.score(narrow, ["g3", "g100"], mode_kwds={"top_k": 60}, key_added="top60")
+    # a layer of at most top_k genes (a small model) is not reported
+    small = narrow[:, :300].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.tl.score(small, ["g3", "g100"], key_added="small")

@@ -6,6 +6,17 @@ from ._examples import kang_muscat, pbmc3k
 from ._fetch import RemoteFile, fetch, registry
 from ._kang import kang_ifnb
 from ._kang_full import kang_ifnb_full
+from ._pbmc68k import pbmc68k_reduced
 from ._toy import toy
 
-__all__ = ["RemoteFile", "fetch", "kang_ifnb", "kang_ifnb_full", "kang_muscat", "pbmc3k", "registry", "toy"]
+__all__ = [
+    "RemoteFile",
+    "fetch",
+    "kang_ifnb",
+    "kang_ifnb_full",
+    "kang_muscat",
+    "pbmc3k",
+    "pbmc68k_reduced",
+    "registry",
+    "toy",
+]

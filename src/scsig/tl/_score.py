@@ -17,7 +17,7 @@ from .._signature import Aggregate, Signature, parse_signatures, resolve_signatu
 from .._uns import check_key_added, encode_key, put_record
 from .._utils import resolve_adata, wrap_return
 from ..pp._validate import check_unique_var_names
-from ._score_modes import DEFAULT_MODE, ScoreMode, check_mode, mode_scores
+from ._score_modes import DEFAULT_MODE, DEFAULT_TOP_K, ScoreMode, check_mode, mode_scores, top_k_problem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -233,6 +233,8 @@ def score(
     scores: dict[str, np.ndarray] = {}
     used: dict[str, dict] = {}
     mode_cache: dict = {}
+    if mode == "top" and (problem := top_k_problem(x, mode_kwds.get("top_k", DEFAULT_TOP_K))):
+        warnings.warn(problem, UserWarning, stacklevel=2)
     for sig in sigs:
         scores[sig.name], used[sig.name] = score_signature(x, sig, mode=mode, pool=known, cache=mode_cache, **mode_kwds)
     record: dict[str, Any] = {

@@ -60,6 +60,7 @@ __all__ = [
     "mode_scores",
     "rank_matrix",
     "row_totals_and_tops",
+    "top_k_problem",
     "top_sums",
 ]
 
@@ -119,6 +120,32 @@ def detected_counts(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
     if sparse.issparse(x):
         return np.asarray((x != 0).sum(axis=1)).ravel().astype(np.int64)
     return np.count_nonzero(np.asarray(x), axis=1).astype(np.int64)
+
+
+def top_k_problem(x: np.ndarray | sparse.spmatrix, top_k: int) -> str | None:
+    """Why ``mode="top"`` with this ``top_k`` gives the classic score for most cells, or ``None``.
+
+    A cell with at most ``top_k`` non-zero attributions keeps its classic score (its ``top_k``
+    largest attributions are all of them). That is the case for most cells when the data hold a
+    small part of the model's genes (a gene panel, or an object kept to its highly variable
+    genes): ``"top"`` then falls with depth as ``"classic"`` does. A layer of at most ``top_k``
+    genes (a small model) is not reported: there ``"top"`` is the classic score by construction.
+    """
+    if x.shape[1] <= top_k or x.shape[0] == 0:
+        return None
+    n = detected_counts(x)
+    median = float(np.median(n))
+    if median > top_k:
+        return None
+    share = float(np.mean(n <= top_k))
+    suggestion = max(1, int(median // 2))
+    return (
+        f"mode='top' with top_k={top_k}: {share:.0%} of the cells have at most {top_k} non-zero "
+        f"attributions (median {median:.0f}: the data hold few of the model's genes), and their "
+        "score is the classic one, which falls with sequencing depth. Pass a top_k below the cells' "
+        f"detected genes, e.g. mode_kwds={{'top_k': {suggestion}}} (half the median; see the "
+        "validity docs), or mode='rank'."
+    )
 
 
 def rank_matrix(x: np.ndarray | sparse.spmatrix, max_rank: int) -> sparse.csr_matrix:
