@@ -126,18 +126,19 @@ def top_k_problem(x: np.ndarray | sparse.spmatrix, top_k: int) -> str | None:
     """Why ``mode="top"`` with this ``top_k`` gives the classic score for most cells, or ``None``.
 
     A cell with at most ``top_k`` non-zero attributions keeps its classic score (its ``top_k``
-    largest attributions are all of them). That is the case for most cells when the data hold a
-    small part of the model's genes (a gene panel, or an object kept to its highly variable
-    genes): ``"top"`` then falls with depth as ``"classic"`` does. A layer of at most ``top_k``
-    genes (a small model) is not reported: there ``"top"`` is the classic score by construction.
+    largest attributions are all of them). When the data hold a small part of the model's genes
+    (a gene panel, or an object kept to its highly variable genes), that is most cells, and
+    ``"top"`` falls with depth as ``"classic"`` does; reported from three quarters of the cells. A
+    layer of at most ``top_k`` genes (a small model) is not reported: there ``"top"`` is the
+    classic score by construction.
     """
     if x.shape[1] <= top_k or x.shape[0] == 0:
         return None
     n = detected_counts(x)
-    median = float(np.median(n))
-    if median > top_k:
-        return None
     share = float(np.mean(n <= top_k))
+    if share < 0.75:
+        return None
+    median = float(np.median(n))
     suggestion = max(1, int(median // 2))
     return (
         f"mode='top' with top_k={top_k}: {share:.0%} of the cells have at most {top_k} non-zero "
