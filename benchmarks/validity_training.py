@@ -18,9 +18,9 @@ do on *new* cells, with the seed-to-seed spread that single runs hide:
 - with ``--ensemble``, also two ensembles of a recipe's seeds: the mean of their normalized
   attributions (``mean of N seeds``), and one model of the encoders side by side (``ensemble of N
   seeds``, see ``Concatenated``: the integrated gradients of the mean of their targets);
-- measured on the held-out pbmc3k half, on ``kang_ifnb`` (never seen) and on ``kang_muscat`` (seen by the
+- measured on the held-out pbmc3k half, on ``kang_ifnb`` and ``pbmc68k`` (never seen) and on ``kang_muscat`` (seen by the
   ``+muscat`` recipes, flagged): the marker signatures of ``benchmarks/validity.py``, scores
-  ``mode="classic"`` and ``mode="top"`` against ``scanpy.tl.score_genes``.
+  ``mode="classic"``, ``"top"``, ``"rank"`` and ``"cosine"`` against ``scanpy.tl.score_genes``.
 
 Usage (about 40 minutes on two busy cores)::
 
@@ -97,7 +97,7 @@ def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnD
 
 
 def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
-    """Held-out pbmc3k half (labels of ``validity.pbmc3k_labels`` on all of pbmc3k), kang_ifnb, kang_muscat."""
+    """Held-out pbmc3k half (labels of ``validity.pbmc3k_labels`` on all of pbmc3k), kang_ifnb, kang_muscat, pbmc68k."""
     data = V.load_datasets()
     pbmc = data.pop("pbmc3k")[0]
     data["pbmc3k_heldout"] = (pbmc[pbmc.obs_names.isin(test_half.obs_names)].copy(), {})
@@ -131,7 +131,7 @@ def attribute(adata: ad.AnnData, model) -> sparse.csr_matrix:
 def score_layer(
     adata: ad.AnnData, layer: sparse.csr_matrix, sigs: dict, top_ks: tuple[int, ...] = ()
 ) -> dict[str, pd.DataFrame]:
-    """``mode="classic"`` and ``mode="top"`` scores of ``sigs`` on an attribution layer.
+    """``mode="classic"``, ``"top"``, ``"rank"`` and ``"cosine"`` scores of ``sigs`` on an attribution layer.
 
     ``top_ks``: also ``mode="top"`` with these ``top_k`` (as ``attr_top_k<k>``).
     """
@@ -141,9 +141,13 @@ def score_layer(
     for mode, kwds, name in (
         ("classic", {}, "attr_classic"),
         ("top", {}, "attr_top"),
+        ("rank", {}, "attr_rank"),
+        ("cosine", {}, "attr_cosine"),
         *(("top", {"top_k": k}, f"attr_top_k{k}") for k in top_ks),
     ):
-        sg.tl.score(work, sigs, layer="_a", mode=mode, mode_kwds=kwds or None, key_added="_s")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # top_k above pbmc68k's detected genes is measured on purpose
+            sg.tl.score(work, sigs, layer="_a", mode=mode, mode_kwds=kwds or None, key_added="_s")
         out[name] = work.obsm["_s"].copy()
     return out
 

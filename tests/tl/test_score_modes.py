@@ -58,9 +58,20 @@ def _numpy_detected(a, cols):
     return np.where(t > 0, a[:, cols].mean(1) * n / np.where(t > 0, t, 1), 0.0)
 
 
+def _numpy_cosine(a, cols, weights=None):
+    w = np.zeros(a.shape[1])
+    w[cols] = 1.0 if weights is None else weights
+    out = np.empty(a.shape[0])
+    for i, row in enumerate(a):
+        norm = np.sqrt((row**2).sum()) * np.sqrt((w**2).sum())
+        out[i] = (row * w).sum() / norm if norm > 0 else 0.0
+    return out
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
 @pytest.mark.parametrize(
-    ("mode", "kwds"), [("top", {"top_k": 5}), ("top", {}), ("rank", {"max_rank": 6}), ("detected", {})]
+    ("mode", "kwds"),
+    [("top", {"top_k": 5}), ("top", {}), ("rank", {"max_rank": 6}), ("cosine", {}), ("detected", {})],
 )
 def test_modes_match_numpy(attributed, fmt, mode, kwds):
     adata = attributed
@@ -73,6 +84,7 @@ def test_modes_match_numpy(attributed, fmt, mode, kwds):
         "top": lambda: _numpy_top(a, cols, kwds.get("top_k", 300)),
         "rank": lambda: _numpy_rank(a, cols, kwds["max_rank"]),
         "detected": lambda: _numpy_detected(a, cols),
+        "cosine": lambda: _numpy_cosine(a, cols),
     }[mode]()
     np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
     assert adata.obs["score"].dtype == np.float64
@@ -327,3 +339,36 @@ def test_top_warns_when_most_cells_detect_at_most_top_k_genes():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sg.tl.score(small, ["g3", "g100"], key_added="small")
+
+
+def test_cosine_is_a_cosine():
+    adata = _wide_attributions(n_obs=20)
+    genes = {"g3": 1.0, "g100": 2.0, "g7": 0.5}
+    cols = _cols(adata, list(genes))
+    w = np.array(list(genes.values()))
+    a = adata.layers["attr_ig"].toarray().astype(np.float64)
+    # cell 0 attributes exactly in proportion to the weights: cosine 1; cell 1 to none of them: 0
+    a[0] = 0.0
+    a[0, cols] = w / w.sum() * 1000
+    a[1, cols] = 0.0
+    adata.layers["attr_ig"] = sparse.csr_matrix(a.astype(np.float32))
+    sg.tl.score(adata, genes, mode="cosine")
+    score = adata.obs["score"].to_numpy()
+    np.testing.assert_allclose(score, _numpy_cosine(a, cols, w), rtol=1e-6)
+    assert score[0] == pytest.approx(1.0, rel=1e-6)
+    assert score[1] == 0.0
+    assert np.all((score >= 0) & (score <= 1 + 1e-9))
+    # a cell's scale does not matter, and many small added attributions barely move it (unlike classic)
+    wider = a.copy()
+    wider[2] *= 7.0
+    rng = np.random.default_rng(0)
+    empty = np.flatnonzero(a[3] == 0)[:400]
+    wider[3, empty] = rng.uniform(0, a[3].max() * 0.05, size=empty.size)
+    adata.layers["attr_ig"] = sparse.csr_matrix(wider.astype(np.float32))
+    sg.tl.score(adata, genes, mode="cosine", key_added="wider")
+    sg.tl.score(adata, genes, mode="classic", key_added="classic_wider")
+    new = adata.obs["wider"].to_numpy()
+    assert new[2] == pytest.approx(score[2], rel=1e-5)
+    classic_drop = 1 - (wider[3, cols] @ w / wider[3].sum()) / (a[3, cols] @ w / a[3].sum())
+    assert classic_drop > 0.05  # the classic share does drop
+    assert abs(new[3] / score[3] - 1) < classic_drop / 5

@@ -180,6 +180,9 @@ def score(
         package compute. ``"rank"``: from each cell's ranking
         of its genes by attribution (1 = largest), a gene of rank :math:`r \le R` counts
         :math:`(R - r + 1) / R` (``max_rank`` :math:`R`, 200), others 0; scores are in [0, 1].
+        ``"cosine"``: the cosine similarity of the cell's attribution vector and the signature's
+        weights, in [0, 1]; like ``"top"`` without a ``top_k``, and it keeps working on data that
+        hold few of the model's genes, where ``"top"`` becomes the classic score (with a warning).
         ``"control_diff"`` / ``"control_ratio"``: as :func:`scanpy.tl.score_genes` on attributions,
         the score minus (divided by) the mean attribution of ``ctrl_size`` (50) control genes drawn
         (with ``seed``, 0) from the signature genes' bins (``n_bins``, 25) of mean attribution.

@@ -31,6 +31,14 @@ cell's own attribution profile into account:
     mean attribution over all cells, ``ctrl_size`` control genes are drawn (seeded) from the bin of
     each signature gene, and the score is the signature's mean minus (or divided by) the mean of the
     control genes in the same cell.
+``"cosine"``
+    The cosine similarity of the cell's attribution vector :math:`a_c` and the signature's
+    coefficient vector :math:`c` (zero outside the signature):
+    :math:`\sum_g c_g a_{cg} / (\lVert a_c \rVert_2 \lVert c \rVert_2)`, in [0, 1] for
+    non-negative attributions, 1 when the cell's attributions are proportional to the coefficients.
+    The Euclidean norm is dominated by the cell's largest attributions, so the many small ones a
+    deeper cell adds hardly change it: like ``"top"`` without a ``top_k`` to choose, which also
+    holds on data that keep few of the model's genes.
 ``"detected"``
     Attribution relative to the cell's mean attribution over its detected genes:
     :math:`\sum_g c_g a_{cg} n_c / T`, with :math:`n_c` the cell's number of non-zero attributions
@@ -64,7 +72,7 @@ __all__ = [
     "top_sums",
 ]
 
-ScoreMode = Literal["classic", "top", "rank", "control_diff", "control_ratio", "detected"]
+ScoreMode = Literal["classic", "top", "rank", "cosine", "control_diff", "control_ratio", "detected"]
 """The scoring modes of :func:`scsig.tl.score`."""
 MODES = literal_values(ScoreMode)
 
@@ -86,6 +94,7 @@ _OPTIONS = {
     "rank": ("max_rank",),
     "control_diff": ("n_bins", "ctrl_size", "seed"),
     "control_ratio": ("n_bins", "ctrl_size", "seed"),
+    "cosine": (),
     "detected": (),
 }
 
@@ -143,9 +152,9 @@ def top_k_problem(x: np.ndarray | sparse.spmatrix, top_k: int) -> str | None:
     return (
         f"mode='top' with top_k={top_k}: {share:.0%} of the cells have at most {top_k} non-zero "
         f"attributions (median {median:.0f}: the data hold few of the model's genes), and their "
-        "score is the classic one, which falls with sequencing depth. Pass a top_k below the cells' "
-        f"detected genes, e.g. mode_kwds={{'top_k': {suggestion}}} (half the median; see the "
-        "validity docs), or mode='rank'."
+        "score is the classic one, which falls with sequencing depth. Use mode='cosine' (no top_k "
+        "to choose), or pass a top_k below the cells' detected genes, e.g. "
+        f"mode_kwds={{'top_k': {suggestion}}} (half the median; see the validity docs)."
     )
 
 
@@ -331,6 +340,13 @@ def mode_scores(
         if ("rank", max_rank) not in cache:
             cache["rank", max_rank] = rank_matrix(x, max_rank)
         return score_matrix(cache["rank", max_rank], cols, coef), {"max_rank": int(max_rank)}
+    if mode == "cosine":
+        if "l2" not in cache:
+            squares = _csr(x)
+            squares.data **= 2
+            cache["l2"] = np.sqrt(np.asarray(squares.sum(axis=1), dtype=np.float64).ravel())
+        norm = cache["l2"] * float(np.linalg.norm(coef))
+        return np.divide(score_matrix(x, cols, coef), norm, out=np.zeros_like(norm), where=norm > 0), {}
     if mode == "detected":
         if "detected" not in cache:
             totals = _row_sums(x)
