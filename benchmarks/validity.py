@@ -308,6 +308,13 @@ def main() -> None:
         help="datasets a model folder was trained on (pbmc-demo and its variants: pbmc3k)",
     )
     parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["model"],
+        choices=["model", "self_similarity", "embedding_distance"],
+        help="attribution targets to measure ('model': each model's default); others are labelled '<model>, <target>'",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sg.settings.progress = False
@@ -327,8 +334,9 @@ def main() -> None:
         t0 = time.perf_counter()
         expression[dname] = (expression_scores(adata, sigs, expr), expression_scores(thin(adata), sigs, expr))
         print(f"{dname}: expression scores {time.perf_counter() - t0:.0f} s", flush=True)
-    for mname in args.models:
-        label = Path(mname).name if Path(mname).is_dir() else mname
+    for mname, target in itertools.product(args.models, args.targets):
+        name = Path(mname).name if Path(mname).is_dir() else mname
+        label = name if target == "model" else f"{name}, {target}"
         per_dataset = {}
         for dname, (adata, contrast) in data.items():
             t0 = time.perf_counter()
@@ -336,17 +344,19 @@ def main() -> None:
             if contrast:
                 sigs = {**sigs, "interferon": ISG}
             model = load_model(mname, adata, dname, args.epochs)
-            if label in trained_on:  # named, or given with --trained-on
-                seen = trained_on[label]
+            if name in trained_on:  # named, or given with --trained-on
+                seen = trained_on[name]
             else:  # a variant trained by scripts/train_demo_model.py sees the demo model's cells
                 seen = TRAINED_ON["pbmc-demo"] if model.name.startswith("pbmc-demo") else set()
-            in_training = label == "trained" or dname in seen
+            in_training = name == "trained" or dname in seen
             scored = {}
             for which, counts in (("orig", adata), ("thin", thin(adata))):
                 work = counts.copy()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # cells left without counts after thinning
-                    sg.tl.attribute(work, model, progress=False, on_degenerate="warn")
+                    sg.tl.attribute(
+                        work, model, target=None if target == "model" else target, progress=False, on_degenerate="warn"
+                    )
                 scored[which] = mode_scores(work, sigs, args.top_k_sweep)
             e_orig, e_thin = expression[dname]
             marker_cols = [s for s in sigs if s != "interferon"]
@@ -358,7 +368,7 @@ def main() -> None:
                 ifn_expr = expression_scores(adata, {"interferon": ISG}, expr)
                 ifn = {m: t[["interferon"]] for m, t in scored["orig"].items()} | ifn_expr
                 ifn_rows += [{**r, "in_training": in_training} for r in interferon(adata, ifn, contrast, dname, label)]
-            if label != "trained":
+            if name != "trained":
                 per_dataset[dname] = (adata, orig)
             print(f"{dname} / {label}: {time.perf_counter() - t0:.0f} s", flush=True)
         if len(per_dataset) > 1:

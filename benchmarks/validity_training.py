@@ -119,12 +119,12 @@ class Concatenated(torch.nn.Module):
         return torch.cat([m(x) for m in self.members], dim=1) / len(self.members) ** 0.5
 
 
-def attribute(adata: ad.AnnData, model) -> sparse.csr_matrix:
-    """The normalized integrated-gradient attribution layer of ``model`` on ``adata``."""
+def attribute(adata: ad.AnnData, model, target: str | None = None) -> sparse.csr_matrix:
+    """The normalized integrated-gradient attribution layer of ``model`` on ``adata`` (``target``: the model's)."""
     work = adata.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sg.tl.attribute(work, model, progress=False, on_degenerate="warn", key_added="_a")
+        sg.tl.attribute(work, model, target=target, progress=False, on_degenerate="warn", key_added="_a")
     return sparse.csr_matrix(work.layers["_a"])
 
 
@@ -152,9 +152,9 @@ def score_layer(
     return out
 
 
-def score_all(adata: ad.AnnData, model, sigs: dict) -> dict[str, pd.DataFrame]:
-    """Attribute ``adata`` with ``model`` and score ``sigs`` in both modes."""
-    return score_layer(adata, attribute(adata, model), sigs)
+def score_all(adata: ad.AnnData, model, sigs: dict, target: str | None = None) -> dict[str, pd.DataFrame]:
+    """Attribute ``adata`` with ``model`` and score ``sigs`` in every mode of ``score_layer``."""
+    return score_layer(adata, attribute(adata, model, target), sigs)
 
 
 def main() -> None:
@@ -168,6 +168,12 @@ def main() -> None:
         help="also score the mean of the seeds' normalized attributions (model '<recipe> mean of N seeds')",
     )
     parser.add_argument("--top-k-sweep", nargs="*", type=int, default=[], help="also score mode='top' with these top_k")
+    parser.add_argument(
+        "--target",
+        default=None,
+        choices=["self_similarity", "embedding_distance"],
+        help="attribution target (default: the model's, self_similarity); recorded in the model label",
+    )
     parser.add_argument(
         "--combine", nargs="+", type=Path, default=None, metavar="CSV", help="only summarize markers.csv files of runs"
     )
@@ -193,6 +199,7 @@ def main() -> None:
         )
     rows = []
     for recipe in args.recipes:
+        label = recipe if args.target is None else f"{recipe}, {args.target}"
         cells = training_cells(recipe, half, muscat)
         layers = {name: ([], []) for name in evals}
         encoders = []
@@ -203,14 +210,14 @@ def main() -> None:
             trained = time.perf_counter() - t0
             encoders.append(model.encoder)
             for name, adata in evals.items():
-                a_orig, a_thin = attribute(adata, model), attribute(thinned[name], model)
+                a_orig, a_thin = attribute(adata, model, args.target), attribute(thinned[name], model, args.target)
                 if args.ensemble:
                     layers[name][0].append(a_orig)
                     layers[name][1].append(a_thin)
                 ks = tuple(args.top_k_sweep)
                 orig, thin = score_layer(adata, a_orig, sigs[name], ks), score_layer(adata, a_thin, sigs[name], ks)
                 e_orig, e_thin = expression[name]
-                measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, recipe)
+                measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, label)
                 seen = name == "kang_muscat" and recipe.startswith("+muscat")
                 rows += [{**row, "seed": seed, "in_training": seen} for row in measured]
             print(
@@ -228,15 +235,15 @@ def main() -> None:
                 mean_orig = score_layer(adata, sum(layers[name][0]) / n, sigs[name])
                 mean_thin = score_layer(adata, sum(layers[name][1]) / n, sigs[name])
                 measured = V.measure(
-                    adata, {**mean_orig, **e_orig}, {**mean_thin, **e_thin}, name, f"{recipe} mean of {n} seeds"
+                    adata, {**mean_orig, **e_orig}, {**mean_thin, **e_thin}, name, f"{label} mean of {n} seeds"
                 )
                 rows += [{**row, "seed": -1, "in_training": seen} for row in measured]
                 joint_orig, joint_thin = (
-                    score_all(adata, joint, sigs[name]),
-                    score_all(thinned[name], joint, sigs[name]),
+                    score_all(adata, joint, sigs[name], args.target),
+                    score_all(thinned[name], joint, sigs[name], args.target),
                 )
                 measured = V.measure(
-                    adata, {**joint_orig, **e_orig}, {**joint_thin, **e_thin}, name, f"{recipe} ensemble of {n} seeds"
+                    adata, {**joint_orig, **e_orig}, {**joint_thin, **e_thin}, name, f"{label} ensemble of {n} seeds"
                 )
                 rows += [{**row, "seed": -1, "in_training": seen} for row in measured]
             pd.DataFrame(rows).to_csv(args.out / "markers.csv", index=False)

@@ -290,7 +290,7 @@ def _wide_adata(genes, seed=0):
 
 
 def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
-    """The atlas's default score is sg.tl.score's default on the same layer, from sums stored at add time."""
+    """The atlas's "top" score is sg.tl.score's on the same layer, from sums stored at add time."""
     from scsig.atlas import _rowstats
 
     genes = [f"G{i}" for i in range(700)]
@@ -307,14 +307,14 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     monkeypatch.undo()
     ref = adata.copy()
     ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
-    sg.tl.score(ref, sig)
+    sg.tl.score(ref, sig, mode="top")
     np.testing.assert_allclose(frame["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
     sg.tl.score(ref, sig, mode="classic", key_added="classic")
     assert not np.allclose(frame["score"], ref.obs["classic"])  # the wide cells are rescaled
     # another top_k is computed from the shard's values, in several cell blocks when memory is short
     monkeypatch.setattr(_rowstats, "ROW_STATS_BYTES", 4 * 50 * 17)
     got = atlas.score(sig, mode="top", mode_kwds={"top_k": 50})["score"]
-    sg.tl.score(ref, sig, mode_kwds={"top_k": 50}, key_added="k50")
+    sg.tl.score(ref, sig, mode="top", mode_kwds={"top_k": 50}, key_added="k50")
     np.testing.assert_allclose(got.to_numpy(), ref.obs["k50"].to_numpy(), rtol=1e-9)
     with pytest.raises(ValueError, match="mode must be one of"):
         atlas.score(sig, mode="rank")
@@ -327,6 +327,34 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     monkeypatch.undo()
     blocks = atlas.score(sig, mode="top", datasets="blocks")
     np.testing.assert_allclose(blocks["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
+
+
+def test_cosine_score_equals_in_memory_cosine(tmp_path, monkeypatch):
+    """The atlas's "cosine" score is sg.tl.score's default on each dataset's whole layer."""
+    from scsig.atlas import _rowstats
+
+    genes = [f"G{i}" for i in range(700)]
+    first, second = _wide_adata(genes), _wide_adata(genes, seed=1)
+    atlas = sg.Atlas.create(tmp_path / "a", gene_order=genes)
+    atlas.add(first, name="d1")
+    atlas.add(second, name="d2")
+    sigs = {"one": {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}, "two": ["G5", "G6"]}
+    frame = atlas.score(sigs, mode="cosine")
+    assert frame.attrs["scsig"]["mode"] == "cosine"
+    for name, adata in (("d1", first), ("d2", second)):
+        ref = adata.copy()
+        ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
+        sg.tl.score(ref, sigs)
+        assert ref.uns["scsig"]["scores"]["score"]["mode"] == "cosine"
+        got = frame[frame["dataset"] == name]
+        for sig in sigs:
+            np.testing.assert_allclose(got[f"score_{sig}"].to_numpy(), ref.obs[f"score_{sig}"].to_numpy(), rtol=1e-9)
+    # the norms are kept for the process: a second query reads only the signature's columns
+    monkeypatch.setattr(_rowstats, "compute_row_norms", None)
+    again = atlas.score(sigs, mode="cosine")
+    np.testing.assert_array_equal(again["score_one"].to_numpy(), frame["score_one"].to_numpy())
+    with pytest.raises(ValueError, match="do not apply to mode='cosine'"):
+        atlas.score(sigs, mode="cosine", mode_kwds={"top_k": 5})
 
 
 def test_top_score_of_a_shard_without_stored_sums(tmp_path, monkeypatch):
@@ -346,7 +374,7 @@ def test_top_score_of_a_shard_without_stored_sums(tmp_path, monkeypatch):
         frame = sg.Atlas.open(tmp_path / "a").score(sig, mode="top")
     ref = adata.copy()
     ref.uns["scsig"] = {"layers": {"attr_ig": {}}}
-    sg.tl.score(ref, sig)
+    sg.tl.score(ref, sig, mode="top")
     np.testing.assert_allclose(frame["score"].to_numpy(), ref.obs["score"].to_numpy(), rtol=1e-9)
     assert atlas.verify(progress=False) == []
 

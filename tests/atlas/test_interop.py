@@ -121,6 +121,6 @@ def test_imported_atlas_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     adata = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(15)]), var=pd.DataFrame(index=GENES))
     adata.layers["attr_ig"] = sparse.csr_matrix(dense)
     adata.uns["scsig"] = {"layers": {"attr_ig": {}}}
-    sg.tl.score(adata, sig, mode_kwds={"top_k": 4})
+    sg.tl.score(adata, sig, mode="top", mode_kwds={"top_k": 4})
     np.testing.assert_allclose(frame["score"].to_numpy(), adata.obs["score"].to_numpy(), rtol=1e-9)
     assert (dense != 0).sum(1).max() > 4

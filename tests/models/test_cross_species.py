@@ -136,8 +136,8 @@ def test_one_to_one_is_exactly_the_renaming_baseline():
     np.testing.assert_allclose(got, renamed.layers["attr_ig"].toarray(), rtol=1e-5, atol=1e-5)
     assert mouse.var["attr_ig_in_model"].tolist() == [True] * 8 + [False]
     # scores: a plain numpy mean of the signature's columns, and the same as the baseline's
-    sg.tl.score(mouse, ["Mg1", "Mg2", "Mg5"], key_added="s")
-    sg.tl.score(renamed, ["HG1", "HG2", "HG5"], key_added="s")
+    sg.tl.score(mouse, ["Mg1", "Mg2", "Mg5"], mode="classic", key_added="s")
+    sg.tl.score(renamed, ["HG1", "HG2", "HG5"], mode="classic", key_added="s")
     np.testing.assert_allclose(mouse.obs["s"], got[:, [1, 2, 5]].mean(axis=1), rtol=1e-6)
     np.testing.assert_allclose(mouse.obs["s"], renamed.obs["s"], rtol=1e-5, atol=1e-5)
 

@@ -197,7 +197,8 @@ def test_unknown_model_name_lists_known_names():
 def test_registry_lists_bundled_models():
     frame = sg.models.registry()
     assert set(frame.index) == set(BUNDLED)
-    assert {"description", "path", "installed"} <= set(frame.columns)
+    assert {"description", "default_target", "path", "installed"} <= set(frame.columns)
+    assert frame.loc["pbmc-demo", "default_target"] == "embedding_distance"
 
 
 DEMO = bundled_path("pbmc-demo")
@@ -259,3 +260,26 @@ def test_demo_model_never_saw_kang_cells():
     assert info["n_cells_left_out_shared_with_kang_ifnb"] > 0
     assert info["n_cells_used"] == muscat.n_obs
     assert muscat.obs["cell_type"].notna().all()
+
+
+@needs_demo
+def test_demo_model_attributes_its_default_target_and_keeps_it_when_saved(tmp_path):
+    """pbmc-demo's default target is embedding_distance (recorded, equal to asking for it); a saved copy keeps it."""
+    model = sg.models.load("pbmc-demo")
+    assert model.default_target == "embedding_distance"
+    kang = sg.datasets.kang_ifnb()[:40].copy()
+    default, explicit, published = kang.copy(), kang.copy(), kang.copy()
+    sg.tl.attribute(default, model, n_steps=8, progress=False)
+    sg.tl.attribute(explicit, model, target="embedding_distance", n_steps=8, progress=False)
+    sg.tl.attribute(published, model, target="self_similarity", n_steps=8, progress=False)
+    assert default.uns["scsig"]["layers"]["attr_ig"]["target"] == "embedding_distance"
+    assert published.uns["scsig"]["layers"]["attr_ig"]["target"] == "self_similarity"
+    np.testing.assert_array_equal(default.layers["attr_ig"].toarray(), explicit.layers["attr_ig"].toarray())
+    assert not np.allclose(default.layers["attr_ig"].toarray(), published.layers["attr_ig"].toarray())
+    # a saved copy attributes as the original; a model saved with the published default stays so
+    copy = sg.models.load(sg.models.save_safetensors(model, tmp_path / "copy"))
+    assert copy.default_target == "embedding_distance"
+    model.default_target = "self_similarity"
+    assert sg.models.load(sg.models.save_safetensors(model, tmp_path / "plain")).default_target == "self_similarity"
+    # the bundled file itself carries no target: the registry entry gives it
+    assert sg.models.load(DEMO).default_target == "self_similarity"

@@ -236,14 +236,14 @@ def _numpy_top_default(a, cols, weights, target_sum=1000.0, k=300):
     return out
 
 
-def test_default_is_top_and_matches_numpy_on_wide_cells():
+def test_top_matches_numpy_on_wide_cells():
     adata = _wide_attributions()
     a = adata.layers["attr_ig"].toarray().astype(np.float64)
     assert ((a != 0).sum(1) > 300).mean() > 0.7  # the rescaling is exercised
     genes = ["g3", "g100", "g250", "g777", "g11"]
     w = np.array([1.0, 2.0, 0.5, 1.5, 3.0])
     cols = _cols(adata, genes)
-    sg.tl.score(adata, dict(zip(genes, w, strict=True)))
+    sg.tl.score(adata, dict(zip(genes, w, strict=True)), mode="top")
     assert adata.uns["scsig"]["scores"]["score"]["mode"] == "top"
     assert adata.uns["scsig"]["scores"]["score"]["signatures"]["signature"]["mode_options"] == {"top_k": 300}
     expected = _numpy_top_default(a, cols, w)
@@ -255,6 +255,18 @@ def test_default_is_top_and_matches_numpy_on_wide_cells():
     wide = (a != 0).sum(1) > 300
     assert np.all(np.abs(adata.obs["score"].to_numpy()[wide] / classic[wide] - 1) > 1e-3)
     np.testing.assert_allclose(adata.obs["score"].to_numpy()[~wide], classic[~wide], rtol=1e-6)
+
+
+def test_default_is_cosine_and_matches_numpy():
+    adata = _wide_attributions()
+    a = adata.layers["attr_ig"].toarray().astype(np.float64)
+    genes = ["g3", "g100", "g250", "g777", "g11"]
+    w = np.array([1.0, 2.0, 0.5, 1.5, 3.0])
+    sg.tl.score(adata, dict(zip(genes, w, strict=True)))
+    assert adata.uns["scsig"]["scores"]["score"]["mode"] == "cosine"
+    assert "mode_options" not in adata.uns["scsig"]["scores"]["score"]["signatures"]["signature"]
+    expected = _numpy_cosine(a, _cols(adata, genes), w)
+    np.testing.assert_allclose(adata.obs["score"], expected, rtol=1e-6)
     # hits on the default score are the hits of the numpy score
     sg.tl.hits(adata, "score", cut=80, key_added="hit")
     np.testing.assert_array_equal(adata.obs["hit"].to_numpy(), expected >= np.percentile(expected, 80))
@@ -269,7 +281,7 @@ def test_compare_scores_follows_the_default_mode():
     sg.tl.compare_scores(adata, genes, contrast="group", positive="a", methods=["attribution"], min_cells=3)
     sg.tl.score(adata, genes, key_added="direct")
     np.testing.assert_array_equal(adata.obs["compare_attribution"], adata.obs["direct"])
-    assert adata.uns["scsig"]["compare"]["compare"]["mode"] == "top"
+    assert adata.uns["scsig"]["compare"]["compare"]["mode"] == "cosine"
     sg.tl.compare_scores(
         adata,
         genes,
@@ -315,7 +327,7 @@ def test_top_warns_when_most_cells_detect_at_most_top_k_genes():
     wide = _wide_attributions()  # 80 % of the cells detect 350-800 genes: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sg.tl.score(wide, ["g3", "g100"])
+        sg.tl.score(wide, ["g3", "g100"], mode="top")
     a = wide.layers["attr_ig"].toarray()
     narrow = wide.copy()
     keep = np.zeros_like(a, dtype=bool)  # every cell keeps at most its 120 largest attributions
@@ -326,19 +338,23 @@ def test_top_warns_when_most_cells_detect_at_most_top_k_genes():
     )
     median = int(np.median(np.asarray((narrow.layers["attr_ig"] != 0).sum(1))))
     with pytest.warns(UserWarning, match=rf"100% of the cells .*median {median}.*'top_k': {median // 2}"):
-        sg.tl.score(narrow, ["g3", "g100"])
+        sg.tl.score(narrow, ["g3", "g100"], mode="top")
     # the warning tells the truth: top equals classic there
     sg.tl.score(narrow, ["g3", "g100"], mode="classic", key_added="classic")
     np.testing.assert_allclose(narrow.obs["score"], narrow.obs["classic"], rtol=1e-9)
     # a top_k below the cells' detected genes is taken silently
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sg.tl.score(narrow, ["g3", "g100"], mode_kwds={"top_k": 60}, key_added="top60")
+        sg.tl.score(narrow, ["g3", "g100"], mode="top", mode_kwds={"top_k": 60}, key_added="top60")
+    # the default mode needs no top_k and does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.tl.score(narrow, ["g3", "g100"], key_added="default")
     # a layer of at most top_k genes (a small model) is not reported
     small = narrow[:, :300].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sg.tl.score(small, ["g3", "g100"], key_added="small")
+        sg.tl.score(small, ["g3", "g100"], mode="top", key_added="small")
 
 
 def test_cosine_is_a_cosine():

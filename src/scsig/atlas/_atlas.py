@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Atlas"]
 
 ObsFilter = str | Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
-AtlasMode = Literal["top", "classic"]
+AtlasMode = Literal["top", "classic", "cosine"]
 """The scoring modes of :meth:`Atlas.score`."""
 OnError = Literal["raise", "warn"]
 """What :meth:`Atlas.attribute` does when a dataset fails: stop, or warn and go on."""
@@ -660,17 +660,20 @@ class Atlas:
         :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum :math:`\sum_g w_g a_g`): what the
         published method and the reference tool's ``query_attributions`` compute, and the default
         here, so that an atlas (including one imported from the reference tool) answers as the
-        reference does. ``mode="top"``, the default of :func:`scsig.tl.score`, is that score times
-        the cell's attribution total over the sum of its 300 largest attributions, which keeps
-        deeper cells from scoring lower (see :func:`scsig.tl.score`); pass it to get the in-memory
-        default's numbers from the atlas. Both per-cell sums are stored when a dataset is added,
-        so a ``"top"`` query reads the same gene columns as a classic one plus two numbers per cell;
-        for datasets added by an older scsig, or another ``top_k``, they are computed from the
-        dataset's values once per session (every gene read; a warning says so).
+        reference does. ``mode="cosine"``, the default of :func:`scsig.tl.score`, is the cosine
+        similarity of the cell's attributions and the signature's weights, which keeps deeper cells
+        from scoring lower (see :func:`scsig.tl.score`); pass it to get the in-memory default's
+        numbers from the atlas. It needs each cell's Euclidean norm over all genes, computed from the
+        dataset's values on the first ``"cosine"`` query of a process (every gene read once) and
+        kept for the next ones. ``mode="top"`` is the classic score times the cell's attribution
+        total over the sum of its 300 largest attributions; both per-cell sums are stored when a
+        dataset is added, so a ``"top"`` query reads the same gene columns as a classic one plus
+        two numbers per cell; for datasets added by an older scsig, or another ``top_k``, they are
+        computed from the dataset's values once per session (every gene read; a warning says so).
 
         .. versionchanged:: 0.2.0
            ``mode=`` added (default ``"classic"``, the scores of earlier versions and of the
-           reference tool); ``mode="top"`` gives :func:`scsig.tl.score`'s default.
+           reference tool); ``mode="cosine"`` gives :func:`scsig.tl.score`'s default.
 
         Genes outside the atlas gene order are left out with a warning;
         a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
@@ -688,8 +691,8 @@ class Atlas:
         aggregate
             ``"mean"`` or ``"sum"``.
         mode
-            ``"classic"`` (default) or ``"top"``, as in :func:`scsig.tl.score` (the atlas has these two;
-            note that :func:`scsig.tl.score` defaults to ``"top"``).
+            ``"classic"`` (default), ``"cosine"`` or ``"top"``, as in :func:`scsig.tl.score` (the atlas
+            has these three; note that :func:`scsig.tl.score` defaults to ``"cosine"``).
         mode_kwds
             ``{{"top_k": k}}`` for ``mode="top"`` (default 300).
         datasets
@@ -721,7 +724,7 @@ class Atlas:
         specs = self._specs(datasets)
         cats = [s.name for s in specs]
         start = logg.info(f"scoring {len(cols)} genes across {len(specs)} datasets ({mode})")
-        tasks = [(s, cols, coef, keys, obs_filter, cats, top_k) for s in specs]
+        tasks = [(s, cols, coef, keys, obs_filter, cats, top_k, mode) for s in specs]
         results = run_tasks(score_shard, tasks, client=client, progress=progress, desc="score")
         check_filter(obs_filter, [ok for _, ok in results])
         frame = concat_frames([f for f, _ in results if f is not None], cats, columns=[DATASET_KEY, *keys])
@@ -767,8 +770,8 @@ class Atlas:
         ``uns["scsig"]["layers"][<layer>]`` = the first dataset's provenance, so that
         :func:`scsig.tl.score` works on it; ``uns["scsig"]["atlas"]`` names the atlas and datasets.
         :func:`scsig.tl.score` on it gives :meth:`score`'s values with ``mode="classic"``; with the
-        default ``mode="top"`` only when every gene was read (``genes=None``), as a cell's top-300
-        sum needs its whole row: on a gene subset use :meth:`score`.
+        default ``mode="cosine"`` (or ``"top"``) only when every gene was read (``genes=None``), as
+        a cell's norm (or top-300 sum) needs its whole row: on a gene subset use :meth:`score`.
         """
         import anndata as ad
 

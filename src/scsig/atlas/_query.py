@@ -47,7 +47,7 @@ _LOCK = threading.Lock()
 _READERS: OrderedDict[tuple[str, str], ShardReader] = OrderedDict()
 _OBS: OrderedDict[str, pd.DataFrame] = OrderedDict()
 _CHECKED: set[str] = set()
-_ROW_FACTORS: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_ROW_FACTORS: OrderedDict[tuple[str, int | str], np.ndarray] = OrderedDict()
 _COMPUTED_WARNED: set[str] = set()
 
 
@@ -213,6 +213,28 @@ def top_factors(spec: ShardSpec, top_k: int) -> np.ndarray:
     return factors
 
 
+def row_norms(spec: ShardSpec) -> np.ndarray:
+    """Per cell of the shard, the Euclidean norm of its attributions (for ``mode="cosine"``).
+
+    Computed from the shard's values (every gene read once, in bounded memory) on the first
+    ``"cosine"`` query of a process and kept for the next ones.
+    """
+    from ._rowstats import compute_row_norms
+
+    key = (spec.path, "l2")
+    with _LOCK:
+        cached = _ROW_FACTORS.get(key)
+        if cached is not None:
+            _ROW_FACTORS.move_to_end(key)
+            return cached
+    norms = compute_row_norms(_reader(spec), spec.n_obs)
+    with _LOCK:
+        _ROW_FACTORS[key] = norms
+        while len(_ROW_FACTORS) > 1 and sum(f.size for f in _ROW_FACTORS.values()) > OBS_CACHE_ROWS:
+            _ROW_FACTORS.popitem(last=False)
+    return norms
+
+
 def score_shard(
     spec: ShardSpec,
     cols: np.ndarray,
@@ -221,11 +243,13 @@ def score_shard(
     obs_filter: Any,
     categories: Sequence[str],
     top_k: int | None = None,
+    mode: str = "classic",
 ) -> tuple[pd.DataFrame | None, bool]:
     """Scores of one shard's cells that pass the filter: ``(frame, filter_applied)``.
 
     ``coef`` is genes x signatures; a cell's classic score is ``sum_g a[cell, g] * coef[g, k]``,
-    and with ``top_k`` (``mode="top"``) that times the cell's :func:`top_factors`.
+    with ``top_k`` (``mode="top"``) that times the cell's :func:`top_factors`, and with
+    ``mode="cosine"`` that over the cell's :func:`row_norms` and the norm of ``coef[:, k]``.
     ``filter_applied`` is ``False`` when the filter names a column this dataset lacks (no cell matches).
     """
     obs = shard_obs(spec)
@@ -246,6 +270,9 @@ def score_shard(
             scores += mat @ part
     if top_k is not None:
         scores *= top_factors(spec, top_k)[:, None]
+    if mode == "cosine":
+        norms = row_norms(spec)[:, None] * np.linalg.norm(coef, axis=0)[None, :]
+        scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
     frame = _with_dataset(obs if mask is None else obs[mask], spec.name, categories)
     rows = scores if mask is None else scores[mask]
     for k, key in enumerate(keys):

@@ -108,6 +108,16 @@ def compute_row_stats(reader: ShardReader, n_obs: int, top_k: int) -> tuple[np.n
     return totals, tops
 
 
+def compute_row_norms(reader: ShardReader, n_obs: int) -> np.ndarray:
+    """Euclidean norm of every cell's attributions in the shard (every gene read once, in groups)."""
+    squares = np.zeros(n_obs, dtype=np.float64)
+    cols = np.arange(reader.n_genes, dtype=np.int64)
+    for _, (data, indices, _indptr) in reader.column_groups(cols):
+        values = np.asarray(data, dtype=np.float64)
+        squares += np.bincount(np.asarray(indices, dtype=np.int64), weights=values * values, minlength=n_obs)
+    return np.sqrt(squares)
+
+
 class RowStats:
     """Collects the per-cell totals and top-``k`` sums of a build's row blocks, in row order.
 

@@ -88,7 +88,9 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
         if not bundled.is_dir():
             msg = f"The bundled model {key!r} is not installed (expected at {bundled}); reinstall scsig."
             raise FileNotFoundError(msg)
-        return _load_folder(bundled, name=name or key, allow_pickle=False)
+        model = _load_folder(bundled, name=name or key, allow_pickle=False)
+        model.default_target = BUNDLED[key].default_target
+        return model
     known = ", ".join(repr(k) for k in sorted(BUNDLED))
     msg = (
         f"{key!r} is not a model folder and not a known model name. Known names: {known}. "

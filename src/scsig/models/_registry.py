@@ -36,11 +36,14 @@ class BundledModel:
         Folder under ``scsig/models/_data``.
     description
         What it is (and is not).
+    default_target
+        The attribution target :func:`scsig.tl.attribute` uses with this model when given none.
     """
 
     name: str
     folder: str
     description: str
+    default_target: str = "self_similarity"
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -51,8 +54,10 @@ BUNDLED: dict[str, BundledModel] = {
             folder="pbmc-demo",
             description=(
                 "Demonstration SCimilarity-architecture encoder trained on 2,700 PBMCs (10x pbmc3k) with "
-                "marker-derived cell-type labels; 4,692 genes. For tutorials and tests, not a foundation model."
+                "marker-derived cell-type labels; 4,692 genes. For tutorials and tests, not a foundation model. "
+                "Attribution target: embedding_distance (chosen on held-out cells, docs/validity.md)."
             ),
+            default_target="embedding_distance",
         ),
     )
 }
@@ -70,7 +75,8 @@ def registry() -> pd.DataFrame:
 
     Returns
     -------
-    A DataFrame indexed by name with columns ``description``, ``path`` (where the files are) and
+    A DataFrame indexed by name with columns ``description``, ``default_target`` (the attribution
+    target :func:`scsig.tl.attribute` uses with it when given none), ``path`` (where the files are) and
     ``installed`` (whether the files are present).
 
     Examples
@@ -120,8 +126,9 @@ def save_safetensors(
         half precision (about 3 significant digits).
     metadata
         Extra string key/values stored in the safetensors header, as sorted JSON under the
-        single key ``"scsig"`` (with ``format``, ``dtype`` and ``name``), so that saving the same
-        model twice gives identical bytes.
+        single key ``"scsig"`` (with ``format``, ``dtype``, ``name`` and, when it is not
+        ``"self_similarity"``, the model's ``default_target``, which loading restores), so that
+        saving the same model twice gives identical bytes.
 
     Returns
     -------
@@ -152,6 +159,8 @@ def save_safetensors(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": "scsig-scimilarity", "dtype": dtype, "name": model.name}
+    if model.default_target != "self_similarity":  # kept so a saved copy attributes as the original
+        header["default_target"] = str(model.default_target)
     header.update({str(k): str(v) for k, v in (metadata or {}).items()})
     # one key holding sorted JSON: safetensors writes several metadata keys in a random order,
     # which would make the file's bytes (and checksum) differ between identical saves
@@ -177,5 +186,9 @@ def load_safetensors_folder(folder: str | Path, *, name: str | None = None) -> F
     gene_order = read_gene_order(folder, SAFETENSORS_FILE)
     with safe_open(str(folder / SAFETENSORS_FILE), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        header = json.loads((fh.metadata() or {}).get(METADATA_KEY, "{}"))
     state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
-    return model_from_state(folder, gene_order, state, name=name, weights_file=SAFETENSORS_FILE)
+    model = model_from_state(folder, gene_order, state, name=name, weights_file=SAFETENSORS_FILE)
+    if "default_target" in header:
+        model.default_target = header["default_target"]
+    return model

@@ -536,7 +536,9 @@ def attribute(
         ``"ig"`` integrated gradients, ``"dl"`` DeepLIFT, ``"ixg"`` input x gradient.
     {doc_layer_counts}
     target
-        What is attributed. ``None`` uses the model's default (``"self_similarity"``).
+        What is attributed. ``None`` uses the model's ``default_target``: ``"self_similarity"``
+        (the published SIGnature target) for every loader except the bundled ``"pbmc-demo"``, whose
+        default is ``"embedding_distance"`` (chosen on held-out cells, ``docs/validity.md``).
         ``"embedding_distance"`` is :math:`\lVert f(x') - f(0) \rVert_2`, which ``"dl"`` and ``"ixg"``
         need: under self-similarity their attributions are degenerate (see ``on_degenerate``).
         A callable ``(embedding, reference) -> (n,)`` tensor is used as is.

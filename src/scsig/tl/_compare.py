@@ -279,7 +279,7 @@ def compare_scores(
     """Compare the attribution score with expression scores for a signature and a labelled contrast.
 
     Every method scores the same cells for ``genes``: ``"attribution"`` is :func:`scsig.tl.score`
-    on the attribution layer, in ``mode`` (its default, ``"top"``, as :func:`scsig.tl.score`); ``"score_genes"`` is :func:`scanpy.tl.score_genes` on log1p(CP10k)
+    on the attribution layer, in ``mode`` (its default, ``"cosine"``, as :func:`scsig.tl.score`); ``"score_genes"`` is :func:`scanpy.tl.score_genes` on log1p(CP10k)
     expression; ``"ucell"`` (pyucell) and ``"aucell"`` (decoupler) are rank-based scores, run when
     those packages are installed (``pip install 'scsig[compare]'``).
 
@@ -316,11 +316,11 @@ def compare_scores(
     layer
         Attribution layer; ``None`` takes the only one recorded.
     mode
-        Scoring mode of the attribution score, as in :func:`scsig.tl.score` (default ``"top"``;
+        Scoring mode of the attribution score, as in :func:`scsig.tl.score` (default ``"cosine"``;
         ``"classic"`` is the published method's score). Modes with options take their defaults.
 
         .. versionchanged:: 0.2.0
-           The attribution score follows :func:`scsig.tl.score`'s default, ``"top"`` (it was ``"classic"``).
+           The attribution score follows :func:`scsig.tl.score`'s default, ``"cosine"`` (it was ``"classic"``).
     counts_layer
         Layer with raw counts for the expression scores and totals; ``None`` reads ``X``.
     min_cells

@@ -127,33 +127,33 @@ def score(
     reference package compute) is the mean (``aggregate="mean"``) or sum (``"sum"``) of its
     normalized attributions over the signature's genes; with weights :math:`w_g` the weighted mean
     is :math:`\sum_g w_g a_g / \sum_g w_g` and the weighted sum :math:`\sum_g w_g a_g`. The default,
-    ``mode="top"``, is the same number after rescaling each cell so that its ``top_k`` (300) largest
-    attributions, rather than all of them, sum to the layer's ``target_sum``:
-    :math:`\text{top} = \text{classic} \times T_c / S_c`, with :math:`T_c` the cell's attribution
-    total and :math:`S_c` the sum of its 300 largest attributions (a cell with at most 300 non-zero
-    attributions keeps its classic score).
+    ``mode="cosine"``, is the cosine similarity of the cell's attribution vector :math:`a` and the
+    signature's weight vector :math:`w` (zero outside the signature):
+    :math:`\sum_g w_g a_g / (\lVert a \rVert_2 \lVert w \rVert_2)`, in [0, 1]; 1 when the cell's
+    attributions are proportional to the weights.
 
-    Why ``"top"`` is the default: every cell's attributions sum to the same total, a deeper cell
+    Why ``"cosine"`` is the default: every cell's attributions sum to the same total, a deeper cell
     detects more genes and spreads that total over more of them, so the classic score falls with
-    sequencing depth inside a pure population. The ``"top"`` normalization does not depend on the
-    small attributions a deeper cell adds; on every dataset measured it removed most of the depth
-    effect at the same marker AUROC (see :doc:`the validity page </validity>`, ``docs/validity.md``). Pass
-    ``mode="classic"`` to reproduce the published method and the reference package
-    (``sc-signature``) exactly.
+    sequencing depth inside a pure population. The Euclidean norm is dominated by a cell's largest
+    attributions and hardly moves with the many small ones a deeper cell adds. On cells the
+    encoders never saw it followed depth within a cell type less than the classic score and
+    ``"top"``, at the same marker AUROC, also on data that keep few of the model's genes (see
+    :doc:`the validity page </validity>`, ``docs/validity.md``). Pass ``mode="classic"`` to
+    reproduce the published method and the reference package (``sc-signature``) exactly.
 
-    With the default ``target_sum=1000`` a score is in attribution units per gene: a classic mean
-    of 1 means the signature's genes carry, on average, 1/1000 of the cell's attribution each (for
-    ``"top"``, 1/1000 of its 300 largest attributions). Scores are non-negative (with non-negative
-    weights) and do not depend on the order of the genes.
+    With the default ``target_sum=1000`` a classic score is in attribution units per gene: a mean
+    of 1 means the signature's genes carry, on average, 1/1000 of the cell's attribution each
+    (for ``"top"``, 1/1000 of its 300 largest attributions). ``"cosine"`` is unitless. Scores are
+    non-negative (with non-negative weights) and do not depend on the order of the genes.
 
-    Scores are shares of a fixed total: every cell's attributions (or its 300 largest ones) sum to
-    the same 1,000, so genes compete for it. A strong program in a cell (e.g. an interferon
-    response) takes a large share and thereby lowers that cell's other scores, even when the other
-    genes' expression did not change. Compare a signature's scores across cells and conditions; read
-    a drop in one signature next to a rise in another with that in mind.
+    Scores are built from shares of a fixed total: every cell's attributions sum to the same 1,000,
+    so genes compete for it. A strong program in a cell (e.g. an interferon response) takes a large
+    share and thereby lowers that cell's other scores, even when the other genes' expression did not
+    change. Compare a signature's scores across cells
+    and conditions; read a drop in one signature next to a rise in another with that in mind.
 
     .. versionchanged:: 0.2.0
-       The default ``mode`` is ``"top"`` (it was ``"classic"``). Pass ``mode="classic"`` for the
+       The default ``mode`` is ``"cosine"`` (it was ``"classic"``). Pass ``mode="classic"`` for the
        scores of earlier versions and of the reference package.
 
     Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
@@ -173,16 +173,16 @@ def score(
         ``"mean"`` or ``"sum"``.
     mode
         How attributions become a score (see ``docs/validity.md`` for what each does to the depth
-        confound). ``"top"`` (default): the classic score times the cell's attribution total over
-        the sum of its ``top_k`` (300) largest attributions, so that a deeper cell, which spreads its
-        attribution over more detected genes, is not scored lower for it. ``"classic"``: the mean
-        (or sum) of the normalized attributions, what the published method and the reference
-        package compute. ``"rank"``: from each cell's ranking
+        confound). ``"cosine"`` (default): the cosine similarity of the cell's attribution vector
+        and the signature's weights, in [0, 1]. Its Euclidean norm is dominated by the cell's
+        largest attributions, so a deeper cell, which spreads its attribution over more detected
+        genes, is not scored lower for it. ``"classic"``: the mean (or sum) of the normalized
+        attributions, what the published method and the reference package compute. ``"top"``: the
+        classic score times the cell's attribution total over the sum of its ``top_k`` (300)
+        largest attributions; on data that hold few of the model's genes it is the classic score
+        (with a warning). ``"rank"``: from each cell's ranking
         of its genes by attribution (1 = largest), a gene of rank :math:`r \le R` counts
         :math:`(R - r + 1) / R` (``max_rank`` :math:`R`, 200), others 0; scores are in [0, 1].
-        ``"cosine"``: the cosine similarity of the cell's attribution vector and the signature's
-        weights, in [0, 1]; like ``"top"`` without a ``top_k``, and it keeps working on data that
-        hold few of the model's genes, where ``"top"`` becomes the classic score (with a warning).
         ``"control_diff"`` / ``"control_ratio"``: as :func:`scanpy.tl.score_genes` on attributions,
         the score minus (divided by) the mean attribution of ``ctrl_size`` (50) control genes drawn
         (with ``seed``, 0) from the signature genes' bins (``n_bins``, 25) of mean attribution.
@@ -216,7 +216,7 @@ def score(
     >>> bool((adata.obs["score"] >= 0).all())
     True
     >>> adata.uns["scsig"]["scores"]["score"]["mode"]
-    'top'
+    'cosine'
     >>> sg.tl.score(adata, ["g0", "g1", "g2"], mode="classic", key_added="score_classic")
     >>> sg.tl.score(adata, ["g0", "g1", "g2"], mode="top", mode_kwds={"top_k": 10}, key_added="score_top10")
     """
