@@ -388,3 +388,32 @@ def test_cosine_is_a_cosine():
     classic_drop = 1 - (wider[3, cols] @ w / wider[3].sum()) / (a[3, cols] @ w / a[3].sum())
     assert classic_drop > 0.05  # the classic share does drop
     assert abs(new[3] / score[3] - 1) < classic_drop / 5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_norms_against_numpy(dtype):
+    from scsig.tl._score_modes import row_norms
+
+    rng = np.random.default_rng(5)
+    dense = rng.random((30, 50)) * (rng.random((30, 50)) < 0.3)
+    dense[3] = 0.0  # an empty row
+    dense[4, :] = 1e-20  # tiny values: float64 accumulation
+    x = sparse.csr_matrix(dense.astype(dtype))
+    expected = np.sqrt((dense.astype(dtype).astype(np.float64) ** 2).sum(1))
+    np.testing.assert_allclose(row_norms(x), expected, rtol=1e-12)
+    np.testing.assert_allclose(row_norms(x.toarray()), expected, rtol=1e-12)
+    np.testing.assert_allclose(row_norms(x.tocsc()), expected, rtol=1e-12)
+    assert row_norms(x)[3] == 0.0
+
+
+def test_detected_counts_ignore_stored_zeros():
+    from scsig.tl._score_modes import detected_counts
+
+    dense = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0], [3.0, 0.0, 4.0]])
+    x = sparse.csr_matrix(dense)
+    x.data[0] = 0.0  # a stored zero in row 0
+    x.indptr = x.indptr.copy()
+    expected = np.array([1, 0, 2])
+    np.testing.assert_array_equal(detected_counts(x), expected)
+    np.testing.assert_array_equal(detected_counts(x.tocsc()), expected)
+    np.testing.assert_array_equal(detected_counts(x.toarray()), expected)

@@ -67,6 +67,7 @@ __all__ = [
     "detected_counts",
     "mode_scores",
     "rank_matrix",
+    "row_norms",
     "row_totals_and_tops",
     "top_k_problem",
     "top_sums",
@@ -127,7 +128,14 @@ def _row_sums(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
 
 
 def detected_counts(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
-    """Number of non-zero attributions per cell."""
+    """Number of non-zero attributions per cell (a CSR layer is read from its row pointers, without a copy)."""
+    if sparse.issparse(x) and x.format == "csr":
+        counts = np.diff(x.indptr).astype(np.int64)
+        stored_zeros = np.flatnonzero(x.data == 0)
+        if stored_zeros.size:
+            rows = np.searchsorted(x.indptr, stored_zeros, side="right") - 1
+            counts -= np.bincount(rows, minlength=counts.size)
+        return counts
     if sparse.issparse(x):
         return np.asarray((x != 0).sum(axis=1)).ravel().astype(np.int64)
     return np.count_nonzero(np.asarray(x), axis=1).astype(np.int64)
@@ -257,6 +265,31 @@ def _top_kernel():
     return kernel
 
 
+@functools.cache
+def _norm_kernel():
+    """A compiled, row-parallel kernel: per CSR row, the Euclidean norm of its values (summed in float64)."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def kernel(indptr, data, norms):  # pragma: no cover - compiled
+        for i in numba.prange(norms.size):
+            total = 0.0
+            for j in range(indptr[i], indptr[i + 1]):
+                v = np.float64(data[j])
+                total += v * v
+            norms[i] = np.sqrt(total)
+
+    return kernel
+
+
+def row_norms(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    """Per cell, the Euclidean norm of its row (a CSR layer is read in place, without a copy)."""
+    m = x if sparse.issparse(x) and x.format == "csr" else sparse.csr_matrix(x)
+    norms = np.empty(m.shape[0], dtype=np.float64)
+    _norm_kernel()(m.indptr, m.data, norms)
+    return norms
+
+
 def row_totals_and_tops(x: np.ndarray | sparse.spmatrix, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cell, the sum of its absolute values and the sum of its ``top_k`` largest absolute values.
 
@@ -344,9 +377,7 @@ def mode_scores(
         return score_matrix(cache["rank", max_rank], cols, coef), {"max_rank": int(max_rank)}
     if mode == "cosine":
         if "l2" not in cache:
-            squares = _csr(x)
-            squares.data **= 2
-            cache["l2"] = np.sqrt(np.asarray(squares.sum(axis=1), dtype=np.float64).ravel())
+            cache["l2"] = row_norms(x)
         norm = cache["l2"] * float(np.linalg.norm(coef))
         return np.divide(score_matrix(x, cols, coef), norm, out=np.zeros_like(norm), where=norm > 0), {}
     if mode == "detected":
