@@ -299,7 +299,7 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     monkeypatch.setattr(_rowstats, "compute_row_stats", None)  # collected during the build, then read back
     atlas.add(adata, name="d")
     entry = json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"][0]
-    assert entry["row_stats"] == {"top_k": 300}
+    assert entry["row_stats"] == {"top_k": 300, "norms": True}
     sig = {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}
     assert atlas.score(sig).attrs["scsig"]["mode"] == "classic"  # the atlas's default is the reference's score
     frame = atlas.score(sig, mode="top")
@@ -339,7 +339,9 @@ def test_cosine_score_equals_in_memory_cosine(tmp_path, monkeypatch):
     atlas.add(first, name="d1")
     atlas.add(second, name="d2")
     sigs = {"one": {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}, "two": ["G5", "G6"]}
+    monkeypatch.setattr(_rowstats, "compute_row_norms", None)  # stored at add time, read back
     frame = atlas.score(sigs, mode="cosine")
+    monkeypatch.undo()
     assert frame.attrs["scsig"]["mode"] == "cosine"
     for name, adata in (("d1", first), ("d2", second)):
         ref = adata.copy()
@@ -349,12 +351,21 @@ def test_cosine_score_equals_in_memory_cosine(tmp_path, monkeypatch):
         got = frame[frame["dataset"] == name]
         for sig in sigs:
             np.testing.assert_allclose(got[f"score_{sig}"].to_numpy(), ref.obs[f"score_{sig}"].to_numpy(), rtol=1e-9)
-    # the norms are kept for the process: a second query reads only the signature's columns
-    monkeypatch.setattr(_rowstats, "compute_row_norms", None)
-    again = atlas.score(sigs, mode="cosine")
-    np.testing.assert_array_equal(again["score_one"].to_numpy(), frame["score_one"].to_numpy())
     with pytest.raises(ValueError, match="do not apply to mode='cosine'"):
         atlas.score(sigs, mode="cosine", mode_kwds={"top_k": 5})
+    # a dataset added by an older scsig (no stored norms): computed from its values, same scores
+    monkeypatch.setattr(_rowstats, "write_row_stats", lambda *a, **k: None)
+    atlas.add(first, name="old")
+    monkeypatch.undo()
+    old = sg.Atlas.open(tmp_path / "a").score(sigs, mode="cosine", datasets="old")
+    np.testing.assert_allclose(
+        old["score_one"].to_numpy(), frame[frame["dataset"] == "d1"]["score_one"].to_numpy(), rtol=1e-9
+    )
+    # the norms are kept for the process: a second query does not compute them again
+    monkeypatch.setattr(_rowstats, "compute_row_norms", None)
+    again = sg.Atlas.open(tmp_path / "a").score(sigs, mode="cosine", datasets="old")
+    np.testing.assert_array_equal(again["score_one"].to_numpy(), old["score_one"].to_numpy())
+    assert atlas.verify(progress=False) == []
 
 
 def test_top_score_of_a_shard_without_stored_sums(tmp_path, monkeypatch):

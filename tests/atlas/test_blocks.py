@@ -189,7 +189,7 @@ def test_top_score_of_blocks_equals_in_memory_top(local_build, tmp_path, monkeyp
         memory[f"p{k}"] = part
     for top_k, atlas in built.items():
         entries = atlas._manifest["shards"]
-        assert [e["row_stats"] for e in entries] == [{"top_k": top_k}] * 2
+        assert [e["row_stats"] for e in entries] == [{"top_k": top_k, "norms": True}] * 2
         monkeypatch.setattr(_rowstats, "compute_row_stats", None)  # the stored sums are read, not recomputed
         kwds = {"mode_kwds": {"top_k": top_k}}
         frame = sg.Atlas.open(atlas.path).score(sig, mode="top", **kwds)
@@ -205,6 +205,16 @@ def test_top_score_of_blocks_equals_in_memory_top(local_build, tmp_path, monkeyp
             x = np.abs(part.layers["attr_ig"].toarray().astype(np.float64))
             np.testing.assert_allclose(totals, x.sum(axis=1), rtol=1e-5)
             np.testing.assert_allclose(tops, -np.sort(-x, axis=1)[:, :top_k].sum(axis=1), rtol=1e-5)
+            norms = _rowstats.read_row_norms(shard, part.n_obs, name)
+            np.testing.assert_allclose(norms, np.sqrt((x**2).sum(axis=1)), rtol=1e-5)
+    # the norms the blocks collected give tl.score's default (cosine) from the atlas
+    monkeypatch.setattr(_rowstats, "compute_row_norms", None)
+    frame = sg.Atlas.open(built[300].path).score(sig, mode="cosine")
+    monkeypatch.undo()
+    for name, part in memory.items():
+        sg.tl.score(part, sig, key_added="cosine")
+        got = frame.loc[frame["dataset"] == name, "score"].to_numpy()
+        np.testing.assert_allclose(got, part.obs["cosine"].to_numpy(), rtol=1e-6)
     sg.tl.score(memory["p0"], sig, mode="classic", key_added="classic")
     assert not np.allclose(memory["p0"].obs["top10"], memory["p0"].obs["classic"])  # top-10 rescales the cells
     # the merge task stored them before sealing: a damaged byte is caught by verify and by score

@@ -115,7 +115,7 @@ def test_imported_atlas_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     write_reference_folder(tmp_path / "pub", "NK", dense)
     atlas = sg.Atlas.from_signature(tmp_path / "pub", tmp_path / "atlas", gene_order=GENES)
     entry = json.loads((tmp_path / "atlas" / "manifest.json").read_text())["shards"][0]
-    assert entry["row_stats"] == {"top_k": 4}
+    assert entry["row_stats"] == {"top_k": 4, "norms": True}
     sig = ["G1", "G3", "G10"]
     frame = atlas.score(sig, mode="top", mode_kwds={"top_k": 4})
     adata = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(15)]), var=pd.DataFrame(index=GENES))

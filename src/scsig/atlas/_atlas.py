@@ -63,7 +63,7 @@ class Atlas:
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that
     :func:`anndata.read_zarr` opens (the attributions are ``layers[<layer>]``, a CSC matrix whose
     arrays are Blosc-compressed, sharded zarr v3 arrays; ``row_stats/`` beside them holds each cell's
-    attribution total and top-300 sum, for :meth:`score`'s ``mode="top"``). Adding a dataset is atomic: a writer that
+    attribution total, top-300 sum and norm, for :meth:`score`'s ``mode="top"`` and ``"cosine"``). Adding a dataset is atomic: a writer that
     dies leaves the atlas as it was, and readers can query while a writer adds. Every stored file is
     checksummed when its dataset is added: reads refuse damaged data with an error naming the
     dataset, and :meth:`verify` checks every byte.
@@ -231,6 +231,7 @@ class Atlas:
                 nnz=int(shards[n]["nnz"]),
                 seal=_seal(shards[n]),
                 row_top_k=_row_top_k(shards[n]),
+                row_norms=bool((shards[n].get("row_stats") or {}).get("norms", False)),
             )
             for n in names
         ]
@@ -663,9 +664,9 @@ class Atlas:
         reference does. ``mode="cosine"``, the default of :func:`scsig.tl.score`, is the cosine
         similarity of the cell's attributions and the signature's weights, which keeps deeper cells
         from scoring lower (see :func:`scsig.tl.score`); pass it to get the in-memory default's
-        numbers from the atlas. It needs each cell's Euclidean norm over all genes, computed from the
-        dataset's values on the first ``"cosine"`` query of a process (every gene read once) and
-        kept for the next ones. ``mode="top"`` is the classic score times the cell's attribution
+        numbers from the atlas. It needs each cell's Euclidean norm over all genes, stored when a
+        dataset is added (for datasets added by an older scsig, computed from the dataset's values
+        on the first ``"cosine"`` query of a process, every gene read once). ``mode="top"`` is the classic score times the cell's attribution
         total over the sum of its 300 largest attributions; both per-cell sums are stored when a
         dataset is added, so a ``"top"`` query reads the same gene columns as a classic one plus
         two numbers per cell; for datasets added by an older scsig, or another ``top_k``, they are

@@ -65,6 +65,8 @@ class ShardSpec:
     """``(algorithm, checksum)`` of the shard's checksum list (``None``: written before checksums)."""
     row_top_k: int | None = None
     """``top_k`` of the per-cell sums stored in the shard (``None``: none stored, computed when needed)."""
+    row_norms: bool = False
+    """Whether the shard stores its cells' norms (else they are computed when needed)."""
 
 
 def _reader(spec: ShardSpec) -> ShardReader:
@@ -216,10 +218,11 @@ def top_factors(spec: ShardSpec, top_k: int) -> np.ndarray:
 def row_norms(spec: ShardSpec) -> np.ndarray:
     """Per cell of the shard, the Euclidean norm of its attributions (for ``mode="cosine"``).
 
-    Computed from the shard's values (every gene read once, in bounded memory) on the first
-    ``"cosine"`` query of a process and kept for the next ones.
+    Read from the norms stored at add time; for a dataset added by an older scsig, computed from
+    the shard's values (every gene read once) on the first ``"cosine"`` query of a process. Kept
+    for the next queries.
     """
-    from ._rowstats import compute_row_norms
+    from ._rowstats import compute_row_norms, read_row_norms
 
     key = (spec.path, "l2")
     with _LOCK:
@@ -227,7 +230,11 @@ def row_norms(spec: ShardSpec) -> np.ndarray:
         if cached is not None:
             _ROW_FACTORS.move_to_end(key)
             return cached
-    norms = compute_row_norms(_reader(spec), spec.n_obs)
+    if spec.row_norms:
+        _check_once(spec)
+        norms = read_row_norms(Path(spec.path), spec.n_obs, spec.name)
+    else:
+        norms = compute_row_norms(_reader(spec), spec.n_obs)
     with _LOCK:
         _ROW_FACTORS[key] = norms
         while len(_ROW_FACTORS) > 1 and sum(f.size for f in _ROW_FACTORS.values()) > OBS_CACHE_ROWS:

@@ -1,11 +1,13 @@
-"""Per-cell attribution totals and top-``k`` sums of a shard, for ``Atlas.score(mode="top")``.
+"""Per-cell attribution totals, top-``k`` sums and norms of a shard, for ``Atlas.score(mode="top" | "cosine")``.
 
 ``mode="top"`` of :func:`scsig.tl.score` multiplies a cell's classic score by :math:`T_c / S_c`:
 its attribution total over the sum of its ``top_k`` largest attributions. Both need the cell's
 whole row, which a gene-major shard does not hold in one place, so they are computed once when a
 dataset is added (at the ingest seal point, before the checksums are taken, so ``verify`` covers
-them) and stored in the shard as two float64 arrays, ``row_stats/total`` and ``row_stats/top``; the
-manifest entry records ``top_k``. Shards without them (added by an older scsig) and queries with
+them) and stored in the shard as float64 arrays, ``row_stats/total`` and ``row_stats/top``; the
+manifest entry records ``top_k``. ``mode="cosine"`` divides by the cell's Euclidean norm, stored the
+same way as ``row_stats/norm`` (the manifest records ``"norms": true``); shards without it compute it
+from the shard's values on the first ``"cosine"`` query of a process. Shards without them (added by an older scsig) and queries with
 another ``top_k`` compute them from the shard's values, in cell blocks whose working memory is
 bounded by :data:`ROW_STATS_BYTES`.
 """
@@ -23,7 +25,16 @@ if TYPE_CHECKING:
 
     from ._store import ShardReader
 
-__all__ = ["ROW_STATS", "ROW_STATS_BYTES", "RowStats", "compute_row_stats", "read_row_stats", "write_row_stats"]
+__all__ = [
+    "ROW_STATS",
+    "ROW_STATS_BYTES",
+    "RowStats",
+    "compute_row_norms",
+    "compute_row_stats",
+    "read_row_norms",
+    "read_row_stats",
+    "write_row_stats",
+]
 
 ROW_STATS = "row_stats"
 """Folder of a shard holding the per-cell ``total`` and ``top`` arrays."""
@@ -119,7 +130,7 @@ def compute_row_norms(reader: ShardReader, n_obs: int) -> np.ndarray:
 
 
 class RowStats:
-    """Collects the per-cell totals and top-``k`` sums of a build's row blocks, in row order.
+    """Collects the per-cell totals, top-``k`` sums and norms of a build's row blocks, in row order.
 
     Builds that see whole cells (an AnnData's layer, attribution batches) call it with each block's
     CSR ``(indptr, data)``: a compiled row-parallel pass over values already in memory, much cheaper
@@ -128,12 +139,13 @@ class RowStats:
 
     def __init__(self, top_k: int) -> None:
         self.top_k = int(top_k)
-        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def __call__(self, indptr: np.ndarray, data: np.ndarray) -> None:
-        from ..tl._score_modes import csr_totals_and_tops
+        from ..tl._score_modes import csr_row_norms, csr_totals_and_tops
 
-        self._parts.append(csr_totals_and_tops(np.asarray(indptr) - indptr[0], data, self.top_k))
+        rows = np.asarray(indptr) - indptr[0]
+        self._parts.append((*csr_totals_and_tops(rows, data, self.top_k), csr_row_norms(rows, data)))
 
     @classmethod
     def combine(cls, parts: Sequence[RowStats]) -> RowStats:
@@ -145,13 +157,13 @@ class RowStats:
         out._parts = [part for p in parts for part in p._parts]
         return out
 
-    def result(self, n_obs: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(totals, tops)`` of every cell, or ``None`` when the blocks seen do not cover ``n_obs`` cells."""
-        if sum(t.size for t, _ in self._parts) != n_obs:
+    def result(self, n_obs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(totals, tops, norms)`` of every cell, or ``None`` when the blocks seen do not cover ``n_obs`` cells."""
+        if sum(part[0].size for part in self._parts) != n_obs:
             return None
         if not self._parts:
-            return np.zeros(0), np.zeros(0)
-        return np.concatenate([t for t, _ in self._parts]), np.concatenate([s for _, s in self._parts])
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        return tuple(np.concatenate([part[i] for part in self._parts]) for i in range(3))
 
 
 def write_row_stats(
@@ -160,32 +172,44 @@ def write_row_stats(
     layer: str,
     n_obs: int,
     top_k: int,
-    computed: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, int]:
-    """Store a finished shard's per-cell totals and top-``top_k`` sums; the manifest's record of them.
+    computed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict[str, int | bool]:
+    """Store a finished shard's per-cell totals, top-``top_k`` sums and norms; the manifest's record of them.
 
-    ``computed`` are the sums collected during the build (:class:`RowStats`); without them they are
-    computed from the shard (a gene-major build, e.g. a TileDB import).
+    ``computed`` are the values collected during the build (:class:`RowStats`); without them they
+    are computed from the shard (a gene-major build, e.g. a TileDB import).
     """
     from ._store import ShardReader, _write_small
 
     if computed is None:
-        computed = compute_row_stats(ShardReader(shard, layer, n_obs=n_obs), n_obs, top_k)
-    totals, tops = computed
+        reader = ShardReader(shard, layer, n_obs=n_obs)
+        computed = (*compute_row_stats(reader, n_obs, top_k), compute_row_norms(reader, n_obs))
+    totals, tops, norms = computed
     (shard / ROW_STATS).mkdir()
     _write_small(shard / ROW_STATS / "total", totals, "float64")
     _write_small(shard / ROW_STATS / "top", tops, "float64")
-    return {"top_k": int(top_k)}
+    _write_small(shard / ROW_STATS / "norm", norms, "float64")
+    return {"top_k": int(top_k), "norms": True}
 
 
 def read_row_stats(shard: Path, n_obs: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The stored ``(totals, top sums)`` of a shard (a damaged file raises, naming the dataset)."""
+    totals, tops = _read_arrays(shard, n_obs, name, ("total", "top"))
+    return totals, tops
+
+
+def read_row_norms(shard: Path, n_obs: int, name: str) -> np.ndarray:
+    """The stored per-cell norms of a shard (a damaged file raises, naming the dataset)."""
+    return _read_arrays(shard, n_obs, name, ("norm",))[0]
+
+
+def _read_arrays(shard: Path, n_obs: int, name: str, arrays: Sequence[str]) -> list[np.ndarray]:
     from ._integrity import damaged
     from ._store import _context, require_tensorstore
 
     ts = require_tensorstore()
     out = []
-    for array in ("total", "top"):
+    for array in arrays:
         spec = {
             "driver": "zarr3",
             "kvstore": {"driver": "file", "path": str(shard / ROW_STATS / array)},
@@ -198,4 +222,4 @@ def read_row_stats(shard: Path, n_obs: int, name: str) -> tuple[np.ndarray, np.n
         if values.shape != (n_obs,) or not np.all(np.isfinite(values)):
             raise damaged(name, [f"its per-cell totals ({ROW_STATS}/{array}) do not hold one finite value per cell"])
         out.append(values)
-    return out[0], out[1]
+    return out

@@ -63,6 +63,7 @@ __all__ = [
     "MODES",
     "check_mode",
     "control_genes",
+    "csr_row_norms",
     "csr_totals_and_tops",
     "detected_counts",
     "mode_scores",
@@ -285,8 +286,13 @@ def _norm_kernel():
 def row_norms(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
     """Per cell, the Euclidean norm of its row (a CSR layer is read in place, without a copy)."""
     m = x if sparse.issparse(x) and x.format == "csr" else sparse.csr_matrix(x)
-    norms = np.empty(m.shape[0], dtype=np.float64)
-    _norm_kernel()(m.indptr, m.data, norms)
+    return csr_row_norms(m.indptr, m.data)
+
+
+def csr_row_norms(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """:func:`row_norms` of the CSR rows given by ``indptr`` (starting at 0) and ``data``."""
+    norms = np.empty(indptr.size - 1, dtype=np.float64)
+    _norm_kernel()(indptr, data, norms)
     return norms
 
 
