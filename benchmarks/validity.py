@@ -44,6 +44,7 @@ from scipy import sparse
 from scipy.stats import spearmanr
 
 import scsig as sg
+from scsig._constants import TARGETS
 from scsig.tl._compare import SCORERS, _auroc, _expression_scores
 from scsig.tl._score_modes import MODES
 
@@ -312,7 +313,7 @@ def main() -> None:
         "--targets",
         nargs="+",
         default=["model"],
-        choices=["model", "self_similarity", "embedding_distance"],
+        choices=["model", *TARGETS],
         help="attribution targets to measure ('model': each model's default); others are labelled '<model>, <target>'",
     )
     args = parser.parse_args()
@@ -334,6 +335,7 @@ def main() -> None:
         t0 = time.perf_counter()
         expression[dname] = (expression_scores(adata, sigs, expr), expression_scores(thin(adata), sigs, expr))
         print(f"{dname}: expression scores {time.perf_counter() - t0:.0f} s", flush=True)
+    loaded: dict = {}
     for mname, target in itertools.product(args.models, args.targets):
         name = Path(mname).name if Path(mname).is_dir() else mname
         label = name if target == "model" else f"{name}, {target}"
@@ -343,7 +345,9 @@ def main() -> None:
             sigs = signatures_of(adata)
             if contrast:
                 sigs = {**sigs, "interferon": ISG}
-            model = load_model(mname, adata, dname, args.epochs)
+            if (mname, dname) not in loaded:  # one model (or trained encoder) for every target
+                loaded[mname, dname] = load_model(mname, adata, dname, args.epochs)
+            model = loaded[mname, dname]
             if name in trained_on:  # named, or given with --trained-on
                 seen = trained_on[name]
             else:  # a variant trained by scripts/train_demo_model.py sees the demo model's cells

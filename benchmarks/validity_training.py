@@ -53,6 +53,7 @@ import train_demo_model as demo  # noqa: E402
 import validity as V  # noqa: E402
 
 import scsig as sg  # noqa: E402
+from scsig._constants import TARGETS  # noqa: E402
 
 WIDE = {"thinning": (0.1, 1.0)}
 RECIPES = {
@@ -171,7 +172,7 @@ def main() -> None:
     parser.add_argument(
         "--target",
         default=None,
-        choices=["self_similarity", "embedding_distance"],
+        choices=TARGETS,
         help="attribution target (default: the model's, self_similarity); recorded in the model label",
     )
     parser.add_argument(

@@ -124,3 +124,11 @@ def test_imported_atlas_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     sg.tl.score(adata, sig, mode="top", mode_kwds={"top_k": 4})
     np.testing.assert_allclose(frame["score"].to_numpy(), adata.obs["score"].to_numpy(), rtol=1e-9)
     assert (dense != 0).sum(1).max() > 4
+    # the norms come from the same pass over the stored values: cosine as in memory
+    from scsig.atlas import _rowstats
+
+    norms = _rowstats.read_row_norms(tmp_path / "atlas" / "shards" / entry["dir"], 15, entry["name"])
+    np.testing.assert_allclose(norms, np.sqrt((np.asarray(dense, dtype=np.float64) ** 2).sum(1)), rtol=1e-6)
+    cosine = atlas.score(sig, mode="cosine")
+    sg.tl.score(adata, sig, key_added="cosine")
+    np.testing.assert_allclose(cosine["score"].to_numpy(), adata.obs["cosine"].to_numpy(), rtol=1e-6)

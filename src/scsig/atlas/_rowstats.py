@@ -6,8 +6,9 @@ whole row, which a gene-major shard does not hold in one place, so they are comp
 dataset is added (at the ingest seal point, before the checksums are taken, so ``verify`` covers
 them) and stored in the shard as float64 arrays, ``row_stats/total`` and ``row_stats/top``; the
 manifest entry records ``top_k``. ``mode="cosine"`` divides by the cell's Euclidean norm, stored the
-same way as ``row_stats/norm`` (the manifest records ``"norms": true``); shards without it compute it
-from the shard's values on the first ``"cosine"`` query of a process. Shards without them (added by an older scsig) and queries with
+same way as ``row_stats/norm`` (the manifest records ``"norms": true``; shards without it compute it
+from the shard's values on the first ``"cosine"`` query of a process). Shards without the sums
+(added by an older scsig) and queries with
 another ``top_k`` compute them from the shard's values, in cell blocks whose working memory is
 bounded by :data:`ROW_STATS_BYTES`.
 """
@@ -95,11 +96,15 @@ def _push_kernel():
     return push
 
 
-def compute_row_stats(reader: ShardReader, n_obs: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def compute_row_stats(
+    reader: ShardReader, n_obs: int, top_k: int, *, squares: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(totals, top sums)`` of every cell of the shard: the sum of its absolute values and of its ``top_k`` largest.
 
     Reads every gene of the shard once per block of cells; a block holds as many cells as fit
-    :data:`ROW_STATS_BYTES` of ``top_k`` float32 values each.
+    :data:`ROW_STATS_BYTES` of ``top_k`` float32 values each. ``squares`` (float64, one per cell),
+    when given, gets every cell's sum of squared values added during the first pass, so that the
+    norms cost no extra read.
     """
     push = _push_kernel()
     totals = np.zeros(n_obs, dtype=np.float64)
@@ -112,7 +117,10 @@ def compute_row_stats(reader: ShardReader, n_obs: int, top_k: int) -> tuple[np.n
         count = np.zeros(hi - lo, dtype=np.int64)
         block_totals = np.zeros(hi - lo, dtype=np.float64)
         for _, (data, indices, _indptr) in reader.column_groups(cols):
-            push(indices.astype(np.int64, copy=False), data, lo, hi, heap, count, block_totals)
+            rows = indices.astype(np.int64, copy=False)
+            push(rows, data, lo, hi, heap, count, block_totals)
+            if squares is not None and lo == 0:  # every pass reads every cell's values
+                _add_squares(squares, rows, data)
         totals[lo:hi] = block_totals
         tops[lo:hi] = heap.sum(axis=1, dtype=np.float64)
         del heap
@@ -124,9 +132,13 @@ def compute_row_norms(reader: ShardReader, n_obs: int) -> np.ndarray:
     squares = np.zeros(n_obs, dtype=np.float64)
     cols = np.arange(reader.n_genes, dtype=np.int64)
     for _, (data, indices, _indptr) in reader.column_groups(cols):
-        values = np.asarray(data, dtype=np.float64)
-        squares += np.bincount(np.asarray(indices, dtype=np.int64), weights=values * values, minlength=n_obs)
+        _add_squares(squares, indices.astype(np.int64, copy=False), data)
     return np.sqrt(squares)
+
+
+def _add_squares(squares: np.ndarray, rows: np.ndarray, data: np.ndarray) -> None:
+    values = np.asarray(data, dtype=np.float64)
+    squares += np.bincount(rows, weights=values * values, minlength=squares.size)
 
 
 class RowStats:
@@ -182,8 +194,9 @@ def write_row_stats(
     from ._store import ShardReader, _write_small
 
     if computed is None:
-        reader = ShardReader(shard, layer, n_obs=n_obs)
-        computed = (*compute_row_stats(reader, n_obs, top_k), compute_row_norms(reader, n_obs))
+        squares = np.zeros(n_obs, dtype=np.float64)
+        totals, tops = compute_row_stats(ShardReader(shard, layer, n_obs=n_obs), n_obs, top_k, squares=squares)
+        computed = (totals, tops, np.sqrt(squares))
     totals, tops, norms = computed
     (shard / ROW_STATS).mkdir()
     _write_small(shard / ROW_STATS / "total", totals, "float64")

@@ -82,10 +82,7 @@ def pbmc68k_reduced() -> AnnData:
         raise ValueError(msg)
     counts.data = np.rint(counts.data)
     counts.eliminate_zeros()
-    obs = source.obs[[c for c in _OBS if c in source.obs.columns]].copy()
-    for col in obs.columns:
-        if not isinstance(obs[col].dtype, pd.CategoricalDtype) and obs[col].dtype == object:
-            obs[col] = pd.Categorical(obs[col])
+    obs = source.obs[[c for c in _OBS if c in source.obs.columns]].copy()  # labels are categorical in the file
     adata = ad.AnnData(
         X=counts.astype(np.int32),
         obs=obs,
