@@ -18,8 +18,8 @@ do on *new* cells, with the seed-to-seed spread that single runs hide:
 - with ``--ensemble``, also two ensembles of a recipe's seeds: the mean of their normalized
   attributions (``mean of N seeds``), and one model of the encoders side by side (``ensemble of N
   seeds``, see ``Concatenated``: the integrated gradients of the mean of their targets);
-- measured on the held-out pbmc3k half, on ``kang_ifnb`` and ``pbmc68k`` (never seen) and on ``kang_muscat`` (seen by the
-  ``+muscat`` recipes, flagged): the marker signatures of ``benchmarks/validity.py``, scores
+- measured on the held-out pbmc3k half, on ``kang_ifnb``, ``pbmc68k`` and ``liao_bal`` (never seen) and on
+  ``kang_muscat`` (seen by the ``+muscat`` recipes, flagged; ``--datasets`` chooses): the marker signatures of ``benchmarks/validity.py``, scores
   ``mode="classic"``, ``"top"``, ``"rank"`` and ``"cosine"`` against ``scanpy.tl.score_genes``.
 
 Usage (about 40 minutes on two busy cores)::
@@ -97,9 +97,13 @@ def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnD
     return half
 
 
-def evaluation_sets(test_half: ad.AnnData) -> dict[str, ad.AnnData]:
-    """Held-out pbmc3k half (labels of ``validity.pbmc3k_labels`` on all of pbmc3k), kang_ifnb, kang_muscat, pbmc68k."""
-    data = V.load_datasets()
+def evaluation_sets(test_half: ad.AnnData, names: list[str] | None = None) -> dict[str, ad.AnnData]:
+    """Held-out pbmc3k half (labels of ``validity.pbmc3k_labels`` on all of pbmc3k) and the other datasets ``names``.
+
+    Default: every other dataset of ``validity.DATASETS`` (kang_ifnb, pbmc68k and liao_bal are never seen
+    by these encoders; kang_muscat is training data of the ``+muscat`` recipes)."""
+    others = [d for d in V.DATASETS if d != "pbmc3k"] if names is None else [d for d in names if d != "pbmc3k"]
+    data = V.load_datasets(["pbmc3k", *others])
     pbmc = data.pop("pbmc3k")[0]
     data["pbmc3k_heldout"] = (pbmc[pbmc.obs_names.isin(test_half.obs_names)].copy(), {})
     return {name: adata for name, (adata, _) in data.items()}
@@ -176,6 +180,13 @@ def main() -> None:
         help="attribution target (default: the model's, self_similarity); recorded in the model label",
     )
     parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        choices=[d for d in V.DATASETS if d != "pbmc3k"],
+        help="datasets besides the held-out pbmc3k half (default: all)",
+    )
+    parser.add_argument(
         "--combine", nargs="+", type=Path, default=None, metavar="CSV", help="only summarize markers.csv files of runs"
     )
     args = parser.parse_args()
@@ -189,7 +200,7 @@ def main() -> None:
     half, test_half = split_pbmc3k()
     genes = list(sg.models.load("pbmc-demo").gene_order)  # the demo model's genes, so results compare
     muscat, _ = demo.muscat_without_ifnb_barcodes()
-    evals = evaluation_sets(test_half)
+    evals = evaluation_sets(test_half, args.datasets)
     sigs = {name: V.signatures_of(adata) for name, adata in evals.items()}
     thinned = {name: V.thin(adata) for name, adata in evals.items()}
     expression = {}

@@ -6,6 +6,7 @@ from ._examples import kang_muscat, pbmc3k
 from ._fetch import RemoteFile, fetch, registry
 from ._kang import kang_ifnb
 from ._kang_full import kang_ifnb_full
+from ._liao import liao_bal
 from ._pbmc68k import pbmc68k_reduced
 from ._toy import toy
 
@@ -15,6 +16,7 @@ __all__ = [
     "kang_ifnb",
     "kang_ifnb_full",
     "kang_muscat",
+    "liao_bal",
     "pbmc3k",
     "pbmc68k_reduced",
     "registry",

@@ -90,6 +90,21 @@ REGISTRY: dict[str, RemoteFile] = {
             ),
             hash_source=_GEO_HASHES,
         ),
+        RemoteFile(
+            name="scirpy-0.22.5.tar.gz",
+            url=(
+                "https://files.pythonhosted.org/packages/87/ee/"
+                "3adf2e327107c4f37f1756503c639cb6b8f736d56e34d772b11f9f355bfc/scirpy-0.22.5.tar.gz"
+            ),
+            sha256="7b532993a7a396d35c81d7178f03ab7a2e6a6ffd5816e78ec0c4f246380bd427",
+            size=36_853_571,
+            description=(
+                "scirpy 0.22.5 source archive (PyPI, BSD-3-Clause). Its docs/tutorials/example_data/liao-2019-covid19 "
+                "holds the Cell Ranger gene-expression matrices and TCR contig tables of bronchoalveolar lavage from "
+                "patients C144, C146, C149 of Liao et al. 2020 (GEO GSE145926)."
+            ),
+            hash_source="The SHA-256 PyPI publishes for this file (the #sha256= of its link on pypi.org/simple/scirpy/).",
+        ),
     )
 }
 """Named public files :func:`~scsig.datasets.fetch` knows."""
