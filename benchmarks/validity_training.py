@@ -65,6 +65,7 @@ RECIPES = {
     "+muscat-wide": WIDE,
     "+muscat-ctrl": {},
     "+panel": {},
+    "+bal": {},
 }
 """Changes to the demo model's recipe (``train_demo_model.RECIPE``)."""
 
@@ -81,12 +82,13 @@ def split_pbmc3k(seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
     return cells[~test].copy(), cells[test].copy()
 
 
-def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnData:
+def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData, bal: ad.AnnData | None = None) -> ad.AnnData:
     """The training cells of ``recipe``: the pbmc3k half, alone or joined with more cells.
 
     ``+muscat`` and ``+muscat-wide``: muscat's cells; ``+muscat-ctrl``: its control cells only;
     ``+panel``: a copy of the half restricted to the genes muscat measured (muscat's gene panel
-    without its cells, donors or stimulation).
+    without its cells, donors or stimulation); ``+bal``: the lung immune cells of ``liao_bal``
+    (three patients, 10x 5'), labelled by ``train_demo_model.bal_with_labels``.
     """
     if recipe == "+muscat-ctrl":
         return demo.join_cells(half, muscat[muscat.obs["group_id"].astype(str) == "ctrl"])
@@ -94,6 +96,8 @@ def training_cells(recipe: str, half: ad.AnnData, muscat: ad.AnnData) -> ad.AnnD
         return demo.join_cells(half, muscat)
     if recipe == "+panel":
         return demo.join_cells(half, half[:, half.var_names.isin(muscat.var_names)])
+    if recipe == "+bal":
+        return demo.join_cells(half, bal)
     return half
 
 
@@ -212,7 +216,8 @@ def main() -> None:
     rows = []
     for recipe in args.recipes:
         label = recipe if args.target is None else f"{recipe}, {args.target}"
-        cells = training_cells(recipe, half, muscat)
+        bal = demo.bal_with_labels()[0] if recipe == "+bal" else None
+        cells = training_cells(recipe, half, muscat, bal)
         layers = {name: ([], []) for name in evals}
         encoders = []
         for seed in args.seeds:
@@ -230,7 +235,10 @@ def main() -> None:
                 orig, thin = score_layer(adata, a_orig, sigs[name], ks), score_layer(adata, a_thin, sigs[name], ks)
                 e_orig, e_thin = expression[name]
                 measured = V.measure(adata, {**orig, **e_orig}, {**thin, **e_thin}, name, label)
-                seen = name == "kang_muscat" and recipe.startswith("+muscat")
+                seen = (name == "kang_muscat" and recipe.startswith("+muscat")) or (name, recipe) == (
+                    "liao_bal",
+                    "+bal",
+                )
                 rows += [{**row, "seed": seed, "in_training": seen} for row in measured]
             print(
                 f"{recipe} seed {seed}: {cells.n_obs} cells, trained {trained:.0f} s, total "
@@ -242,7 +250,10 @@ def main() -> None:
             n = len(args.seeds)
             joint = sg.models.from_module(Concatenated(encoders), genes, name=f"{recipe}-ensemble")
             for name, adata in evals.items():
-                seen = name == "kang_muscat" and recipe.startswith("+muscat")
+                seen = (name == "kang_muscat" and recipe.startswith("+muscat")) or (name, recipe) == (
+                    "liao_bal",
+                    "+bal",
+                )
                 e_orig, e_thin = expression[name]
                 mean_orig = score_layer(adata, sum(layers[name][0]) / n, sigs[name])
                 mean_thin = score_layer(adata, sum(layers[name][1]) / n, sigs[name])

@@ -118,6 +118,21 @@ MUSCAT_LABELS = {
 }
 """muscat's cluster names (``kang_muscat().obs["cluster_id"]``) in the demo model's label set."""
 
+BAL_MARKERS = {
+    "BAL alveolar macrophage": ["MARCO", "FABP4"],
+    "BAL macrophage": ["CD68", "C1QA", "APOE"],
+    "BAL monocyte": ["FCN1", "S100A8"],
+    "BAL T": ["CD3E", "CD3D"],
+    "NK": ["GNLY", "NKG7"],
+    "B": ["MS4A1"],
+    "BAL plasma": ["JCHAIN", "MZB1"],
+    "BAL epithelial": ["KRT18", "EPCAM"],
+    "BAL neutrophil": ["FCGR3B", "CXCR2"],
+    "DC": ["FCER1A", "CLEC10A"],
+    "BAL mast": ["TPSAB1", "CPA3"],
+}
+"""Markers naming the clusters of ``sg.datasets.liao_bal``'s lung cells (``bal_with_labels``)."""
+
 KANG_ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "ISG20", "IFITM3", "OAS1", "LY6E", "IFI44L", "RSAD2"]
 
 
@@ -161,23 +176,44 @@ def qc(adata: ad.AnnData) -> ad.AnnData:
     return adata[keep].copy()
 
 
-def derive_labels(adata: ad.AnnData, *, seed: int = 0) -> pd.Series:
-    """Marker-annotated k-means clusters (see the module docstring)."""
+def derive_labels(
+    adata: ad.AnnData, *, seed: int = 0, markers: dict[str, list[str]] | None = None, n_clusters: int = 10
+) -> pd.Series:
+    """Marker-annotated k-means clusters (see the module docstring); ``markers`` default: ``MARKERS``."""
+    markers = MARKERS if markers is None else markers
     norm = ad.AnnData(X=adata.X.astype(np.float32), obs=pd.DataFrame(index=adata.obs_names), var=adata.var[[]])
     sc.pp.normalize_total(norm, target_sum=1e4)
     sc.pp.log1p(norm)
-    genes = [g for gs in MARKERS.values() for g in gs]
+    genes = [g for gs in markers.values() for g in gs]
     expr = norm[:, genes].X.toarray()
     hvg = norm.copy()
     sc.pp.highly_variable_genes(hvg, min_mean=0.0125, max_mean=3, min_disp=0.5)
     hvg = hvg[:, hvg.var["highly_variable"]].copy()
     sc.pp.scale(hvg, max_value=10)
     sc.tl.pca(hvg, n_comps=50, svd_solver="arpack", random_state=seed)
-    clusters = KMeans(n_clusters=10, n_init=10, random_state=seed).fit_predict(hvg.obsm["X_pca"][:, :10])
+    clusters = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(hvg.obsm["X_pca"][:, :10])
     z = pd.DataFrame((expr - expr.mean(0)) / expr.std(0), columns=genes)
-    per_type = pd.DataFrame({t: z[g].mean(axis=1) for t, g in MARKERS.items()})
+    per_type = pd.DataFrame({t: z[g].mean(axis=1) for t, g in markers.items()})
     names = per_type.groupby(clusters).mean().idxmax(axis=1)
     return pd.Series(pd.Categorical(names.loc[clusters].to_numpy()), index=adata.obs_names, name="cell_type")
+
+
+def bal_with_labels(*, seed: int = 0) -> tuple[ad.AnnData, dict]:
+    """The lung immune cells of ``sg.datasets.liao_bal`` (its default QC), labelled like pbmc3k with ``BAL_MARKERS``.
+
+    k-means with 12 clusters; B, NK and DC share the pbmc3k labels, every other type is named for the lung.
+    """
+    bal = sg.datasets.liao_bal()
+    bal.obs["cell_type"] = derive_labels(bal, seed=seed, markers=BAL_MARKERS, n_clusters=12)
+    info = {
+        "name": "Liao et al. 2020 bronchoalveolar lavage (GSE145926), sg.datasets.liao_bal() with its default QC",
+        "n_cells_used": int(bal.n_obs),
+        "n_genes": int(bal.n_vars),
+        "labels": {"method": "marker-annotated k-means (12 clusters), as for pbmc3k", "markers": BAL_MARKERS},
+        "label_counts": {str(k): int(v) for k, v in bal.obs["cell_type"].value_counts().items()},
+        "patients": {str(k): int(v) for k, v in bal.obs["patient"].value_counts().items()},
+    }
+    return bal, info
 
 
 def muscat_without_ifnb_barcodes() -> tuple[ad.AnnData, dict]:
