@@ -38,6 +38,22 @@ def test_fetch_refuses_wrong_hash(http_server, tmp_path):
     assert not (cache / "data.bin").exists()
 
 
+def test_fetch_failed_download_names_the_cache_path_and_a_placed_copy_is_used(http_server, tmp_path):
+    base, _, requests = http_server
+    payload = b"bytes the server does not have"
+    sha = hashlib.sha256(payload).hexdigest()
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionError, match=re.escape(str(cache / "missing.bin"))):
+        sg.datasets.fetch(f"{base}/missing.bin", known_hash=sha, cache_dir=cache, progress=False)  # HTTP 404
+    assert not (cache / "missing.bin").exists()
+    # the fix the message gives: a copy with the right hash at that path is used without a download
+    (cache / "missing.bin").write_bytes(payload)
+    n = len(requests)
+    path = sg.datasets.fetch(f"{base}/missing.bin", known_hash=sha, cache_dir=cache, progress=False)
+    assert path.read_bytes() == payload
+    assert len(requests) == n
+
+
 def test_fetch_redownloads_corrupted_cache(http_server, tmp_path):
     base, served, requests = http_server
     sha = _serve(served, "data.bin", b"payload")

@@ -160,6 +160,15 @@ def _safe_fname(fname: str, *, given: bool) -> str:
     return name
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions of a failed download (pooch downloads over HTTP with requests)."""
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - requests comes with pooch
+        return (ConnectionError,)
+    return (requests.RequestException, ConnectionError)
+
+
 @doc_params(doc_progress=doc_progress)
 def fetch(
     name: str,
@@ -195,6 +204,12 @@ def fetch(
     Returns
     -------
     The path of the verified local file.
+
+    Raises
+    ------
+    ConnectionError
+        When the download fails (no network, an HTTP error); the message names the file's path in
+        the cache, where a copy with the right hash is used without downloading.
 
     Examples
     --------
@@ -236,6 +251,14 @@ def fetch(
     folder.mkdir(parents=True, exist_ok=True)
     show = settings.progress if progress is None else progress
     start = logg.info(f"fetching {url}")
-    path = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=target, path=folder, progressbar=show)
+    try:
+        path = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=target, path=folder, progressbar=show)
+    except _network_errors() as err:
+        msg = (
+            f"Could not download {url} ({type(err).__name__}: {err}). Check the network connection (or proxy), "
+            f"or put a copy of the file at {folder / target}: a file there whose SHA-256 is {sha} is used "
+            "without downloading."
+        )
+        raise ConnectionError(msg) from err
     logg.info(f"    finished: {path}", time=start)
     return Path(path)
