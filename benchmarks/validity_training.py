@@ -275,7 +275,9 @@ def main() -> None:
 
 def write_summary(rows: pd.DataFrame, out: Path) -> None:
     rows = rows.assign(abs_rho_target=rows["rho_target"].abs())
-    style = rows[rows["signature"].isin(HELDOUT_STYLE)]
+    check = rows["signature"].isin(HELDOUT_STYLE)
+    without = ~rows["dataset"].isin(rows.loc[check, "dataset"])  # e.g. liao_bal: the T-cell signature only
+    style = rows[check | without]
     per_seed = style.groupby(["dataset", "model", "method", "seed", "in_training"], as_index=False)[
         ["auroc", "abs_rho_target", "thin_shift_sd"]
     ].mean()
@@ -288,7 +290,8 @@ def write_summary(rows: pd.DataFrame, out: Path) -> None:
         seeds=("seed", "nunique"),
     )
     text = [
-        "Means over the B, NK, CD14 Mono and CD8 T signatures (those a dataset has), then over seeds; "
+        "Means over the B, NK, CD14 Mono and CD8 T signatures (those a dataset has; a dataset with none of them, "
+        "such as `liao_bal`, over its own: the T-cell signature), then over seeds; "
         "`abs_rho_min`/`abs_rho_max`: the range over seeds. With `--ensemble`: `<recipe> mean of N seeds`, the "
         "mean of the N encoders' normalized attributions, scored once; `<recipe> ensemble of N seeds`, one model "
         "of the N encoders side by side (its attributions are those of the mean of their targets).",

