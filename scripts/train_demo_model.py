@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     name = "pbmc-demo" if args.recipe == "shipped" else f"pbmc-demo-{args.recipe}"
     name += "-muscat" if args.with_muscat else ""
+    name += "-bal" if args.with_bal else ""
     model = train(cells, genes, recipe, seed=args.seed, name=name, progress=progress)
     seconds = time.perf_counter() - t0
     out = Path(args.out)
