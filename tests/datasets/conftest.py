@@ -1,9 +1,11 @@
-"""A local HTTP server (127.0.0.1 only) serving files from a temporary folder."""
+"""A local HTTP server (127.0.0.1 only) serving files from a temporary folder, and an in-memory tar builder."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import io
+import tarfile
 import threading
 
 import pytest
@@ -38,3 +40,19 @@ def http_server(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _tar(members: dict[str, bytes], *, gz: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_tar():
+    """``make_tar(members, gz=False)``: the bytes of a tar archive (gzip-compressed with ``gz``) of ``{name: payload}``."""
+    return _tar

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import tarfile
 
 import anndata as ad
 import numpy as np
@@ -34,16 +33,6 @@ def _mtx(counts: sparse.spmatrix) -> bytes:
     return _gz(buf.getvalue())
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
-
-
 def _metadata(rows: list[tuple]) -> bytes:
     # the authors wrote it from R: a header without a name for the barcode column
     lines = ["tsne1\ttsne2\tind\tstim\tcluster\tcell\tmultiplets"]
@@ -52,7 +41,7 @@ def _metadata(rows: list[tuple]) -> bytes:
 
 
 @pytest.fixture
-def geo_files():
+def geo_files(make_tar):
     """The three GSE96583 files with a few synthetic cells, and what the build must give back."""
     rng = np.random.default_rng(0)
     counts = {c: rng.poisson(0.8, size=(N_GENES, len(b))) for c, b in (("ctrl", CTRL), ("stim", STIM))}
@@ -69,7 +58,7 @@ def geo_files():
             rows.append((name, 0.5 * j, -0.5 * j, donor, cond, j % 3 + 1, cell, multiplet))
             expected[f"{bc}_{cond}"] = (cond.upper(), donor, cell, multiplet, counts[cond][:, j].toarray().ravel())
     rng.shuffle(rows)  # the metadata is not in matrix order
-    archive = _tar(
+    archive = make_tar(
         {
             "GSM2560245_A.mat.gz": _gz(b"batch 1, not used"),
             "GSM2560248_2.1.mtx.gz": _mtx(counts["ctrl"]),
@@ -147,7 +136,7 @@ def test_kang_ifnb_full_refuses_a_changed_file(served_registry, http_server):
         sg.datasets.kang_ifnb_full(cache_dir=cache, progress=False)
 
 
-def test_build_rejects_files_that_do_not_belong_together(geo_files, tmp_path):
+def test_build_rejects_files_that_do_not_belong_together(geo_files, tmp_path, make_tar):
     files, _ = geo_files
     for name, payload in files.items():
         (tmp_path / name).write_bytes(payload)
@@ -165,7 +154,7 @@ def test_build_rejects_files_that_do_not_belong_together(geo_files, tmp_path):
     (tmp_path / "genes_short.tsv.gz").write_bytes(_gz(b"ENSG0\tA\nENSG1\tB\n"))
     with pytest.raises(ValueError, match="do not belong together"):
         build_kang_ifnb_full(tmp_path / ARCHIVE, tmp_path / "genes_short.tsv.gz", tmp_path / METADATA)
-    (tmp_path / "other.tar").write_bytes(_tar({"readme.txt": b"x"}))
+    (tmp_path / "other.tar").write_bytes(make_tar({"readme.txt": b"x"}))
     with pytest.raises(ValueError, match="not the GSE96583 archive"):
         build_kang_ifnb_full(tmp_path / "other.tar", tmp_path / GENES, tmp_path / METADATA)
 

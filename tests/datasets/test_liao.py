@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import tarfile
 
 import anndata as ad
 import h5py
@@ -43,18 +42,8 @@ def _contigs(rows: list[tuple[str, str, str]]) -> bytes:
     return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
 
 
-def _targz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
-
-
 @pytest.fixture
-def archive_and_expected():
+def archive_and_expected(make_tar):
     """An archive with the three patients' files (a few synthetic cells each) and what the build must give."""
     rng = np.random.default_rng(0)
     types = ["Gene Expression"] * len(GENES)
@@ -80,7 +69,7 @@ def archive_and_expected():
         calls = {barcodes[2]: "TRA+TRB", barcodes[3]: "TRB", barcodes[4]: "TRA"}
         for i, b in enumerate(barcodes):
             expected[f"{b}_{patient}"] = (patient, calls.get(b, "none"), dense[i])
-    return _targz(members), expected
+    return make_tar(members, gz=True), expected
 
 
 def test_build_reads_counts_tcr_calls_and_qc(archive_and_expected, tmp_path):
@@ -151,8 +140,8 @@ def test_liao_bal_refuses_a_changed_archive_and_bad_arguments(served_archive, ht
         sg.datasets.liao_bal(cache_dir=cache, progress=False)
 
 
-def test_build_rejects_another_archive(tmp_path):
-    (tmp_path / "other.tar.gz").write_bytes(_targz({"readme.txt": b"x"}))
+def test_build_rejects_another_archive(tmp_path, make_tar):
+    (tmp_path / "other.tar.gz").write_bytes(make_tar({"readme.txt": b"x"}, gz=True))
     with pytest.raises(ValueError, match="not scirpy 0.22.5's source archive"):
         build_liao_bal(tmp_path / "other.tar.gz")
 

@@ -130,18 +130,21 @@ def liao_bal(
     return adata
 
 
-def _member(archive: tarfile.TarFile, name: str) -> bytes:
-    try:
-        member = archive.getmember(FOLDER + name)
-    except KeyError:
-        member = None
-    if member is None or not member.isfile():
+def _read_members(archive: tarfile.TarFile, names: list[str]) -> dict[str, bytes]:
+    """The files ``names`` of the archive's data folder, read in one pass over the (gzip) stream."""
+    wanted = {FOLDER + name: name for name in names}
+    found = {}
+    for member in archive:
+        if member.name in wanted and member.isfile():
+            found[wanted[member.name]] = archive.extractfile(member).read()
+    missing = [FOLDER + name for name in names if name not in found]
+    if missing:
         msg = (
-            f"{FOLDER + name!r} is missing from {archive.name!r}; it is not scirpy 0.22.5's source archive. "
+            f"{missing[0]!r} is missing from {archive.name!r}; it is not scirpy 0.22.5's source archive. "
             "Delete it from the cache to download it again."
         )
         raise ValueError(msg)
-    return archive.extractfile(member).read()
+    return found
 
 
 def _read_10x_h5(payload: bytes, where: str):
@@ -196,22 +199,23 @@ def build_liao_bal(
     from anndata.utils import make_index_unique
     from scipy import sparse
 
-    blocks, obs_parts, reference = [], [], None
     with tarfile.open(archive, "r:gz") as tar:
-        for patient, (sample, matrix_name, contig_name) in PATIENTS.items():
-            x, barcodes, features = _read_10x_h5(_member(tar, matrix_name), matrix_name)
-            if reference is None:
-                reference = features
-            elif not features[["gene_ids"]].equals(reference[["gene_ids"]]):
-                msg = f"{matrix_name} has other features than {PATIENTS['C144'][1]}; the archive is inconsistent."
-                raise ValueError(msg)
-            obs_parts.append(
-                pd.DataFrame(
-                    {"patient": patient, "sample": sample, "tcr": _tcr_calls(_member(tar, contig_name), barcodes)},
-                    index=barcodes + f"_{patient}",
-                )
+        files = _read_members(tar, [name for _, *names in PATIENTS.values() for name in names])
+    blocks, obs_parts, reference = [], [], None
+    for patient, (sample, matrix_name, contig_name) in PATIENTS.items():
+        x, barcodes, features = _read_10x_h5(files[matrix_name], matrix_name)
+        if reference is None:
+            reference = features
+        elif not features[["gene_ids"]].equals(reference[["gene_ids"]]):
+            msg = f"{matrix_name} has other features than {PATIENTS['C144'][1]}; the archive is inconsistent."
+            raise ValueError(msg)
+        obs_parts.append(
+            pd.DataFrame(
+                {"patient": patient, "sample": sample, "tcr": _tcr_calls(files[contig_name], barcodes)},
+                index=barcodes + f"_{patient}",
             )
-            blocks.append(x)
+        )
+        blocks.append(x)
     genes = (reference["feature_type"] == "Gene Expression").to_numpy()
     x = sparse.vstack(blocks, format="csr")[:, genes]
     x.sort_indices()
