@@ -137,7 +137,8 @@ def _thread_counts() -> dict:
     import torch
     from threadpoolctl import threadpool_info
 
-    from scsig.atlas._ingest import _worker_threads, pinned_threads
+    from scsig.atlas._cluster import _worker_threads
+    from scsig.atlas._stream import pinned_threads
 
     with pinned_threads(_worker_threads()):
         return {

@@ -211,7 +211,7 @@ def test_nonzero_outside_model_refused(tmp_path, attributed_toy):
 def test_build_paths_agree(tmp_path, genes, monkeypatch, kind):
     # tiny working blocks force several row blocks and gene ranges (the streaming transposition)
     monkeypatch.setattr(_store, "BLOCK_NNZ", 97)
-    monkeypatch.setattr("scsig.atlas._ingest.BLOCK_NNZ", 97)
+    monkeypatch.setattr("scsig.atlas._build.BLOCK_NNZ", 97)
     monkeypatch.setattr(_store, "SHARD", 64)
     monkeypatch.setattr(_store, "CHUNK", 16)
     monkeypatch.setattr(_store, "GROUP_VALUES", 40)  # a query reads its genes in several groups
@@ -319,9 +319,9 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="mode must be one of"):
         atlas.score(sig, mode="rank")
     # the row-block build (a layer larger than one block) collects the same sums
-    from scsig.atlas import _ingest
+    from scsig.atlas import _build
 
-    monkeypatch.setattr(_ingest, "BLOCK_NNZ", 5000)
+    monkeypatch.setattr(_build, "BLOCK_NNZ", 5000)
     monkeypatch.setattr(_rowstats, "compute_row_stats", None)  # collected during the build, not read back
     atlas.add(adata, name="blocks")
     monkeypatch.undo()

@@ -26,12 +26,12 @@ WRITER = textwrap.dedent(
     from anndata import AnnData
     from scipy import sparse
     import scsig as sg
-    from scsig.atlas import _ingest, _manifest, _store
+    from scsig.atlas import _build, _manifest, _store
 
     _store.SHARD = 64  # several writes, so that 'writing' pauses with a half-written shard
     _store.CHUNK = 16
     _store.BLOCK_NNZ = 200
-    _ingest.BLOCK_NNZ = 200
+    _build.BLOCK_NNZ = 200
     stage, flag = sys.argv[2], Path(sys.argv[3])
 
     def pause():
@@ -59,7 +59,7 @@ WRITER = textwrap.dedent(
     if stage == "writing":  # the first gene range of the shard is written
         _store._ColumnSink.add = pausing(_store._ColumnSink.add, after=True)
     elif stage == "written":  # the shard is complete, not yet renamed into shards/
-        _ingest.seal = pausing(_ingest.seal)
+        _build.seal = pausing(_build.seal)
     elif stage == "renamed":  # the shard is in shards/, the manifest not yet replaced
         _manifest.write_manifest = pausing(_manifest.write_manifest)
     atlas = sg.Atlas.open(sys.argv[1])
@@ -150,12 +150,15 @@ def test_unlisted_shard_folders_are_invisible_and_cleaned(old_atlas, genes):
     import shutil
 
     (listed,) = list((old_atlas.path / "shards").iterdir())
-    shutil.copytree(listed, old_atlas.path / "shards" / "deadbeef")
-    (old_atlas.path / "tmp" / "half").mkdir()
-    reader = sg.Atlas.open(old_atlas.path)
+    dead = old_atlas.path / "shards" / ("deadbeef" * 4)  # named as scsig names its folders
+    shutil.copytree(listed, dead)
+    (old_atlas.path / "tmp" / ("a" * 32)).mkdir()
+    (old_atlas.path / "shards" / "notes").mkdir()  # not a name scsig makes: never deleted
+    reader = sg.Atlas.open(old_atlas.path)  # cleans what dead writers left
+    assert not dead.exists()
     assert reader.datasets == ["old"]
     assert len(reader.score(["G1"])) == 30
     reader.add(synthetic_adata(5, genes, seed=2), name="next")
-    assert not (old_atlas.path / "shards" / "deadbeef").exists()
     assert list((old_atlas.path / "tmp").iterdir()) == []
+    assert (old_atlas.path / "shards" / "notes").is_dir()
     assert len(reader.score(["G1"])) == 35

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import scsig as sg
-from scsig.atlas import _ingest
+from scsig.atlas import _cluster, _stream
 from scsig.atlas._integrity import DamagedDatasetError
 
 distributed = pytest.importorskip("distributed")
@@ -36,27 +36,27 @@ def _assert_same(got, want):
 
 
 def test_block_bounds():
-    cuts = _ingest.block_bounds(103, 4, 8)
+    cuts = _stream.block_bounds(103, 4, 8)
     assert cuts[0] == 0
     assert cuts[-1] == 103
     assert np.all(np.diff(cuts) >= 0)
     assert np.all(cuts[:-1] % 8 == 0)  # every block starts on a batch of the whole run
     assert cuts.tolist() == [0, 24, 48, 72, 103]  # 13 batches: 3, 3, 3 and 4
-    assert _ingest.block_bounds(3000, 2, 512).tolist() == [0, 1536, 3000]  # within one batch of equal
-    assert _ingest.block_bounds(10, 3, 16).tolist() == [0, 0, 0, 10]  # fewer batches than blocks: empty ones
-    assert _ingest.n_blocks(5000, None) == 1
-    assert _ingest.n_blocks(5000, 6000) == 1
-    assert _ingest.n_blocks(5000, 2000) == 2
-    assert _ingest.cells_per_task(12_000, 2) == _ingest.MIN_TASK_CELLS
-    assert _ingest.cells_per_task(1_000_000, 2) == 125_000
+    assert _stream.block_bounds(3000, 2, 512).tolist() == [0, 1536, 3000]  # within one batch of equal
+    assert _stream.block_bounds(10, 3, 16).tolist() == [0, 0, 0, 10]  # fewer batches than blocks: empty ones
+    assert _cluster.n_blocks(5000, None) == 1
+    assert _cluster.n_blocks(5000, 6000) == 1
+    assert _cluster.n_blocks(5000, 2000) == 2
+    assert _cluster.cells_per_task(12_000, 2) == _cluster.MIN_TASK_CELLS
+    assert _cluster.cells_per_task(1_000_000, 2) == 125_000
 
 
 def test_default_split_only_where_whole_datasets_do_not_balance():
-    assert _ingest.default_per_task([6000] * 4, 2) is None  # two datasets per worker: even
-    assert _ingest.default_per_task([5000, 4000, 3000, 2000], 2) is None  # 7,000 each
-    assert _ingest.default_per_task([8000] * 3, 2) == _ingest.cells_per_task(24_000, 2)  # 16,000 vs 12,000
-    assert _ingest.default_per_task([1_000_000], 2) == 125_000  # one large dataset
-    assert _ingest.default_per_task([10, 500], 1) is None  # one thread: nothing to even out
+    assert _cluster.default_per_task([6000] * 4, 2) is None  # two datasets per worker: even
+    assert _cluster.default_per_task([5000, 4000, 3000, 2000], 2) is None  # 7,000 each
+    assert _cluster.default_per_task([8000] * 3, 2) == _cluster.cells_per_task(24_000, 2)  # 16,000 vs 12,000
+    assert _cluster.default_per_task([1_000_000], 2) == 125_000  # one large dataset
+    assert _cluster.default_per_task([10, 500], 1) is None  # one thread: nothing to even out
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +81,14 @@ def test_blocks_on_threads_equal_one_process(local_build, tmp_path, monkeypatch)
 
     _, model, paths, local = local_build
     seen = []
-    spill = _ingest._spill_cells
+    spill = _stream._spill_cells
 
     def spy(run, rows, *args, **kwargs):
         blas = [p["num_threads"] for p in threadpool_info()]
         seen.append((rows, torch.get_num_threads(), numba.get_num_threads(), max(blas, default=1)))
         return spill(run, rows, *args, **kwargs)
 
-    monkeypatch.setattr(_ingest, "_spill_cells", spy)
+    monkeypatch.setattr(_stream, "_spill_cells", spy)
     remote = sg.Atlas.create(tmp_path / "remote", gene_order=model.gene_order)
     with (
         distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,

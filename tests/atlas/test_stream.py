@@ -9,7 +9,7 @@ import pytest
 from scipy import sparse
 
 import scsig as sg
-from scsig.atlas import _ingest, _store
+from scsig.atlas import _build, _staging, _store, _stream
 
 
 def _files(adata, tmp_path, cuts=(0, 25, 60)):
@@ -62,19 +62,19 @@ def test_attribute_streams_in_blocks(toy, tmp_path, monkeypatch):
     """Small block and shard sizes: many row blocks merged through scratch files, same values."""
     adata, model = toy
     adata = ad.concat([adata] * 4, index_unique="-")
-    monkeypatch.setattr(_ingest, "BLOCK_NNZ", 150)
+    monkeypatch.setattr(_stream, "BLOCK_NNZ", 150)
     monkeypatch.setattr(_store, "BLOCK_NNZ", 150)
     monkeypatch.setattr(_store, "SHARD", 64)
     monkeypatch.setattr(_store, "CHUNK", 16)
     seen = []
-    grouped = _ingest._grouped
+    grouped = _build._grouped
 
     def spy(batches, budget):
         for block in grouped(batches, budget):
             seen.append(block[2].size)
             yield block
 
-    monkeypatch.setattr(_ingest, "_grouped", spy)
+    monkeypatch.setattr(_stream, "_grouped", spy)
     path = tmp_path / "all.h5ad"
     adata.write_h5ad(path)
     want = _reference_atlas(tmp_path / "ref", adata, model, (0, 240), ["all"], method="ig", n_steps=20)
@@ -88,7 +88,7 @@ def test_attribute_streams_in_blocks(toy, tmp_path, monkeypatch):
 def test_grouped_blocks():
     rng = np.random.default_rng(0)
     batches = [sparse.random(5, 30, density=0.3, format="csr", random_state=rng, dtype=np.float32) for _ in range(9)]
-    blocks = list(_ingest._grouped(iter(batches), 100))
+    blocks = list(_build._grouped(iter(batches), 100))
     whole = sparse.vstack(batches, format="csr")
     got = sparse.vstack([sparse.csr_matrix((d, i, p), shape=(p.size - 1, 30)) for p, i, d in blocks], format="csr")
     assert (got != whole).nnz == 0
@@ -146,10 +146,10 @@ def test_live_builds_survive_cleaning(tmp_path, genes):
     from .conftest import synthetic_adata
 
     atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=genes)
-    dead = atlas.path / "tmp" / "dead"
+    dead = atlas.path / "tmp" / ("d" * 32)  # named as scsig names its staging folders
     dead.mkdir()
-    (dead / _ingest.BUILD_LOCK).touch()  # a build whose writer died: its lock is free
-    with _ingest.staging(atlas.path) as live:
+    (dead / _staging.BUILD_LOCK).touch()  # a build whose writer died: its lock is free
+    with _staging.staging(atlas.path) as live:
         (live / "part").write_text("being built")
         atlas.add(synthetic_adata(5, genes), name="other")  # commits, and cleans leftovers meanwhile
         assert (live / "part").exists()

@@ -19,10 +19,12 @@ from .._docs import doc_params, doc_progress
 from .._settings import settings
 from .._signature import Aggregate, resolve_signatures
 from .._utils import check_choice, get_matrix
+from .._utils._progress import tqdm
 from ..models import gene_order_hash
 from ..tl._score_modes import DEFAULT_TOP_K, check_mode
-from . import _ingest as ingest
 from . import _manifest as mf
+from ._build import build_from_layer, reorder, shard_obs_frame, shard_var, var_lookup, write_dataset
+from ._cluster import run_on_client
 from ._integrity import check_name, verify_shards
 from ._query import (
     DATASET_KEY,
@@ -36,7 +38,9 @@ from ._query import (
     warn_no_cells,
 )
 from ._rowstats import RowStats
-from ._store import remove_tree
+from ._runs import SKIPPED, run_claimed, run_local
+from ._sources import check_options, make_jobs, source_names
+from ._staging import check_layout, clean_leftovers, clean_on_open, now, remove_tree
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -84,6 +88,7 @@ class Atlas:
         self._manifest = mf.read_manifest(self._root)
         self._stamp = mf.manifest_stamp(self._root)
         self._genes = pd.Index(mf.read_gene_order(self._root, self._manifest["gene_order_hash"]), dtype=object)
+        clean_on_open(self._root)
 
     # ------------------------------------------------------------------ construction
 
@@ -131,7 +136,7 @@ class Atlas:
             "format_version": mf.FORMAT_VERSION,
             "gene_order_hash": gene_order_hash(genes),
             "n_genes": len(genes),
-            "created": ingest.now(),
+            "created": now(),
             "shards": [],
         }
         mf.write_manifest(root, manifest)
@@ -301,11 +306,11 @@ class Atlas:
         if name in self.datasets:
             msg = f"The atlas already has a dataset named {name!r}; choose another name."
             raise ValueError(msg)
+        layer_key = mf.check_layer_name(layer if layer is not None else "attributions")
         x = get_matrix(adata, layer)
         prov = adata.uns.get(UNS_KEY, {}).get("layers", {}).get(layer) if layer is not None else None
-        lut = ingest.var_lookup(adata, layer, prov, name, genes=self._genes, gene_order_hash=self.gene_order_hash)
-        obs = ingest.shard_obs_frame(adata.obs, obs_columns, name)
-        layer_key = layer if layer is not None else "attributions"
+        lut = var_lookup(adata, layer, prov, name, genes=self._genes, gene_order_hash=self.gene_order_hash)
+        obs = shard_obs_frame(adata.obs, obs_columns, name)
         start = logg.info(f"adding dataset {name!r} ({adata.n_obs} cells) to the atlas")
         show = settings.progress if progress is None else progress
         record = prov if prov is not None else {"provenance": "none", "gene_order_hash": self.gene_order_hash}
@@ -314,7 +319,7 @@ class Atlas:
         row_stats = RowStats(DEFAULT_TOP_K)
 
         def build(shard: Path, scratch: Path) -> int:
-            return ingest.build_from_layer(
+            return build_from_layer(
                 shard,
                 scratch,
                 x,
@@ -409,15 +414,34 @@ class Atlas:
         >>> atlas.datasets
         ['a', 'b']
         """
-        from .._utils._progress import tqdm
+        check_choice("on_error", on_error, OnError)
+        options = check_options(attribute_options)
+        sources, labels = _source_list(sources, names)
+        loaded = self._attribution_model(model)
+        _check_per_task(cells_per_task)
+        self._refresh()
+        have = {s["name"]: s for s in self._manifest["shards"]}
+        todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
+        jobs, results = make_jobs(str(self._root), todo)  # a source that cannot be read fails alone
+        common = {"model": loaded, "options": options, "genes": list(self._genes)}
+        common |= {"gene_order_hash": self.gene_order_hash, "obs_columns": obs_columns}
+        show = settings.progress if progress is None else progress
+        total = sum(j["n_obs"] for j in jobs)
+        start = logg.info(f"attributing {len(todo)} datasets ({total:,} cells) into the atlas")
+        run = run_local if client is None else partial(run_on_client, client, per_task=cells_per_task)
+        with tqdm(total=total, disable=not show, desc="attribute", unit="cells") as bar:
+            results |= run_claimed(run, self._root, jobs, common=common, bar=bar)
+        reorder(self._root, [n for _, n in todo])
+        self._refresh()
+        report = _attribute_report(labels, have, results, listed={s["name"]: s for s in self._manifest["shards"]})
+        logg.info(f"    finished: {int((report['status'] == 'added').sum())} datasets added", time=start)
+        _raise_or_warn(report, len(todo), on_error)
+        return report
+
+    def _attribution_model(self, model: Any) -> Any:
+        """``model`` (or what :func:`scsig.models.load` reads from it), checked to have the atlas's gene order."""
         from ..models import FoundationModel, load
 
-        check_choice("on_error", on_error, OnError)
-        options = ingest.check_options(attribute_options)
-        many = isinstance(sources, Sequence) and not isinstance(sources, str)
-        sources = list(sources) if many else [sources]
-        labels = ingest.source_names(sources, names)
-        labels = [check_name(n) for n in labels]
         loaded = model if isinstance(model, FoundationModel) else load(model)
         if loaded.gene_order_hash != self.gene_order_hash:
             msg = (
@@ -426,42 +450,7 @@ class Atlas:
                 "Attribute with the atlas's model, or build one atlas per model."
             )
             raise ValueError(msg)
-        self._refresh()
-        have = {s["name"]: s for s in self._manifest["shards"]}
-        todo = [(s, n) for s, n in zip(sources, labels, strict=True) if n not in have]
-        if cells_per_task is not None and (
-            isinstance(cells_per_task, bool) or not isinstance(cells_per_task, Integral) or cells_per_task < 1
-        ):
-            msg = f"cells_per_task must be a positive number of cells, not {cells_per_task!r}."
-            raise ValueError(msg)
-        sizes = [ingest.n_cells(s) for s, _ in todo]
-        jobs = [
-            {"root": str(self._root), "source": ingest.for_worker(s), "name": n, "n_obs": k}
-            for (s, n), k in zip(todo, sizes, strict=True)
-        ]
-        common = {"model": loaded, "options": options, "genes": list(self._genes)}
-        common |= {"gene_order_hash": self.gene_order_hash, "obs_columns": obs_columns}
-        total = sum(sizes)
-        show = settings.progress if progress is None else progress
-        start = logg.info(f"attributing {len(todo)} datasets ({total:,} cells) into the atlas")
-        with tqdm(total=total, disable=not show, desc="attribute", unit="cells") as bar:
-            run = ingest.run_local if client is None else partial(ingest.run_on_client, client, per_task=cells_per_task)
-            results = run(jobs, common=common, bar=bar)
-        ingest.reorder(self._root, [j["name"] for j in jobs])
-        self._refresh()
-        report = _attribute_report(labels, have, results)
-        logg.info(f"    finished: {int((report['status'] == 'added').sum())} datasets added", time=start)
-        failed = report[report["status"] == "failed"]
-        if len(failed):
-            lines = "; ".join(f"{n!r}: {e}" for n, e in failed["error"].items())
-            msg = (
-                f"{len(failed)} of {len(todo)} datasets failed and were not added ({lines}). The others were added; "
-                "fix the failed sources and rerun the same call (datasets already in the atlas are skipped)."
-            )
-            if on_error == "raise":
-                raise RuntimeError(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
-        return report
+        return loaded
 
     def _write_dataset(
         self,
@@ -475,7 +464,7 @@ class Atlas:
         row_stats: RowStats | None = None,
     ) -> None:
         check_name(name)
-        self._manifest = ingest.write_dataset(
+        self._manifest = write_dataset(
             self._root,
             name=name,
             layer=layer,
@@ -500,6 +489,7 @@ class Atlas:
         -------
         ``None``; the manifest no longer lists the dataset and its files are deleted.
         """
+        check_layout(self._root)  # its files are deleted: never through a linked folder
         with mf.writer_lock(self._root):
             manifest = mf.read_manifest(self._root)
             kept = [s for s in manifest["shards"] if s["name"] != name]
@@ -509,7 +499,7 @@ class Atlas:
             mf.write_manifest(self._root, {**manifest, "shards": kept})
             self._manifest = mf.read_manifest(self._root)
             self._stamp = mf.manifest_stamp(self._root)
-            ingest.clean_leftovers(self._root, self._manifest)
+            clean_leftovers(self._root, self._manifest)
 
     @doc_params(doc_progress=doc_progress)
     def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
@@ -609,7 +599,8 @@ class Atlas:
         names = find_cell_types(folder, cell_types)
         atlas = cls.create(path, gene_order=gene_order)
         try:
-            return import_cell_types(atlas, folder, names, progress=progress)
+            import_cell_types(atlas.path, folder, names, genes=atlas.gene_order, progress=progress)
+            return atlas
         except BaseException:
             # the atlas is new: an import that fails (or is interrupted) leaves nothing behind
             remove_tree(atlas.path)
@@ -795,7 +786,7 @@ class Atlas:
         )
         layers = {s.layer for s in specs}
         layer = layers.pop() if len(layers) == 1 else "attributions"
-        var = ingest.shard_var(self._genes[cols], layer)
+        var = shard_var(self._genes[cols], layer)
         shards = {s["name"]: s for s in self._manifest["shards"]}
         first = shards[specs[0].name].get("provenance") if specs else None
         uns = {UNS_KEY: {"atlas": {"path": str(self._root), "datasets": cats, "gene_order_hash": self.gene_order_hash}}}
@@ -820,13 +811,50 @@ def _row_top_k(entry: Mapping[str, Any]) -> int | None:
     return None if record is None else int(record["top_k"])
 
 
-def _attribute_report(names: list[str], had: Mapping[str, Mapping], results: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per dataset of :meth:`Atlas.attribute`: status, cells, stored values, error."""
+def _source_list(sources: Any, names: Sequence[str] | str | None) -> tuple[list[Any], list[str]]:
+    """The sources as a list and their dataset names (checked)."""
+    many = isinstance(sources, Sequence) and not isinstance(sources, str)
+    sources = list(sources) if many else [sources]
+    return sources, [check_name(n) for n in source_names(sources, names)]
+
+
+def _check_per_task(cells_per_task: Any) -> None:
+    if cells_per_task is not None and (
+        isinstance(cells_per_task, bool) or not isinstance(cells_per_task, Integral) or cells_per_task < 1
+    ):
+        msg = f"cells_per_task must be a positive number of cells, not {cells_per_task!r}."
+        raise ValueError(msg)
+
+
+def _raise_or_warn(report: pd.DataFrame, n_todo: int, on_error: str) -> None:
+    """Say which datasets of :meth:`Atlas.attribute` failed: raise, or warn."""
+    failed = report[report["status"] == "failed"]
+    if not len(failed):
+        return
+    lines = "; ".join(f"{n!r}: {e}" for n, e in failed["error"].items())
+    msg = (
+        f"{len(failed)} of {n_todo} datasets failed and were not added ({lines}). The others were added; "
+        "fix the failed sources and rerun the same call (datasets already in the atlas are skipped)."
+    )
+    if on_error == "raise":
+        raise RuntimeError(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _attribute_report(
+    names: list[str], had: Mapping[str, Mapping], results: Mapping[str, Any], *, listed: Mapping[str, Mapping]
+) -> pd.DataFrame:
+    """One row per dataset of :meth:`Atlas.attribute`: status, cells, stored values, error.
+
+    ``had``: the datasets the atlas listed before the call; ``listed``: those it lists after it
+    (a dataset another writer added meanwhile is skipped too).
+    """
     rows = []
     for name in names:
         got = results.get(name)
-        if name in had:
-            rows.append({"status": "skipped", "n_obs": had[name]["n_obs"], "nnz": had[name]["nnz"], "error": ""})
+        if name in had or (isinstance(got, str) and got == SKIPPED):
+            entry = listed.get(name) or had[name]
+            rows.append({"status": "skipped", "n_obs": entry["n_obs"], "nnz": entry["nnz"], "error": ""})
         elif isinstance(got, BaseException):
             rows.append({"status": "failed", "n_obs": pd.NA, "nnz": pd.NA, "error": f"{type(got).__name__}: {got}"})
         else:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-__all__ = ["FORMAT", "MANIFEST", "jsonable", "read_manifest", "write_manifest", "writer_lock"]
+__all__ = ["FORMAT", "MANIFEST", "check_layer_name", "jsonable", "read_manifest", "write_manifest", "writer_lock"]
 
 FORMAT = "scsig-atlas"
 FORMAT_VERSION = 1
@@ -49,6 +49,34 @@ def jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     return str(obj)
+
+
+def check_layer_name(layer: Any, *, what: str = "layer") -> str:
+    r"""``layer`` as the name of a shard's attribution layer, or an error saying why it cannot be one.
+
+    The name becomes a folder of the shard (``layers/<name>/``), so it must be one plain path
+    component that zarr accepts: not empty, not ``.`` or ``..``, no ``/`` or ``\\``, no control
+    characters, not starting with ``__`` (reserved by zarr).
+    """
+    if not isinstance(layer, str):
+        msg = f"The atlas's {what} name must be a string, not {type(layer).__name__} ({layer!r:.40})."
+        raise TypeError(msg)
+    bad = (
+        not layer.strip()
+        or layer in (".", "..")
+        or "/" in layer
+        or "\\" in layer
+        or layer.startswith("__")
+        or any(ord(c) < 32 or ord(c) == 127 for c in layer)
+    )
+    if bad:
+        msg = (
+            f"{what} name {layer!r} cannot name an atlas layer: it becomes a folder of the dataset's shard, so it must "
+            "be one plain name (no '/', '\\', control characters, not '.', '..' or starting with '__'), e.g. "
+            "'attr_ig'. Rename the layer (adata.layers['attr_ig'] = adata.layers.pop(old)) or pass another key_added."
+        )
+        raise ValueError(msg)
+    return layer
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

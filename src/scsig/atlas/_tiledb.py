@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-    from ._atlas import Atlas
 
 __all__ = ["array_cells", "find_cell_types", "import_cell_types", "read_gene_ranges", "read_metadata"]
 
@@ -180,7 +179,7 @@ def _build_cell_type(
 ) -> int:
     """Write one cell type's TileDB array into a new shard (the ``build`` step of an atlas write)."""
     from .._constants import UNS_KEY
-    from . import _ingest as ingest
+    from ._build import shard_var
     from ._store import build_shard_from_columns
 
     del scratch  # gene ranges are read column-wise: no scratch files
@@ -193,31 +192,39 @@ def _build_cell_type(
         n_obs=len(obs),
         n_genes=len(genes),
         obs=obs,
-        var=ingest.shard_var(genes, "attr_ig"),
+        var=shard_var(genes, "attr_ig"),
         uns={UNS_KEY: {"layers": {"attr_ig": {"source": "SIGnature TileDB"}}}},
         layer="attr_ig",
     )
 
 
-def import_cell_types(atlas: Atlas, folder: Path, names: list[str], *, progress: bool | None) -> Atlas:
-    """Add each cell type's array of a published SIGnature atlas folder to ``atlas`` as one dataset."""
+def import_cell_types(root: Path, folder: Path, names: list[str], *, genes: pd.Index, progress: bool | None) -> None:
+    """Add each cell type's array of a published SIGnature atlas folder to the atlas at ``root`` as one dataset."""
     from functools import partial
 
     from .. import _logging as logg
     from .._settings import settings
     from .._utils._progress import tqdm
-    from . import _ingest as ingest
+    from ..models import gene_order_hash
+    from ._build import shard_obs_frame, write_dataset
+    from ._integrity import check_name
 
     show = settings.progress if progress is None else progress
     for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
         sub = folder / ct
         meta, positions = read_metadata(sub / METADATA, n_cells=array_cells(sub / ATTRIBUTIONS), name=ct)
-        obs = ingest.shard_obs_frame(meta, None, ct)
-        record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": atlas.gene_order_hash}
+        obs = shard_obs_frame(meta, None, ct)
+        record = {"source": "SIGnature TileDB", "path": str(sub), "gene_order_hash": gene_order_hash(list(genes))}
         start = logg.info(f"importing {ct!r} ({len(meta)} cells)")
-        build = partial(
-            _build_cell_type, sub=sub, obs=obs, name=ct, positions=positions, genes=atlas.gene_order, show=show
+        build = partial(_build_cell_type, sub=sub, obs=obs, name=ct, positions=positions, genes=genes, show=show)
+        write_dataset(
+            root,
+            name=check_name(ct),
+            layer="attr_ig",
+            n_obs=len(obs),
+            obs_columns=obs.columns,
+            provenance=record,
+            build=build,
+            source="signature",
         )
-        atlas._write_dataset(ct, "attr_ig", obs, record, build, source="signature")
         logg.info(f"    finished: imported {ct!r}", time=start)
-    return atlas

@@ -11,7 +11,10 @@ from scipy import sparse
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["check_counts", "check_unique", "data_values"]
+__all__ = ["MAX_COUNT", "check_counts", "check_unique", "data_values"]
+
+MAX_COUNT = 1 << 24
+"""Largest count accepted as raw counts (2**24): above it float32 cannot hold every whole number."""
 
 
 def data_values(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
@@ -31,7 +34,7 @@ def check_counts(x: np.ndarray | sparse.spmatrix, *, where: str = "adata.X", req
     where
         How to name the matrix in messages.
     require_integer
-        Refuse non-integer values.
+        Refuse non-integer values and counts above :data:`MAX_COUNT`.
     """
     values = data_values(x)
     if values.size == 0:
@@ -67,6 +70,14 @@ def check_counts(x: np.ndarray | sparse.spmatrix, *, where: str = "adata.X", req
                 "non-integer counts (e.g. ambient-corrected), pass check_counts=False."
             )
             raise ValueError(msg)
+    if require_integer and values.max() > MAX_COUNT:
+        msg = (
+            f"{where} holds a count of {float(values.max()):.6g}, above {MAX_COUNT:,} (2**24, the largest whole number "
+            "float32 stores exactly). No single-cell experiment counts that many molecules of one gene in one cell: "
+            "the data are likely damaged (e.g. a flipped byte in the file). Check the source; if the values are "
+            "intended, pass check_counts=False."
+        )
+        raise ValueError(msg)
 
 
 def check_unique(names: Sequence[str], *, what: str, fix: str) -> None:
