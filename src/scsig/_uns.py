@@ -19,7 +19,17 @@ from typing import Any
 
 from ._constants import UNS_KEY
 
-__all__ = ["check_key_added", "decode_key", "encode_key", "get_record", "put_record", "records", "scsig_columns"]
+__all__ = [
+    "check_key_added",
+    "decode_key",
+    "encode_key",
+    "get_record",
+    "put_record",
+    "records",
+    "score_columns",
+    "score_record",
+    "scsig_columns",
+]
 
 _ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C"}
 
@@ -78,6 +88,36 @@ def get_record(data: Any, section: str, name: str) -> dict | None:
         return rec
     rec = sec.get(name)
     return rec if isinstance(rec, dict) else records(data, section).get(name)
+
+
+def score_record(data: Any, key: str) -> dict | None:
+    """The record of a score: ``key`` is a ``key_added`` of ``sg.tl.score`` or one of its columns.
+
+    For one column of a several-signature score (``"score_B"``) the record is narrowed to that
+    signature (its ``"signatures"`` and ``"columns"`` hold only it); ``None`` when nothing matches.
+    """
+    record = get_record(data, "scores", key)
+    if record is not None:
+        return record
+    for name, rec in records(data, "scores").items():
+        columns = rec.get("columns")
+        if isinstance(columns, str) or columns is None or key not in list(columns):
+            continue
+        sigs = rec.get("signatures", {})
+        sig = next((s for s in sigs if f"{name}_{s}" == key), None)
+        if sig is not None:
+            return {**rec, "signatures": {sig: sigs[sig]}, "columns": [key]}
+    return None
+
+
+def score_columns(data: Any) -> list[str]:
+    """The ``obs`` columns written by ``sg.tl.score`` (every signature's), in the order they were recorded."""
+    out: list[str] = []
+    for name, rec in records(data, "scores").items():
+        columns = rec.get("columns")
+        listed = [columns] if isinstance(columns, str) else list(columns) if columns is not None else [name]
+        out += [c for c in map(str, listed) if c in getattr(data, "obs", {}) and c not in out]
+    return out
 
 
 def scsig_columns(data: Any) -> set[str]:

@@ -64,6 +64,19 @@ def test_genes_from_score_key(scored):
         sg.pl.gene_attributions(scored, "nokey", groupby="group")
 
 
+def test_genes_from_one_score_column(scored):
+    adata = scored.copy()
+    sg.tl.score(adata, {"B": ["g0", "g1", "g2"], "T": ["g3", "g10"]}, key_added="two")
+    ax = sg.pl.gene_attributions(adata, "two_T", groupby="group", show=False)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["g3", "g10"]
+    ax = sg.pl.gene_attributions(adata, "two", groupby="group", show=False)  # the whole score: both signatures
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["g0", "g1", "g2", "g3", "g10"]
+    with pytest.raises(KeyError, match=r"two_B"):  # the error lists the score columns
+        sg.pl.gene_attributions(adata, "two_X", groupby="group")
+    sg.tl.hits(adata, "two_B")  # a score column is a score for hits too
+    assert "two_B_hit" in adata.obs
+
+
 def test_missing_genes_warn(scored):
     with pytest.warns(UserWarning, match="1 of 3 genes") as record:
         ax = sg.pl.gene_attributions(scored, ["g0", "nope", "g1"], groupby="group", show=False)

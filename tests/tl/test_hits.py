@@ -145,3 +145,13 @@ def test_end_to_end_on_toy(toy):
     sg.tl.score(adata, ["g0", "g1", "g2"])
     sg.tl.hits(adata)
     assert adata.obs["score_hit"].sum() == 6
+
+
+def test_unknown_score_names_the_score_columns():
+    adata, model = sg.datasets.toy()
+    sg.tl.attribute(adata, model, progress=False, n_steps=8)
+    for k in range(12):  # many other columns before the scores
+        adata.obs.insert(0, f"qc{k}", 1.0)
+    sg.tl.score(adata, {"B": ["g0", "g1"], "T": ["g2", "g3"]})
+    with pytest.raises(KeyError, match=r"\['score_B', 'score_T'\]"):
+        sg.tl.hits(adata, "score_X")

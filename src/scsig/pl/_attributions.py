@@ -12,7 +12,7 @@ from scipy import sparse
 
 from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params, doc_plot_common
-from .._uns import get_record
+from .._uns import score_columns, score_record
 from .._utils import check_choice, resolve_adata
 from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
@@ -33,12 +33,13 @@ StandardScale = Literal["var", "group"]
 
 
 def _score_record(adata: AnnData, key: str) -> dict:
-    """The ``uns`` record of the score ``key`` (a ``key_added`` of :func:`scsig.tl.score`), or a KeyError."""
-    record = get_record(adata, "scores", key)
+    """The ``uns`` record of the score ``key`` (a ``key_added`` of :func:`scsig.tl.score` or one of its columns), or a KeyError."""
+    record = score_record(adata, key)
     if record is None:
+        known = score_columns(adata)
         msg = (
             f"{key!r} is neither a list of genes nor a score recorded in adata.uns['scsig']['scores'] "
-            "(pass a list of genes, or the key_added of sg.tl.score)."
+            f"(pass a list of genes, or a score column of sg.tl.score{f', e.g. {known[:10]}' if known else ''})."
         )
         raise KeyError(msg)
     return record
@@ -192,7 +193,8 @@ def gene_attributions(
         Genes to show; a dict label -> genes to show labelled groups of genes (as
         :func:`scanpy.pl.dotplot`'s ``var_names``), e.g. one group per signature; or the
         ``key_added`` of a :func:`scsig.tl.score` call to show the genes that score used (grouped by
-        signature when it scored several). Genes missing from ``adata.var`` or unknown to the model
+        signature when it scored several), or one of its score columns (``"score_B"``) for that
+        signature's genes. Genes missing from ``adata.var`` or unknown to the model
         are left out with a warning.
     groupby
         Column(s) of ``adata.obs`` with the groups; several columns are combined (e.g. cell type

@@ -12,7 +12,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._constants import SCORE_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
-from .._uns import check_key_added, put_record
+from .._uns import check_key_added, put_record, score_columns
 from .._utils import check_choice, literal_values, resolve_adata, wrap_return
 
 if TYPE_CHECKING:
@@ -128,7 +128,12 @@ def _check_hits_args(mode: str, cut: float | None, *, above: bool) -> float:
 def _hit_scores(data: Any, key: str, groupby: str | None) -> np.ndarray:
     """The numeric scores of ``adata.obs[key]``, after checking the score and ``groupby`` columns."""
     if key not in data.obs.columns:
-        msg = f"Score column {key!r} not in adata.obs. Run sg.tl.score first or pass key= one of {list(data.obs.columns)[:10]}."
+        scores = score_columns(data)
+        others = [c for c in data.obs.columns if c not in scores and pd.api.types.is_numeric_dtype(data.obs[c])]
+        msg = (
+            f"Score column {key!r} not in adata.obs. Run sg.tl.score first or pass key= one of its columns "
+            f"({scores[:10] if scores else 'none recorded'}; other numeric columns: {others[:10]})."
+        )
         raise KeyError(msg)
     if data.n_obs == 0:
         msg = "adata has no cells; select at least one cell before calling hits."
