@@ -75,7 +75,12 @@ def test_score_equals_tl_score_and_numpy(tmp_path, attributed_toy):
     got = atlas.score(dict(zip(sig, w, strict=True)), aggregate="sum", mode="classic")["score"]
     np.testing.assert_allclose(got, _numpy_scores(adata.layers["attr_ig"], adata.var_names, sig, w, "sum"), rtol=1e-6)
     # the order of the genes does not matter
-    np.testing.assert_allclose(atlas.score(sig[::-1])["score"], frame["score"], rtol=1e-12)
+    np.testing.assert_allclose(atlas.score(sig[::-1], mode="classic")["score"], frame["score"], rtol=1e-12)
+    # one default everywhere: the atlas's default score is sg.tl.score's
+    default = atlas.score(sig)
+    sg.tl.score(adata, sig, key_added="default")
+    assert default.attrs["scsig"]["mode"] == adata.uns["scsig"]["scores"]["default"]["mode"] == "cosine"
+    np.testing.assert_allclose(default["score"].to_numpy(), adata.obs["default"].to_numpy(), rtol=1e-6, atol=1e-9)
 
 
 def test_several_signatures_and_key_added(tmp_path, attributed_toy):
@@ -301,7 +306,7 @@ def test_top_score_equals_in_memory_top(tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"][0]
     assert entry["row_stats"] == {"top_k": 300, "norms": True}
     sig = {"G3": 1.0, "G100": 2.0, "G250": 0.5, "G699": 1.0}
-    assert atlas.score(sig).attrs["scsig"]["mode"] == "classic"  # the atlas's default is the reference's score
+    assert atlas.score(sig).attrs["scsig"]["mode"] == "cosine"  # the atlas's default is sg.tl.score's
     frame = atlas.score(sig, mode="top")
     assert frame.attrs["scsig"]["mode"] == "top"
     monkeypatch.undo()

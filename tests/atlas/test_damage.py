@@ -228,7 +228,7 @@ def test_slash_names_and_obs_columns_round_trip(tmp_path):
     assert [c for c in obs.columns if c != "dataset"] == ["cell_type", "sample", "depth", "donor/sample", "pct%2F"]
     pd.testing.assert_series_equal(obs["donor/sample"], adata.obs["donor/sample"], check_categorical=False)
     np.testing.assert_array_equal(obs["pct%2F"], np.arange(20))
-    frame = reopened.score(GENES[:5], obs_filter={"donor/sample": "d1"}, progress=False)
+    frame = reopened.score(GENES[:5], obs_filter={"donor/sample": "d1"}, mode="classic", progress=False)
     assert set(frame["dataset"]) == {"study/2024/lung"}
     mask = (adata.obs["donor/sample"] == "d1").to_numpy()
     expected = adata.layers["attr_ig"][:, :5].toarray().astype(np.float64).mean(axis=1)[mask]

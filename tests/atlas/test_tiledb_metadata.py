@@ -179,12 +179,12 @@ def test_small_mixed_columns_keep_every_value(tmp_path):
     assert isinstance(atlas.obs(datasets="T")["int_str"].dtype, pd.CategoricalDtype)
     assert atlas.obs(datasets="B")["int_str"].dtype == np.int64
     assert atlas.obs(datasets="T")["all_none"].isna().all()
-    frame = atlas.score(["G1", "G4"], progress=False)  # both cell types in one frame
+    frame = atlas.score(["G1", "G4"], mode="classic", progress=False)  # both cell types in one frame
     want = pd.concat([text["B"], text["T"]])  # datasets in name order
     assert frame.index.tolist() == want.index.tolist()
     for col in tables["T"].columns:
         bad = [(c, g, t) for c, g, t in zip(frame.index, frame[col], want[col], strict=True) if not _same_value(g, t)]
         assert bad == [], (col, frame[col].dtype)
-    picked = atlas.score(["G1", "G4"], obs_filter={"float_str": ["x", "1.25"]}, progress=False)
+    picked = atlas.score(["G1", "G4"], obs_filter={"float_str": ["x", "1.25"]}, mode="classic", progress=False)
     assert picked.index.tolist() == ["T_1", "T_2"]
     np.testing.assert_allclose(picked["score"], _mean(dense["T"], [1, 2], [1, 4]), rtol=1e-6)

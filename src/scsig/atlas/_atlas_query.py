@@ -69,7 +69,7 @@ class AtlasQueries:
         *,
         weights: Sequence[float] | None = None,
         aggregate: Aggregate = "mean",
-        mode: AtlasMode = "classic",
+        mode: AtlasMode = "cosine",
         mode_kwds: Mapping[str, Any] | None = None,
         datasets: Sequence[str] | str | None = None,
         obs_filter: ObsFilter = None,
@@ -80,25 +80,22 @@ class AtlasQueries:
         r"""Score every matching cell of the atlas for a gene signature.
 
         A cell's score is what :func:`scsig.tl.score` gives, in the same ``mode``, on its dataset's
-        whole layer. ``mode="classic"`` is the mean (``aggregate="mean"``) or sum of its normalized
-        attributions over the signature's genes, or with weights :math:`w_g` the weighted mean
-        :math:`\sum_g w_g a_g / \sum_g w_g` (weighted sum :math:`\sum_g w_g a_g`): what the
-        published method and the reference tool's ``query_attributions`` compute, and the default
-        here, so that an atlas (including one imported from the reference tool) answers as the
-        reference does. ``mode="cosine"``, the default of :func:`scsig.tl.score`, is the cosine
-        similarity of the cell's attributions and the signature's weights, which keeps deeper cells
-        from scoring lower (see :func:`scsig.tl.score`); pass it to get the in-memory default's
-        numbers from the atlas. It needs each cell's Euclidean norm over all genes, stored when a
+        whole layer; both default to ``mode="cosine"``, so the same signature on the same cells has
+        the same score in memory and in the atlas. ``mode="cosine"`` is the cosine similarity of the
+        cell's attributions and the signature's weights, which keeps deeper cells from scoring lower
+        (see :func:`scsig.tl.score`); it uses each cell's Euclidean norm over all genes, stored when a
         dataset is added (for datasets added by an older scsig, computed from the dataset's values
-        on the first ``"cosine"`` query of a process, every gene read once). ``mode="top"`` is the classic score times the cell's attribution
-        total over the sum of its 300 largest attributions; both per-cell sums are stored when a
-        dataset is added, so a ``"top"`` query reads the same gene columns as a classic one plus
-        two numbers per cell; for datasets added by an older scsig, or another ``top_k``, they are
-        computed from the dataset's values once per session (every gene read; a warning says so).
-
-        .. versionchanged:: 0.2.0
-           ``mode=`` added (default ``"classic"``, the scores of earlier versions and of the
-           reference tool); ``mode="cosine"`` gives :func:`scsig.tl.score`'s default.
+        on the first ``"cosine"`` query of a process, every gene read once). ``mode="classic"`` is
+        the mean (``aggregate="mean"``) or sum of its normalized attributions over the signature's
+        genes, or with weights :math:`w_g` the weighted mean :math:`\sum_g w_g a_g / \sum_g w_g`
+        (weighted sum :math:`\sum_g w_g a_g`): what the published method and the reference tool's
+        ``query_attributions`` compute; pass it by name to get the reference's numbers (for an atlas
+        imported with :meth:`from_signature` too). ``mode="top"`` is the classic score times the
+        cell's attribution total over the sum of its 300 largest attributions; both per-cell sums
+        are stored when a dataset is added, so a ``"top"`` query reads the same gene columns as a
+        classic one plus two numbers per cell; for datasets added by an older scsig, or another
+        ``top_k``, they are computed from the dataset's values once per session (every gene read; a
+        warning says so). The mode is recorded in the result's ``attrs["scsig"]["mode"]``.
 
         Genes outside the atlas gene order are left out with a warning;
         a gene the model knows but a dataset lacked counts as 0 there (as in the reference tool).
@@ -116,8 +113,8 @@ class AtlasQueries:
         aggregate
             ``"mean"`` or ``"sum"``.
         mode
-            ``"classic"`` (default), ``"cosine"`` or ``"top"``, as in :func:`scsig.tl.score` (the atlas
-            has these three; note that :func:`scsig.tl.score` defaults to ``"cosine"``).
+            ``"cosine"`` (default, as :func:`scsig.tl.score`), ``"classic"`` (the published score)
+            or ``"top"``, as in :func:`scsig.tl.score` (the atlas has these three).
         mode_kwds
             ``{{"top_k": k}}`` for ``mode="top"`` (default 300).
         datasets
