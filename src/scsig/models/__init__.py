@@ -8,7 +8,8 @@ from ._base import FoundationModel, Preprocessing, from_module, gene_order_hash
 from ._cross_species import CrossSpeciesModel, cross_species, fit_conversion
 from ._load import load
 from ._orthologs import orthologs
-from ._registry import registry, save_safetensors
+from ._registry import registry
+from ._safetensors import save_safetensors
 from ._scvi import from_scvi
 from ._train import train_encoder
 

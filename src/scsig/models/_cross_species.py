@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import copy as _copy
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +35,7 @@ from scipy import sparse
 
 from .._docs import doc_params, doc_progress
 from ._base import FoundationModel
+from ._files import SaveFolder
 from ._orthologs import OrthologTable, resolve_table
 
 if TYPE_CHECKING:
@@ -52,6 +51,8 @@ CROSS_FILE = "cross_species.json"
 CONVERSION_FILE = "conversion.safetensors"
 PAIRS_FILE = "orthologs.tsv"
 BASE_FOLDER = "base"
+CROSS_KIND = "cross-species"
+"""The kind of save :meth:`CrossSpeciesModel.save` records in the folder's manifest."""
 
 
 def conversion_matrix(
@@ -322,38 +323,42 @@ class CrossSpeciesModel(FoundationModel):
             raise ValueError(msg)
 
     # ---- saving ------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Save as a folder that :func:`scsig.models.load` reads back as a cross-species model.
 
         The folder holds the folded encoder over the source genes in safetensors (readable by any
         SCimilarity-format reader as an ordinary model), the pretrained model under ``base/``, the
         conversion (``conversion.safetensors``: the current and the initial weights), the ortholog
-        pairs used (``orthologs.tsv``) and ``cross_species.json``. The folder is written next to its
-        destination and moved into place at the end, so an interrupted save leaves no partial folder.
+        pairs used (``orthologs.tsv``), ``cross_species.json`` and ``scsig-manifest.json``, the list of
+        the files written (with their SHA-256). The files are written under temporary names inside the
+        folder and moved into place at the end (``cross_species.json`` and the folded weights last), so
+        an interrupted save leaves no half-written model that loads. Saving never deletes or changes
+        files it does not write.
+
+        Parameters
+        ----------
+        folder
+            Where to write; created when missing. An existing folder must be empty or hold exactly an
+            earlier cross-species save (as its ``scsig-manifest.json`` lists it), unless ``overwrite``.
+        overwrite
+            Save into a folder that holds other files: replace only the files listed above, remove the
+            files an earlier scsig save there listed in its manifest and this one does not write, and
+            leave every other file alone.
+
+        Returns
+        -------
+        The folder.
         """
-        import torch
-        from safetensors.torch import save_file
+        from ._safetensors import SAFETENSORS_FILE, check_safetensors_model, stage_safetensors
 
-        from ._registry import save_safetensors
-
+        check_safetensors_model(self, "float32")
+        check_safetensors_model(self.base, "float32")
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            save_safetensors(self, tmp, metadata={"cross_species": self.species, "base": self.base.name})
-            save_safetensors(self.base, tmp / BASE_FOLDER)
-            coo = self.conversion.tocoo()
-            init = np.asarray(self.initial[coo.row, coo.col]).ravel()
-            save_file(
-                {
-                    "rows": torch.as_tensor(coo.row, dtype=torch.int64),
-                    "cols": torch.as_tensor(coo.col, dtype=torch.int64),
-                    "weights": torch.as_tensor(coo.data, dtype=torch.float64),
-                    "initial": torch.as_tensor(init, dtype=torch.float64),
-                },
-                str(tmp / CONVERSION_FILE),
-            )
-            self.table.pairs[["source", "target"]].to_csv(tmp / PAIRS_FILE, sep="\t", index=False)
+        with SaveFolder(folder, kind=CROSS_KIND, what="cross-species model", overwrite=overwrite) as out:
+            stage_safetensors(self, out, metadata={"cross_species": self.species, "base": self.base.name})
+            stage_safetensors(self.base, out, prefix=f"{BASE_FOLDER}/")
+            self._stage_conversion(out)
+            self.table.pairs[["source", "target"]].to_csv(out.path(PAIRS_FILE), sep="\t", index=False)
             record = {
                 "format": "scsig-cross-species",
                 "name": self.name,
@@ -362,27 +367,33 @@ class CrossSpeciesModel(FoundationModel):
                 "table": self.table.describe(),
                 "fit": self.fit,
             }
-            (tmp / CROSS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                folder.replace(old)
-                tmp.replace(folder)
-                shutil.rmtree(old)
-            else:
-                tmp.replace(folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            out.path(CROSS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+            out.commit(last=[CROSS_FILE, SAFETENSORS_FILE])
         return folder
+
+    def _stage_conversion(self, out: SaveFolder) -> None:
+        """Write ``conversion.safetensors``: the conversion's entries, current and initial weights."""
+        import torch
+        from safetensors.torch import save_file
+
+        coo = self.conversion.tocoo()
+        init = np.asarray(self.initial[coo.row, coo.col]).ravel()
+        save_file(
+            {
+                "rows": torch.as_tensor(coo.row, dtype=torch.int64),
+                "cols": torch.as_tensor(coo.col, dtype=torch.int64),
+                "weights": torch.as_tensor(coo.data, dtype=torch.float64),
+                "initial": torch.as_tensor(init, dtype=torch.float64),
+            },
+            str(out.path(CONVERSION_FILE)),
+        )
 
 
 def load_cross_species(folder: str | Path, *, name: str | None = None) -> CrossSpeciesModel:
     """Read a folder written by :meth:`CrossSpeciesModel.save`."""
     from safetensors import safe_open
 
-    from ._registry import load_safetensors_folder
+    from ._safetensors import load_safetensors_folder
 
     folder = Path(folder)
     record = json.loads((folder / CROSS_FILE).read_text())

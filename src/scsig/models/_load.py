@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._registry import BUNDLED, SAFETENSORS_FILE, bundled_path, load_safetensors_folder
+from ._registry import BUNDLED, bundled_path
+from ._safetensors import SAFETENSORS_FILE, load_safetensors_folder
 
 if TYPE_CHECKING:
     from ._base import FoundationModel

@@ -307,7 +307,7 @@ class ScviModel(FoundationModel):
         record["covariates"] = ",".join([*cov.cont_keys, *([cov.embed_key] if cov.embed_key else []), *cov.cat_keys])
         return record
 
-    def save(self, folder: str) -> None:
+    def save(self, folder: str, *, overwrite: bool = False) -> None:
         """Not supported: save the scvi-tools model with its own ``model.save`` and load that folder."""
         msg = (
             "scvi-tools models are saved with scvi-tools (model.save(folder)); sg.models.load(folder) reads them back."
