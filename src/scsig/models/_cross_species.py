@@ -637,8 +637,7 @@ def _labeled_input(
     import torch
 
     from .._utils import get_matrix
-    from ..pp._align import align_genes
-    from ..pp._prepare import model_input
+    from ._align import align_genes, model_input
 
     y_raw = adata.obs[labels]
     keep = y_raw.notna().to_numpy()

@@ -15,8 +15,8 @@ from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params, doc_progre
 from .._settings import settings
 from .._utils import get_matrix, resolve_adata, to_memory
 from .._utils import threads as _threads
-from ..pp._validate import check_counts as _check_counts
-from ..pp._validate import check_unique
+from .._utils._validate import check_counts as _check_counts
+from .._utils._validate import check_unique
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
