@@ -20,7 +20,7 @@ def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
 
         return load_cross_species(path, name=name)
     from ._sctab import is_sctab_folder, load_sctab
-    from ._scvi import SCVI_FILE, load_scvi_folder
+    from ._scvi_folder import SCVI_FILE, load_scvi_folder
 
     if (path / SCVI_FILE).is_file():
         return load_scvi_folder(path, name=name, allow_pickle=allow_pickle)
