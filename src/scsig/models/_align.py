@@ -147,6 +147,36 @@ def align_genes(
     -------
     The alignment.
     """
+    names, unnamed, what = _data_names(adata, gene_symbols)
+    model_index = pd.Index(model.gene_order)
+    var_to_model, extra = _match_names(model, model_index, names, unnamed)
+    alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64), extra)
+
+    n_model = model.n_genes
+    if min_overlap is None:
+        min_overlap = default_min_overlap(n_model)
+    overlap = alignment.n_overlap
+    if overlap < min_overlap:
+        msg = (
+            f"Only {overlap} of the model's {n_model} genes are in {what} (at least {min_overlap} needed; "
+            f"first data genes: {names[:3].tolist()}, first model genes: {model.gene_order[:3]})."
+            f"{_few_genes_hint(adata, names, model_index, what)}"
+        )
+        raise ValueError(msg)
+    if overlap < LOW_OVERLAP * n_model:
+        warnings.warn(
+            f"The model sees only {overlap} of its {n_model} genes ({100 * overlap / n_model:.0f} %) in {what}; the "
+            "others are zeros to it, which changes its embedding and every attribution and score. Attributions need "
+            "all genes: if adata was subset (e.g. to highly variable genes), attribute the full counts instead (e.g. "
+            "layer='counts' of the object before subsetting).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return alignment
+
+
+def _data_names(adata: AnnData, gene_symbols: str | None) -> tuple[pd.Index, np.ndarray, str]:
+    """The data's gene names to match (unique), which genes have none, and how to name them in messages."""
     unnamed = np.zeros(adata.n_vars, dtype=bool)
     if gene_symbols is None:
         names = pd.Index(adata.var_names.astype(str))
@@ -162,49 +192,25 @@ def align_genes(
         what = f"adata.var[{gene_symbols!r}]"
         fix = "Each gene must map to one column: drop or rename the duplicates first."
     check_unique(names[~unnamed], what=what, fix=fix)
+    return names, unnamed, what
 
-    model_index = pd.Index(model.gene_order)
-    var_to_model, extra = _match_names(model, model_index, names, unnamed)
-    alignment = GeneAlignment(list(model.gene_order), names, var_to_model.astype(np.int64), extra)
 
-    n_model = model.n_genes
-    if min_overlap is None:
-        min_overlap = default_min_overlap(n_model)
-    overlap = alignment.n_overlap
-    if overlap < min_overlap:
-        hint = ""
-        data_ens, model_ens = _looks_ensembl(names), _looks_ensembl(model_index)
-        if data_ens and not model_ens:
-            cols = [
-                c for c in adata.var.columns if adata.var[c].dtype == object or str(adata.var[c].dtype) == "category"
-            ]
-            hint = (
-                f" {what} look like Ensembl IDs but the model uses gene symbols: pass gene_symbols= the "
-                f"column of adata.var holding symbols (candidates: {cols})."
-            )
-        elif model_ens and not data_ens:
-            hint = f" The model uses Ensembl IDs but {what} do not: pass gene_symbols= a column of Ensembl IDs."
-        else:
-            hint = (
-                " Check that both use the same kind of gene names (symbols vs Ensembl IDs) and species, and that "
-                "adata was not subset to highly variable genes: attributions need all genes (use the full counts, "
-                "e.g. layer='counts' of the object before subsetting)."
-            )
-        msg = (
-            f"Only {overlap} of the model's {n_model} genes are in {what} (at least {min_overlap} needed; "
-            f"first data genes: {names[:3].tolist()}, first model genes: {model.gene_order[:3]}).{hint}"
+def _few_genes_hint(adata: AnnData, names: pd.Index, model_index: pd.Index, what: str) -> str:
+    """The likely reason, and the fix, when too few of the model's genes are found in the data."""
+    data_ens, model_ens = _looks_ensembl(names), _looks_ensembl(model_index)
+    if data_ens and not model_ens:
+        cols = [c for c in adata.var.columns if adata.var[c].dtype == object or str(adata.var[c].dtype) == "category"]
+        return (
+            f" {what} look like Ensembl IDs but the model uses gene symbols: pass gene_symbols= the "
+            f"column of adata.var holding symbols (candidates: {cols})."
         )
-        raise ValueError(msg)
-    if overlap < LOW_OVERLAP * n_model:
-        warnings.warn(
-            f"The model sees only {overlap} of its {n_model} genes ({100 * overlap / n_model:.0f} %) in {what}; the "
-            "others are zeros to it, which changes its embedding and every attribution and score. Attributions need "
-            "all genes: if adata was subset (e.g. to highly variable genes), attribute the full counts instead (e.g. "
-            "layer='counts' of the object before subsetting).",
-            UserWarning,
-            stacklevel=3,
-        )
-    return alignment
+    if model_ens and not data_ens:
+        return f" The model uses Ensembl IDs but {what} do not: pass gene_symbols= a column of Ensembl IDs."
+    return (
+        " Check that both use the same kind of gene names (symbols vs Ensembl IDs) and species, and that "
+        "adata was not subset to highly variable genes: attributions need all genes (use the full counts, "
+        "e.g. layer='counts' of the object before subsetting)."
+    )
 
 
 def model_input(

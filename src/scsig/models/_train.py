@@ -205,9 +205,7 @@ def train_encoder(
     )
     model.training = {
         "labels": labels if labels is not None else "none (self-supervised)",
-        "n_cells": int(x.shape[0]),
-        "n_genes": len(gene_order),
-        "n_genes_in_data": overlap,
+        **_data_record(x, gene_order, overlap),
         **opts.record(),
         "seed": int(seed),
         "loss": losses,
@@ -215,6 +213,11 @@ def train_encoder(
     }
     logg.info(f"    finished: final loss {losses[-1]:.4f}", time=start)
     return model
+
+
+def _data_record(x: sparse.csr_matrix, gene_order: Sequence[str], overlap: int) -> dict[str, int]:
+    """How much data the encoder was trained on, for ``model.training``."""
+    return {"n_cells": int(x.shape[0]), "n_genes": len(gene_order), "n_genes_in_data": overlap}
 
 
 @dataclass(frozen=True)
