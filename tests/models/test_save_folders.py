@@ -296,3 +296,14 @@ def test_manifest_lists_every_file_written(tmp_path):
     assert record["kind"] == "cross-species"
     for name, info in record["files"].items():
         assert (folder / name).stat().st_size == info["size"]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "not json", '{"format": "other", "files": {}}', '{"format": 1}'])
+def test_a_manifest_scsig_did_not_write_makes_the_folder_foreign(tmp_path, text):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / MANIFEST_FILE).write_text(text)
+    with pytest.raises(FileExistsError, match=r"overwrite=True"):
+        sg.models.save_safetensors(_model(), folder)
+    sg.models.save_safetensors(_model(), folder, overwrite=True)
+    assert json.loads((folder / MANIFEST_FILE).read_text())["kind"] == "scimilarity-safetensors"

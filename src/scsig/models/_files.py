@@ -86,8 +86,10 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    files = record.get("files") if isinstance(record, dict) else None
-    if record.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+    if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
+        return None
+    files = record.get("files")
+    if not isinstance(files, dict):
         return None
     if not all(isinstance(n, str) and _safe_name(n) and isinstance(v, dict) for n, v in files.items()):
         return None
