@@ -307,3 +307,11 @@ def test_a_manifest_scsig_did_not_write_makes_the_folder_foreign(tmp_path, text)
         sg.models.save_safetensors(_model(), folder)
     sg.models.save_safetensors(_model(), folder, overwrite=True)
     assert json.loads((folder / MANIFEST_FILE).read_text())["kind"] == "scimilarity-safetensors"
+
+
+def test_only_scimilarity_encoders_save_and_nothing_is_written_otherwise(tmp_path):
+    other = sg.models.from_module(torch.nn.Linear(len(GENES), 3), GENES)
+    for save in (lambda f: other.save(f), lambda f: sg.models.save_safetensors(other, f)):
+        with pytest.raises(TypeError, match="SCimilarityEncoder"):
+            save(tmp_path / "x")
+        assert not (tmp_path / "x").exists()
