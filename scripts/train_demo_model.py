@@ -433,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     model = train(cells, genes, recipe, seed=args.seed, name=name, progress=progress)
     seconds = time.perf_counter() - t0
     out = Path(args.out)
-    sg.models.save_safetensors(model, out, dtype=args.dtype, metadata={"trained_by": "scripts/train_demo_model.py"})
+    sg.models.save_safetensors(
+        model, out, dtype=args.dtype, metadata={"trained_by": "scripts/train_demo_model.py"}, overwrite=True
+    )
     provenance = {
         "model": "pbmc-demo",
         "what": "demonstration SCimilarity-architecture encoder; not a foundation model",

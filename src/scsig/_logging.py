@@ -9,49 +9,12 @@ lines twice; add a handler to ``logging.getLogger("scsig")`` to send them elsewh
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
-from ._settings import Verbosity, settings
+from ._loglevel import HINT, LEVELS, configure, logger
+from ._settings import settings
 
 __all__ = ["configure", "debug", "hint", "info", "warning"]
-
-_logger = logging.getLogger("scsig")
-
-HINT = (logging.INFO + logging.DEBUG) // 2
-
-_LEVELS = {
-    Verbosity.error: logging.ERROR,
-    Verbosity.warning: logging.WARNING,
-    Verbosity.info: logging.INFO,
-    Verbosity.hint: HINT,
-    Verbosity.debug: logging.DEBUG,
-}
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (a notebook's, pytest's capture)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def configure(verbosity: Verbosity) -> None:
-    """Set the ``scsig`` logger's level from ``verbosity`` and give it its stderr handler (once)."""
-    _logger.setLevel(_LEVELS[verbosity])
-    if not any(isinstance(h, _StderrHandler) for h in _logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        _logger.addHandler(handler)
-        _logger.propagate = False
 
 
 def _log(level: int, msg: str, start: float | None = None) -> float:
@@ -59,10 +22,10 @@ def _log(level: int, msg: str, start: float | None = None) -> float:
     if start is not None:
         msg = f"{msg} ({now - start:.2f} s)"
     verbosity = settings.verbosity  # may follow scanpy's, which can change at any time
-    if level >= _LEVELS[verbosity]:
-        if _logger.level != _LEVELS[verbosity]:
+    if level >= LEVELS[verbosity]:
+        if logger.level != LEVELS[verbosity]:
             configure(verbosity)
-        _logger.log(level, msg)
+        logger.log(level, msg)
     return now
 
 

@@ -7,6 +7,8 @@ import sys
 from enum import IntEnum
 from typing import Literal, get_args
 
+from ._loglevel import configure
+
 __all__ = ["Settings", "Verbosity", "settings"]
 
 VerbosityName = Literal["error", "warning", "info", "hint", "debug"]
@@ -86,8 +88,6 @@ class Settings:
     @verbosity.setter
     def verbosity(self, value: Verbosity | VerbosityName | int) -> None:
         self._verbosity = to_verbosity(value)
-        from ._logging import configure
-
         configure(self._verbosity)
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from scipy import sparse
 
 import scsig as sg
 from scsig.models import CrossSpeciesModel, SCimilarityEncoder
-from scsig.models._cross_species import _conversion_module
+from scsig.models._conversion import _conversion_module
 from scsig.models._orthologs import ORTHOLOGS_FILE, ORTHOLOGS_SHA256
 
 from ..conftest import randomize_batchnorm

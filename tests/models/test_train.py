@@ -11,7 +11,8 @@ from scipy import sparse
 
 import scsig as sg
 from scsig.models._registry import BUNDLED, SAFETENSORS_FILE, bundled_path
-from scsig.models._train import _normalize, contrastive_loss, select_genes
+from scsig.models._train_data import select_genes
+from scsig.models._train_losses import _normalize, contrastive_loss
 
 from .conftest import FAST
 

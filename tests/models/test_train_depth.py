@@ -8,7 +8,7 @@ import torch
 
 import scsig as sg
 from scsig.models._scimilarity import SCimilarityEncoder
-from scsig.models._train import _normalize, depth_consistency_losses
+from scsig.models._train_losses import _normalize, depth_consistency_losses
 
 from .conftest import FAST
 

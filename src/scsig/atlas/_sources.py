@@ -184,7 +184,7 @@ def check_source(adata: AnnData, *, layer: str | None, where: str, require_integ
     Reads the stored arrays once (a backed file in blocks of :data:`CHECK_BLOCK` values); dask
     arrays are checked batch by batch as they are attributed instead.
     """
-    from ..pp._validate import check_counts
+    from .._utils._validate import check_counts
 
     x = adata.X if layer is None else adata.layers[layer]
     where = f"{where} ({'adata.X' if layer is None else f'layer {layer!r}'})"

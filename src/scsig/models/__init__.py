@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import FoundationModel, Preprocessing, from_module, gene_order_hash
-from ._cross_species import CrossSpeciesModel, cross_species, fit_conversion
+from ._cross_species import CrossSpeciesModel
+from ._cross_species_fit import cross_species, fit_conversion
 from ._load import load
 from ._orthologs import orthologs
-from ._registry import registry, save_safetensors
+from ._registry import registry
+from ._safetensors import save_safetensors
 from ._scvi import from_scvi
 from ._train import train_encoder
 

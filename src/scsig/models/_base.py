@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -74,6 +74,19 @@ class Preprocessing:
 
 SCIMILARITY_PREPROCESSING = Preprocessing(target_sum=1e4, log1p=True, requires_counts=True)
 IDENTITY_PREPROCESSING = Preprocessing(target_sum=None, log1p=False, requires_counts=False)
+
+
+_FOLDER_WRITERS: dict[type, Callable[..., None]] = {}
+"""Encoder class -> the function that saves a model with such an encoder as a folder (set by its backend)."""
+
+
+def register_folder_writer(encoder_type: type, writer: Callable[..., None]) -> None:
+    """Make :meth:`FoundationModel.save` write models whose encoder is an ``encoder_type`` with ``writer``.
+
+    Backends call this when imported: a model can only hold an encoder of a class already imported,
+    so the data type needs no import of its backends.
+    """
+    _FOLDER_WRITERS[encoder_type] = writer
 
 
 class FoundationModel:
@@ -181,14 +194,34 @@ class FoundationModel:
             "encoder": type(self.encoder).__name__,
         }
 
-    def save(self, folder: str) -> None:
+    def save(self, folder: str, *, overwrite: bool = False) -> None:
         """Save as a SCimilarity-format model folder that :func:`scsig.models.load` reads back.
 
         Only SCimilarity-architecture encoders (:class:`~scsig.models.SCimilarityEncoder`) can be saved.
-        """
-        from ._scimilarity import save_scimilarity
+        The folder holds ``encoder.ckpt`` (a weights-only checkpoint), ``gene_order.tsv``,
+        ``layer_sizes.json``, ``label_ints.csv`` when the model has labels, and ``scsig-manifest.json``,
+        the list of the files written (with their SHA-256). The files are written under temporary
+        names inside the folder and moved into place at the end (the weights last), so an interrupted
+        save leaves no half-written model that loads. Saving never deletes or changes files it does not write.
 
-        save_scimilarity(self, folder)
+        Parameters
+        ----------
+        folder
+            Where to write; created when missing. An existing folder must be empty or hold exactly an
+            earlier save of this kind (as its ``scsig-manifest.json`` lists it), unless ``overwrite``.
+        overwrite
+            Save into a folder that holds other files: replace only the files listed above, remove the
+            files an earlier scsig save there listed in its manifest and this one does not write, and
+            leave every other file alone.
+        """
+        writer = next((w for kind, w in _FOLDER_WRITERS.items() if isinstance(self.encoder, kind)), None)
+        if writer is None:
+            msg = (
+                "Only SCimilarityEncoder models can be saved as a SCimilarity folder, "
+                f"not {type(self.encoder).__name__}."
+            )
+            raise TypeError(msg)
+        writer(self, folder, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (

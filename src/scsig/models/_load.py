@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._registry import BUNDLED, SAFETENSORS_FILE, bundled_path, load_safetensors_folder
+from ._registry import BUNDLED, bundled_path
+from ._safetensors import SAFETENSORS_FILE, load_safetensors_folder
 
 if TYPE_CHECKING:
     from ._base import FoundationModel
@@ -19,7 +20,7 @@ def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
 
         return load_cross_species(path, name=name)
     from ._sctab import is_sctab_folder, load_sctab
-    from ._scvi import SCVI_FILE, load_scvi_folder
+    from ._scvi_folder import SCVI_FILE, load_scvi_folder
 
     if (path / SCVI_FILE).is_file():
         return load_scvi_folder(path, name=name, allow_pickle=allow_pickle)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import SCIMILARITY_PREPROCESSING, FoundationModel
+from ._base import SCIMILARITY_PREPROCESSING, FoundationModel, register_folder_writer
+from ._files import SaveFolder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -187,23 +188,35 @@ def load_scimilarity(folder: str | Path, *, name: str | None = None, allow_pickl
     return model_from_state(folder, gene_order, state, name=name, weights_file="encoder.ckpt")
 
 
-def save_scimilarity(model: FoundationModel, folder: str | Path) -> None:
-    """Write ``model`` as a SCimilarity model folder (weights-only checkpoint)."""
+SCIMILARITY_KIND = "scimilarity-ckpt"
+"""The kind of save :func:`save_scimilarity` records in the folder's manifest."""
+
+
+def save_scimilarity(model: FoundationModel, folder: str | Path, *, overwrite: bool = False) -> None:
+    """Write ``model`` as a SCimilarity model folder (weights-only checkpoint); see :meth:`FoundationModel.save`."""
     if not isinstance(model.encoder, SCimilarityEncoder):
         msg = (
             f"Only SCimilarityEncoder models can be saved as a SCimilarity folder, not {type(model.encoder).__name__}."
         )
         raise TypeError(msg)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
-    tmp = folder / "encoder.ckpt.tmp"
-    torch.save({"state_dict": state}, tmp)
-    tmp.replace(folder / "encoder.ckpt")
-    (folder / "gene_order.tsv").write_text("\n".join(model.gene_order) + "\n")
+    with SaveFolder(folder, kind=SCIMILARITY_KIND, what="model", overwrite=overwrite) as out:
+        torch.save({"state_dict": state}, out.path("encoder.ckpt"))
+        stage_model_files(model, out, state)
+        out.commit(last=["encoder.ckpt"])
+
+
+def stage_model_files(
+    model: FoundationModel, out: SaveFolder, state: dict[str, torch.Tensor], *, prefix: str = ""
+) -> None:
+    """Write a model folder's files besides the weights: gene order, layer sizes and (when any) labels."""
+    out.path(prefix + "gene_order.tsv").write_text("\n".join(model.gene_order) + "\n")
     sizes = {k: list(v.shape) for k, v in state.items()}
-    (folder / "layer_sizes.json").write_text(json.dumps(sizes, indent=1))
+    out.path(prefix + "layer_sizes.json").write_text(json.dumps(sizes, indent=1))
     if model.labels:
         import pandas as pd
 
-        pd.DataFrame({"0": pd.Series(model.labels)}).to_csv(folder / "label_ints.csv")
+        pd.DataFrame({"0": pd.Series(model.labels)}).to_csv(out.path(prefix + "label_ints.csv"))
+
+
+register_folder_writer(SCimilarityEncoder, save_scimilarity)

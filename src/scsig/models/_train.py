@@ -7,263 +7,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import sparse
 
 from .. import _logging as logg
 from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
-from .._utils import get_matrix, resolve_adata, to_memory
 from .._utils import threads as _threads
-from ..pp._validate import check_counts as _check_counts
-from ..pp._validate import check_unique
+from ._train_data import training_inputs
+from ._train_losses import _augment, _normalize, contrastive_loss, depth_consistency_losses
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
-    from anndata import AnnData
+    from scipy import sparse
 
     from ._base import FoundationModel
 
-__all__ = ["attribution_shares", "depth_consistency_losses", "select_genes", "train_encoder"]
-
-
-def select_genes(
-    adata: AnnData,
-    *,
-    layer: str | None = None,
-    min_cells: int = 3,
-    n_top_genes: int | None = 2000,
-    gene_symbols: str | None = None,
-) -> list[str]:
-    """The default gene order of :func:`train_encoder`: detected genes, optionally the most variable.
-
-    Genes detected (count > 0) in at least ``min_cells`` cells are kept. With ``n_top_genes``, the
-    ``n_top_genes`` most variable of those are chosen by :func:`scanpy.pp.highly_variable_genes`
-    (``flavor="seurat"``, on counts scaled to 10,000 per cell and log1p-transformed). The genes
-    are returned in the data's order.
-
-    Parameters
-    ----------
-    adata
-        Raw counts.
-    layer
-        Layer holding the counts; ``None`` reads ``X``.
-    min_cells
-        Fewest cells a gene must be detected in.
-    n_top_genes
-        Number of highly variable genes to keep; ``None`` keeps every detected gene.
-    gene_symbols
-        Column of ``adata.var`` with the names to return; ``None`` returns ``var_names``.
-
-    Returns
-    -------
-    The gene names.
-    """
-    counts = to_memory(get_matrix(adata, layer))
-    names = pd.Index(adata.var_names if gene_symbols is None else adata.var[gene_symbols]).astype(str)
-    detected = np.asarray((counts > 0).sum(axis=0)).ravel() >= min_cells
-    if n_top_genes is None or n_top_genes >= int(detected.sum()):
-        return names[detected].tolist()
-    import anndata as ad
-    import scanpy as sc
-
-    sub = sparse.csr_matrix(counts, dtype=np.float32)[:, np.flatnonzero(detected)]
-    tmp = ad.AnnData(X=sub)
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    sc.pp.highly_variable_genes(tmp, n_top_genes=int(n_top_genes), flavor="seurat")
-    keep = np.flatnonzero(detected)[tmp.var["highly_variable"].to_numpy()]
-    return names[np.sort(keep)].tolist()
-
-
-def _aligned_counts(
-    adata: AnnData, counts: Any, gene_order: Sequence[str], gene_symbols: str | None
-) -> tuple[sparse.csr_matrix, int]:
-    """Counts in ``gene_order`` (CSR float32; genes the data lacks are zero columns) and the overlap."""
-    names = pd.Index(adata.var_names if gene_symbols is None else adata.var[gene_symbols]).astype(str)
-    check_unique(
-        names,
-        what="adata.var_names" if gene_symbols is None else f"adata.var[{gene_symbols!r}]",
-        fix="Make them unique (e.g. `adata.var_names_make_unique()`) before training.",
-    )
-    check_unique(list(gene_order), what="gene_order", fix="Each gene may appear once.")
-    pos = names.get_indexer(list(gene_order))
-    found = np.flatnonzero(pos >= 0)
-    proj = sparse.csr_matrix(
-        (np.ones(found.size, dtype=np.float32), (pos[found], found)), shape=(len(names), len(gene_order))
-    )
-    out = sparse.csr_matrix(sparse.csr_matrix(counts, dtype=np.float32) @ proj)
-    out.sort_indices()
-    return out, int(found.size)
-
-
-def _label_ids(adata: AnnData, labels: str | None) -> tuple[np.ndarray, dict[int, str] | None]:
-    """Integer id per cell for the contrastive positives, and the label map (``None`` without labels).
-
-    Without labels every cell is its own class. Cells whose label is missing get ids of their own
-    (after the label codes), so they only pair with their other view.
-    """
-    n = adata.n_obs
-    if labels is None:
-        return np.arange(n), None
-    if labels not in adata.obs.columns:
-        msg = f"labels={labels!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-        raise KeyError(msg)
-    cat = pd.Categorical(adata.obs[labels])
-    codes = np.asarray(cat.codes, dtype=np.int64)
-    if len(cat.categories) < 2:
-        msg = f"adata.obs[{labels!r}] has {len(cat.categories)} distinct label(s); metric learning needs at least 2."
-        raise ValueError(msg)
-    missing = codes < 0
-    codes[missing] = len(cat.categories) + np.arange(int(missing.sum()))
-    return codes, {i: str(c) for i, c in enumerate(cat.categories)}
-
-
-def _normalize(x: torch.Tensor, target_sum: float) -> torch.Tensor:
-    """SCimilarity's recipe in torch: scale each cell to ``target_sum`` over the model's genes, log1p."""
-    import torch
-
-    totals = x.sum(dim=1, keepdim=True)
-    scale = torch.where(totals > 0, target_sum / totals.clamp_min(1e-12), torch.zeros_like(totals))
-    return torch.log1p(x * scale)
-
-
-def _augment(
-    x: torch.Tensor, *, thinning: tuple[float, float], gene_dropout: float, gen: torch.Generator
-) -> torch.Tensor:
-    """One random view of a batch of counts: binomial thinning to a random depth, then gene dropout."""
-    import torch
-
-    lo, hi = thinning
-    out = x
-    if hi < 1.0 or lo < 1.0:
-        keep = lo + (hi - lo) * torch.rand((x.shape[0], 1), generator=gen)
-        out = torch.binomial(x, keep.expand_as(x).contiguous(), generator=gen)
-    if gene_dropout > 0:
-        mask = torch.rand(x.shape, generator=gen) >= gene_dropout
-        out = out * mask
-    return out
-
-
-def contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    r"""Supervised contrastive loss (Khosla et al. 2020) on L2-normalized embeddings.
-
-    ``z`` holds two views of each cell stacked (``2n`` rows) and ``ids`` one id per row. For each
-    row :math:`i` the positives :math:`P(i)` are the other rows with the same id, and
-    :math:`\ell_i = -\frac{1}{|P(i)|}\sum_{p \in P(i)} \log
-    \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \ne i} \exp(z_i \cdot z_a / \tau)}`. With one id per
-    cell this is the NT-Xent loss of SimCLR (self-supervised); with class ids it pulls together
-    all cells of a class.
-    """
-    import torch
-
-    sim = z @ z.T / temperature
-    n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(eye, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (ids[:, None] == ids[None, :]) & ~eye
-    n_pos = pos.sum(dim=1)
-    per_row = -(log_prob.masked_fill(~pos, 0.0)).sum(dim=1) / n_pos.clamp_min(1)
-    return per_row[n_pos > 0].mean()
-
-
-def attribution_shares(encoder: torch.nn.Module, x: torch.Tensor, anchor: torch.Tensor, n_steps: int) -> torch.Tensor:
-    r"""Differentiable integrated-gradient attribution shares of the self-similarity target.
-
-    For each row of ``x`` (normalized input) the target is :math:`t(x') = \sum_k |a_k f(x')_k|`
-    with ``anchor`` :math:`a` fixed (the embedding of the unaugmented cell), as in
-    :func:`scsig.tl.attribute`. Integrated gradients from the zero baseline are approximated by the
-    midpoint rule with ``n_steps`` points, :math:`x_g \frac{1}{m}\sum_j \partial t / \partial x_g
-    ((j - \tfrac12) x / m)`, and the absolute values are divided by their row sum. The graph is kept
-    (``create_graph``), so a loss on the shares trains the encoder. The encoder should be in eval
-    mode, so that each row is attributed on its own, as at inference.
-    """
-    import torch
-
-    x = x.detach()
-    alphas = (torch.arange(n_steps, dtype=x.dtype) + 0.5) / n_steps
-    path = (alphas[:, None, None] * x[None]).reshape(-1, x.shape[1]).requires_grad_(requires_grad=True)
-    target = (encoder(path) * anchor.repeat(n_steps, 1)).abs().sum()
-    (grad,) = torch.autograd.grad(target, path, create_graph=True)
-    attr = (x * grad.reshape(n_steps, *x.shape).mean(dim=0)).abs()
-    return attr / attr.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def depth_consistency_losses(
-    encoder: torch.nn.Module, views: torch.Tensor, full: torch.Tensor, *, attributions: bool, n_steps: int = 4
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    r"""Consistency of an embedding, and of its attributions, between cells and their augmented views.
-
-    ``views`` holds normalized augmented views (``k * n`` rows, ``k`` views of each cell, stacked)
-    and ``full`` the same ``n`` cells normalized without augmentation. Both pass through
-    ``encoder`` in one batch (in the encoder's current mode). Returns the views' embeddings, the
-    mean embedding term :math:`1 - \cos(f(x), f(v))` over views, and (with ``attributions``) the
-    mean total-variation distance :math:`\tfrac12 \sum_g |s_g(x) - s_g(v)|` between the attribution
-    shares (``attribution_shares``, ``n_steps`` points) of each view and of its cell, both with the
-    cell's own embedding as anchor. The shares are computed with the encoder in eval mode (dropout
-    off, BatchNorm on its running statistics, each row on its own, as at inference), then the
-    encoder's mode is restored. The attribution term is 0 when a view spreads its attribution over
-    the genes exactly as its cell does and 1 when they share no gene.
-    """
-    import torch
-
-    n = full.shape[0]
-    k = views.shape[0] // n
-    z = encoder(torch.cat([views, full]))
-    z_views, z_full = z[: k * n], z[k * n :]
-    embed = (1 - (z_views * z_full.repeat(k, 1)).sum(dim=1)).mean()
-    if not attributions:
-        return z_views, embed, None
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        anchor = encoder(full).detach()
-        shares = attribution_shares(encoder, torch.cat([views, full]), anchor.repeat(k + 1, 1), n_steps)
-    finally:
-        encoder.train(was_training)
-    s_views, s_full = shares[: k * n], shares[k * n :].repeat(k, 1)
-    return z_views, embed, 0.5 * (s_views - s_full).abs().sum(dim=1).mean()
-
-
-def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch_size: int, target_sum: float) -> None:
-    """Set BatchNorm running statistics to the exact mean and variance of their inputs on unaugmented cells.
-
-    Training sees augmented views, so the running statistics gathered then describe thinned,
-    gene-dropped input; the model is applied to unaugmented cells. The layers are calibrated in
-    order, in eval mode, so each BatchNorm sees its input as it will be at inference (earlier
-    layers already calibrated). Variances are unbiased, as torch's running estimates.
-    """
-    import torch
-
-    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    encoder.eval()
-    for norm in norms:
-        acc = {"n": 0, "sum": 0.0, "sumsq": 0.0}
-
-        def collect(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], acc: dict = acc) -> None:
-            h = inputs[0].to(torch.float64)
-            acc["n"] += h.shape[0]
-            acc["sum"] = acc["sum"] + h.sum(dim=0)
-            acc["sumsq"] = acc["sumsq"] + (h * h).sum(dim=0)
-
-        handle = norm.register_forward_pre_hook(collect)
-        try:
-            with torch.no_grad():
-                for lo in range(0, x.shape[0], batch_size):
-                    encoder(_normalize(torch.as_tensor(x[lo : lo + batch_size].toarray()), target_sum))
-        finally:
-            handle.remove()
-        n = acc["n"]
-        if n < 2:
-            continue
-        mean = acc["sum"] / n
-        var = (acc["sumsq"] - n * mean * mean).clamp_min(0) / (n - 1)
-        with torch.no_grad():
-            norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
-            norm.running_var.copy_(var.to(norm.running_var.dtype))
+__all__ = ["train_encoder"]
 
 
 @doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod, doc_progress=doc_progress)
@@ -414,7 +174,7 @@ def train_encoder(
         attribution_consistency=attribution_consistency,
         attribution_steps=attribution_steps,
     )
-    x, gene_order, overlap, ids, label_map = _training_inputs(
+    x, gene_order, overlap, ids, label_map = training_inputs(
         adata,
         labels=labels,
         layer=layer,
@@ -445,9 +205,7 @@ def train_encoder(
     )
     model.training = {
         "labels": labels if labels is not None else "none (self-supervised)",
-        "n_cells": int(x.shape[0]),
-        "n_genes": len(gene_order),
-        "n_genes_in_data": overlap,
+        **_data_record(x, gene_order, overlap),
         **opts.record(),
         "seed": int(seed),
         "loss": losses,
@@ -455,6 +213,11 @@ def train_encoder(
     }
     logg.info(f"    finished: final loss {losses[-1]:.4f}", time=start)
     return model
+
+
+def _data_record(x: sparse.csr_matrix, gene_order: Sequence[str], overlap: int) -> dict[str, int]:
+    """How much data the encoder was trained on, for ``model.training``."""
+    return {"n_cells": int(x.shape[0]), "n_genes": len(gene_order), "n_genes_in_data": overlap}
 
 
 @dataclass(frozen=True)
@@ -550,45 +313,42 @@ def _check_train_encoder_args(
     )
 
 
-def _training_inputs(
-    adata: Any,
-    *,
-    labels: str | None,
-    layer: str | None,
-    gene_order: Sequence[str] | None,
-    n_top_genes: int | None,
-    min_cells: int,
-    gene_symbols: str | None,
-    check_counts: bool,
-    mod: str,
-) -> tuple[sparse.csr_matrix, list[str], int, np.ndarray, dict[int, str] | None]:
-    """Check and read the training data of :func:`train_encoder`.
+def _recalibrate_batchnorm(encoder: torch.nn.Module, x: sparse.csr_matrix, batch_size: int, target_sum: float) -> None:
+    """Set BatchNorm running statistics to the exact mean and variance of their inputs on unaugmented cells.
 
-    Returns the counts aligned to the gene order, the gene order, how many of its genes the data
-    has, the label index of each cell and the label map.
+    Training sees augmented views, so the running statistics gathered then describe thinned,
+    gene-dropped input; the model is applied to unaugmented cells. The layers are calibrated in
+    order, in eval mode, so each BatchNorm sees its input as it will be at inference (earlier
+    layers already calibrated). Variances are unbiased, as torch's running estimates.
     """
-    _, data = resolve_adata(adata, mod=mod, read_only=True)
-    if gene_symbols is not None and gene_symbols not in data.var.columns:
-        msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(data.var.columns)})."
-        raise KeyError(msg)
-    counts = to_memory(get_matrix(data, layer))  # training reads every cell
-    if check_counts:
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        _check_counts(counts, where=where)
-    if data.n_obs < 2:
-        msg = f"Training needs at least 2 cells, got {data.n_obs}."
-        raise ValueError(msg)
-    if gene_order is None:
-        gene_order = select_genes(
-            data, layer=layer, min_cells=min_cells, n_top_genes=n_top_genes, gene_symbols=gene_symbols
-        )
-    gene_order = [str(g) for g in gene_order]
-    x, overlap = _aligned_counts(data, counts, gene_order, gene_symbols)
-    if overlap == 0:
-        msg = f"None of the {len(gene_order)} genes of gene_order is in the data (first: {gene_order[:3]})."
-        raise ValueError(msg)
-    ids, label_map = _label_ids(data, labels)
-    return x, gene_order, overlap, ids, label_map
+    import torch
+
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    encoder.eval()
+    for norm in norms:
+        acc = {"n": 0, "sum": 0.0, "sumsq": 0.0}
+
+        def collect(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], acc: dict = acc) -> None:
+            h = inputs[0].to(torch.float64)
+            acc["n"] += h.shape[0]
+            acc["sum"] = acc["sum"] + h.sum(dim=0)
+            acc["sumsq"] = acc["sumsq"] + (h * h).sum(dim=0)
+
+        handle = norm.register_forward_pre_hook(collect)
+        try:
+            with torch.no_grad():
+                for lo in range(0, x.shape[0], batch_size):
+                    encoder(_normalize(torch.as_tensor(x[lo : lo + batch_size].toarray()), target_sum))
+        finally:
+            handle.remove()
+        n = acc["n"]
+        if n < 2:
+            continue
+        mean = acc["sum"] / n
+        var = (acc["sumsq"] - n * mean * mean).clamp_min(0) / (n - 1)
+        with torch.no_grad():
+            norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
+            norm.running_var.copy_(var.to(norm.running_var.dtype))
 
 
 def _train_seeded(

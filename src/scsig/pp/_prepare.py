@@ -11,32 +11,13 @@ from anndata import AnnData
 from .._constants import UNS_KEY
 from .._docs import doc_adata, doc_layer_counts, doc_mod, doc_params
 from .._utils import get_matrix, resolve_adata, to_memory
-from ._align import GeneAlignment, align_genes
-from ._validate import check_counts, warn_empty_cells
+from .._utils._validate import warn_empty_cells
+from ..models._align import align_genes, model_input
 
 if TYPE_CHECKING:
-    from scipy import sparse
-
     from ..models import FoundationModel
 
-__all__ = ["prepare"]
-
-
-def model_input(
-    counts: np.ndarray | sparse.spmatrix,
-    alignment: GeneAlignment,
-    model: FoundationModel,
-    *,
-    validate: bool = True,
-    where: str = "adata.X",
-) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """Align a batch of cells to the model and normalize it; returns (input CSR float32, aligned totals)."""
-    recipe = model.preprocessing
-    if validate:
-        check_counts(counts, where=where, require_integer=recipe.requires_counts)
-    aligned = alignment.to_model(counts)
-    totals = np.asarray(aligned.sum(axis=1)).ravel()
-    return recipe.apply(aligned), totals
+__all__ = ["model_input", "prepare"]
 
 
 @doc_params(doc_adata=doc_adata, doc_layer_counts=doc_layer_counts, doc_mod=doc_mod)
