@@ -279,14 +279,29 @@ def from_module(
     else:
         msg = f"preprocess={preprocess!r} is not known; use 'log1p_cp10k', 'none' or a scsig.models.Preprocessing."
         raise ValueError(msg)
-    if not callable(module):
-        msg = f"module must be a torch.nn.Module, got {type(module).__name__}."
-        raise TypeError(msg)
+    _check_module(module)
     model = FoundationModel(
         module, gene_order, preprocessing=recipe, name=name or type(module).__name__, default_target=default_target
     )
     _check_input_width(model)
     return model
+
+
+def _check_module(module: Any) -> None:
+    """``module`` is a float32 :class:`torch.nn.Module` (parameters of other dtypes would fail inside the engines)."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        hint = " Wrap a function in a torch.nn.Module subclass whose forward calls it." if callable(module) else ""
+        msg = f"module must be a torch.nn.Module, got {type(module).__name__}.{hint}"
+        raise TypeError(msg)
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters() if p.is_floating_point()})
+    if dtypes and dtypes != ["float32"]:
+        msg = (
+            f"The module's parameters are {', '.join(dtypes)}; scsig runs models in float32 (attributions are "
+            "float32 layers). Convert a copy first: sg.models.from_module(copy.deepcopy(module).float(), gene_order)."
+        )
+        raise TypeError(msg)
 
 
 def _check_input_width(model: FoundationModel) -> None:

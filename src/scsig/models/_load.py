@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,24 @@ if TYPE_CHECKING:
 __all__ = ["load"]
 
 
+def _check_finite(model: FoundationModel, path: Path) -> FoundationModel:
+    """Refuse a checkpoint with NaN or infinite weights (its embeddings, and attributions, would be NaN)."""
+    bad = [n for n, p in model.encoder.named_parameters() if p.is_floating_point() and not bool(p.isfinite().all())]
+    bad += [n for n, b in model.encoder.named_buffers() if b.is_floating_point() and not bool(b.isfinite().all())]
+    if bad:
+        msg = (
+            f"The checkpoint in {str(path)!r} holds NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}): "
+            "the file is damaged or the training diverged. Restore the model folder from its source."
+        )
+        raise ValueError(msg)
+    return model
+
+
 def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> FoundationModel:
+    return _check_finite(_read_folder(path, name=name, allow_pickle=allow_pickle), path)
+
+
+def _read_folder(path: Path, *, name: str | None, allow_pickle: bool) -> FoundationModel:
     if (path / "cross_species.json").is_file():
         from ._cross_species import load_cross_species
 
@@ -80,6 +98,12 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
     ('pbmc-demo', 4692)
     >>> model = sg.models.load("path/to/scimilarity_model_v1_1")  # doctest: +SKIP
     """
+    if not isinstance(path, str | PathLike):
+        msg = (
+            f"sg.models.load takes a model folder or a bundled model's name (e.g. 'pbmc-demo'), not "
+            f"{type(path).__name__} ({path!r:.60}). For a torch module use sg.models.from_module(module, gene_order)."
+        )
+        raise TypeError(msg)
     folder = Path(path)
     if folder.is_dir():
         return _load_folder(folder, name=name, allow_pickle=allow_pickle)

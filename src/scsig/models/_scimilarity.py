@@ -96,7 +96,7 @@ def read_gene_order(folder: Path, weights_file: str) -> list[str]:
             "(and optionally label_ints.csv)."
         )
         raise FileNotFoundError(msg)
-    with path.open() as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark would otherwise become part of the first gene
         return [line.strip() for line in fh if line.strip()]
 
 
@@ -115,8 +115,17 @@ def model_from_state(
     """
     sizes_path = folder / "layer_sizes.json"
     if sizes_path.is_file():
-        with sizes_path.open() as fh:
-            shapes = json.load(fh)
+        try:
+            shapes = json.loads(sizes_path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            msg = (
+                f"{sizes_path} is not valid JSON ({err}); it should map each weight's name to its shape "
+                "(as SCimilarity writes it). Restore the file, or delete it: the shapes are then read from the checkpoint."
+            )
+            raise ValueError(msg) from err
+        if not isinstance(shapes, dict):
+            msg = f"{sizes_path} holds a {type(shapes).__name__}, not a mapping of weight names to shapes; restore or delete it."
+            raise ValueError(msg)
     else:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     linears = _linear_shapes(shapes)
