@@ -39,3 +39,15 @@ def test_gene_attributions_duplicate_var_names(scored_toy):
     scored_toy.var_names = [*scored_toy.var_names[:-1], scored_toy.var_names[0]]
     with pytest.raises(ValueError, match="var_names_make_unique"):
         sg.pl.gene_attributions(scored_toy, ["g1", "g2"], groupby="group", show=False)
+
+
+def test_ax_and_metrics_of_the_wrong_kind(scored_toy):
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+        sg.pl.scores(scored_toy, "score", ax="ax", show=False)
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+        sg.pl.gene_attributions(scored_toy, "score", groupby="group", ax=1, show=False)
+    res = sg.tl.compare_scores(
+        scored_toy, ["g0", "g1", "g2"], contrast="group", positive="b", methods=["attribution", "score_genes"]
+    )
+    with pytest.raises(ValueError, match="metrics must be a non-empty list"):
+        sg.pl.compare_scores(res, metrics=(), show=False)

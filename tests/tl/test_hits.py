@@ -155,3 +155,10 @@ def test_unknown_score_names_the_score_columns():
     sg.tl.score(adata, {"B": ["g0", "g1"], "T": ["g2", "g3"]})
     with pytest.raises(KeyError, match=r"\['score_B', 'score_T'\]"):
         sg.tl.hits(adata, "score_X")
+
+
+@pytest.mark.parametrize("cut", ["95", [95], True])
+def test_cut_of_the_wrong_type_names_cut(scored, cut):
+    with pytest.raises(TypeError, match="cut must be a number"):
+        sg.tl.hits(scored, "score", cut=cut)
+    assert "score_hit" not in scored.obs

@@ -197,3 +197,26 @@ def test_compare_key_added_must_not_replace_its_inputs(attributed):
         sg.tl.compare_scores(
             adata, ["g0", "g1"], contrast="group", positive="b", methods=["attribution"], key_added="c"
         )
+
+
+def test_score_refuses_what_would_be_silently_wrong(toy):
+    adata, model = toy
+    sg.tl.attribute(adata, model, progress=False, n_steps=8)
+    with pytest.raises(ValueError, match="no cells"):
+        sg.tl.score(adata[:0].copy(), ["g0", "g1"])
+    broken = adata.copy()
+    broken.layers["attr_ig"].data[3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        sg.tl.score(broken, ["g0", "g1"])
+    assert "score" not in broken.obs
+    x = adata.layers["attr_ig"]
+    first, second = x.indptr[0], x.indptr[0] + 1
+    indices = x.indices.copy()
+    indices[second] = indices[first]  # cell 0 stores one gene twice
+    dup = adata.copy()
+    dup.layers["attr_ig"] = sparse.csr_matrix((x.data.copy(), indices, x.indptr.copy()), shape=x.shape)
+    with pytest.raises(ValueError, match=r"more than once.*sum_duplicates"):
+        sg.tl.score(dup, ["g0", "g1"])
+    with pytest.raises(ValueError, match="cannot be stored"):
+        sg.tl.score(adata, {".": ["g0"], "b": ["g1"]})
+    assert "score" not in adata.obs

@@ -9,7 +9,7 @@ import pandas as pd
 from .._docs import doc_params, doc_plot_common
 from .._uns import get_record
 from .._utils import resolve_adata
-from ._utils import finish
+from ._utils import check_ax, finish
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,6 +33,17 @@ def _table(data: Any, key: str, mod: str = "rna") -> pd.DataFrame:
 
 
 @doc_params(doc_plot_common=doc_plot_common)
+def _check_metrics(metrics: Any, table: pd.DataFrame, ax: Any) -> None:
+    if isinstance(metrics, str) or not metrics:
+        msg = f"metrics must be a non-empty list of comparison columns, e.g. ('auroc', 'depth_rho'); got {metrics!r}."
+        raise ValueError(msg)
+    for m in metrics:
+        if m not in table:
+            msg = f"metric {m!r} is not a column of the comparison (columns: {list(table.columns)})."
+            raise KeyError(msg)
+    check_ax(ax, several=True)
+
+
 def compare_scores(
     data: Any,
     *,
@@ -80,10 +91,7 @@ def compare_scores(
     import matplotlib.pyplot as plt
 
     table = _table(data, key, mod)
-    for m in metrics:
-        if m not in table:
-            msg = f"metric {m!r} is not a column of the comparison (columns: {list(table.columns)})."
-            raise KeyError(msg)
+    _check_metrics(metrics, table, ax)
     groups = list(dict.fromkeys(table["group"]))
     methods = list(dict.fromkeys(table["method"]))
     if palette is None:

@@ -13,6 +13,7 @@ from .._docs import doc_mod, doc_params, doc_plot_common
 from .._utils import resolve_adata
 from ._utils import (
     auto_rotation,
+    check_ax,
     check_kind,
     check_plot_kwargs,
     finish,
@@ -245,6 +246,7 @@ def _score_axes(ax: Axes | None, n_panels: int, figsize: tuple[float, float]) ->
     """The caller's ``ax``, or a new row of ``n_panels`` axes of ``figsize`` inches each."""
     import matplotlib.pyplot as plt
 
+    check_ax(ax)
     if ax is not None:
         return ax.figure, [ax]
     fig, axs = plt.subplots(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "check_ax",
     "category_colors",
     "check_plot_kwargs",
     "finish",
@@ -74,10 +75,23 @@ def save_path(*, save: bool | str | Path | None, name: str) -> Path | None:
     return path
 
 
+def check_ax(ax: Any, *, several: bool = False) -> None:
+    """``ax`` is None or a matplotlib Axes (with ``several``, also a sequence of Axes), else a TypeError."""
+    from matplotlib.axes import Axes
+
+    if ax is None or isinstance(ax, Axes):
+        return
+    if several and not isinstance(ax, str) and hasattr(ax, "__len__") and all(isinstance(a, Axes) for a in ax):
+        return
+    msg = f"ax must be a matplotlib Axes (e.g. from plt.subplots()){' or a list of them' if several else ''}, not {type(ax).__name__} ({ax!r:.40})."
+    raise TypeError(msg)
+
+
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """``ax`` and its figure, or a new figure of ``figsize`` inches with one Axes."""
     import matplotlib.pyplot as plt
 
+    check_ax(ax)
     if ax is not None:
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize)

@@ -13,7 +13,7 @@ from .. import _logging as logg
 from .._constants import SCORE_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._uns import check_key_added, put_record, score_columns
-from .._utils import check_choice, literal_values, resolve_adata, wrap_return
+from .._utils import check_choice, check_number, literal_values, resolve_adata, wrap_return
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -102,10 +102,7 @@ def _check_hits_args(mode: str, cut: float | None, *, above: bool) -> float:
             msg = "mode='value' needs cut=, the score threshold (it has no default)."
             raise ValueError(msg)
         cut = _DEFAULT_CUT[(mode, bool(above))]
-    cut = float(cut)
-    if not np.isfinite(cut):
-        msg = f"cut must be a finite number, got {cut!r}."
-        raise ValueError(msg)
+    cut = float(check_number("cut", cut))
     if mode == "percentile" and not 0 <= cut <= 100:
         msg = (
             f"With mode='percentile', cut is a percentile in [0, 100]; got {cut:g}. For a fraction use mode='quantile'."

@@ -76,6 +76,43 @@ def _csr_weighted_rowsum(x: sparse.csr_matrix, lookup: np.ndarray) -> np.ndarray
     return out
 
 
+def _check_signature_names(names: list[str]) -> None:
+    """Signature names become ``obs`` and ``obsm`` column names that h5ad and zarr must store."""
+    bad = [n for n in names if n in ("", ".")]
+    if bad:
+        msg = (
+            f"Signature names {bad} cannot be stored in an h5ad file (an empty name or '.' names no column); "
+            "give the signatures visible names, e.g. {'IFN': [...]}."
+        )
+        raise ValueError(msg)
+
+
+def _check_layer(x: Any, key: str) -> None:
+    """An in-memory attribution layer has cells, finite values and (CSR) one entry per gene and cell."""
+    if x.shape[0] == 0:
+        msg = "adata has no cells; subset it to at least one cell before scoring."
+        raise ValueError(msg)
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):
+        return  # backed or dask layers are read in blocks by the scoring code
+    values = x.data if sparse.issparse(x) else x
+    finite = np.isfinite(values)
+    if not finite.all():
+        msg = (
+            f"Layer {key!r} holds {int((~finite).sum())} NaN or infinite values: attributions are finite, so the layer "
+            "is damaged or was edited. Recompute it with sg.tl.attribute, or drop the affected cells."
+        )
+        raise ValueError(msg)
+    if sparse.issparse(x) and x.format == "csr" and not x.has_canonical_format:
+        x_sorted = x.copy()
+        x_sorted.sum_duplicates()
+        if x_sorted.nnz != x.nnz:
+            msg = (
+                f"Layer {key!r} stores some (cell, gene) entries more than once ({x.nnz - x_sorted.nnz} duplicates), so "
+                f"scores would count them twice. Merge them first: adata.layers[{key!r}].sum_duplicates()."
+            )
+            raise ValueError(msg)
+
+
 def score_matrix(x: np.ndarray | sparse.spmatrix, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``x[:, cols] @ weights`` in float64 without densifying ``x``.
 
@@ -229,8 +266,11 @@ def score(
     known = data_ro.var[in_model_col].to_numpy(bool) if in_model_col in data_ro.var else None
     sigs, several = resolve_signatures(genes, weights, index=var_index, known=known, aggregate=aggregate)
     columns = [f"{key_added}_{sig.name}" for sig in sigs] if several else [key_added]
+    if several:
+        _check_signature_names([sig.name for sig in sigs])
     check_key_added(data_ro, columns, reads={})
     x = data_ro.layers[key]
+    _check_layer(x, key)
 
     start = logg.info(f"scoring {len(sigs)} signature(s) from layer {key!r}")
     scores: dict[str, np.ndarray] = {}
