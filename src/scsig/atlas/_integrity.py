@@ -224,17 +224,18 @@ def frame_digest(path: Path, n_chunks: int, algorithm: str) -> str:
             msg = f"it has {size} bytes, fewer than its chunk index ({index_size})"
             raise ValueError(msg)
         index = os.pread(fd, index_size, size - index_size)
-        h.update(index)
         entries = np.frombuffer(index, dtype="<u8", count=2 * n_chunks).tolist()
+        parts = [index]
         for offset, length in zip(entries[0::2], entries[1::2], strict=True):
             if offset == _EMPTY and length == _EMPTY:
                 continue
             if length < 4 or offset + length > size - index_size:
                 msg = "its chunk index points outside the file"
                 raise ValueError(msg)
-            h.update(os.pread(fd, 4, offset + length - 4))
+            parts.append(os.pread(fd, 4, offset + length - 4))
     finally:
         os.close(fd)
+    h.update(b"".join(parts))
     return h.hexdigest()
 
 

@@ -689,13 +689,14 @@ class ShardReader:
                 merged[-1][1] = b
             else:
                 merged.append([a, b])
-        if self._frames is not None:
-            self._check_frames(merged)
         if len(merged) == 1:
             ((a, b),) = merged
-            return self.data[a:b].read(), self.indices[a:b].read(), indptr
-        fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
-        fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+            fd, fi = self.data[a:b].read(), self.indices[a:b].read()
+        else:
+            fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
+            fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+        if self._frames is not None:  # while TensorStore reads; nothing is handed out before this passes
+            self._check_frames(merged)
         return fd, fi, indptr
 
     def _finish(self, started: tuple[Any, Any, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
