@@ -1,18 +1,46 @@
 """Integrity of stored datasets: checksums written at add time, checks on read, and ``Atlas.verify``.
 
-When a dataset is added, every file of its shard is hashed (crc32c when ``google-crc32c`` is
-installed, else zlib's crc32) into ``checksums.json`` inside the shard; the manifest entry records
-the hash of that file, so the manifest vouches for the list and the list for every file.
+**What is recorded.** When a dataset is added, every file of its shard is hashed with sha256 into
+``checksums.json`` inside the shard, and the manifest entry records the sha256 of that list (and
+its algorithm), so the manifest vouches for the list and the list for every file. The manifest
+carries a crc32 of its own content and the gene order's sha256. The bulk files, the value
+(``data``) and row-index (``indices``) arrays, are zarr v3 *shard files*: chunks of 16,384 values,
+each ``blosc(little-endian bytes)`` followed by the crc32c of those bytes (zarr's ``crc32c`` codec),
+stored back to back, then the chunk index at the end of the file (offset and length of each chunk as
+uint64, then the index's own crc32c). For each of them the list also records the sha256 of its
+*frame*: the chunk index followed by every chunk's 4-byte crc32c trailer (:func:`frame_digest`).
 
-Reads check what is cheap: the small files of a shard (metadata, cell metadata, ``indptr``) against
-their checksums when the shard is first opened, the structure of the CSC arrays (``indptr`` starts
-at 0, never decreases and ends at the recorded number of values; row indices within the cells),
-and a missing chunk file is an error instead of zeros. The bulk value and row-index chunks carry a
-crc32c per compressed chunk (zarr's ``crc32c`` codec, shards written since checksums exist), so a
-flipped bit there fails the read too. :func:`verify_shards` hashes every file.
+**What reads check.** When a process first opens a shard: the small files (metadata, cell
+metadata, ``indptr``, the per-cell sums) against their sha256, and the structure of the CSC arrays
+(``indptr`` starts at 0, never decreases and ends at the recorded number of values). The first time
+a read touches a bulk file: its frame against the record (the index and one 4-byte read per chunk,
+not the chunks). Every chunk TensorStore decodes is checked against its crc32c trailer, so a chunk
+that is not the one written fails (up to a crc32c collision), whether it was damaged, re-framed
+after a change, or taken from another build of the dataset or from another dataset. Row indices
+must be cells of the dataset, and a missing chunk file is an error instead of zeros.
 
-Shards written before checksums existed have no ``checksums`` entry: reads and ``verify`` check
-their structure (``verify`` decodes every chunk) and say that their values cannot be checked.
+**What ``verify`` checks.** Every byte: the sha256 of every file, no file missing or added, the
+frames reads will check, and the structure. The manifest's crc32 and the lists' checksums hash JSON
+text, which holds no checksum of its own parts, so they do not have the blind spot of the older
+whole-file crc32c below (a changed manifest passes its crc32 only by a 1 in 2**32 chance).
+
+**What is not covered.** Integrity protects against damage (a flipped bit, a truncated, missing or
+empty file) and mix-ups (a file or a shard folder from another build of the dataset or from another
+dataset); it is not protection against an adversary. A deliberate, consistent rewrite (values,
+names or metadata changed and every checksum that covers them recomputed) goes undetected, as does a
+crafted chunk with the same crc32c as the original (reads check chunks by crc32c; ``verify`` by
+sha256). What was wrong before a dataset was added is stored as it came.
+
+**Older atlases.** Seals written before content hashes used a whole-file crc32c (zlib's crc32 where
+``google-crc32c`` was missing) and record no frames; they still open and verify as before, and
+``verify`` warns. The crc32c of a file made of crc32c-framed chunks depends only on the chunks'
+lengths (the crc of ``chunk + crc(chunk)`` is a constant), so with a crc32c seal the value,
+row-index, column-pointer and per-cell-sum files are checked only by their chunk framing: a file
+from another build of the dataset passes both ``verify`` and reads. zlib's crc32, another
+polynomial, sees the content, so ``verify`` finds such a file; reads cannot. Removing and re-adding
+a dataset gives it content hashes. Shards written before checksums existed have no ``checksums``
+entry: reads and ``verify`` check their structure (``verify`` decodes every chunk) and say that
+their values cannot be checked.
 """
 
 from __future__ import annotations
