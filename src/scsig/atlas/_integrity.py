@@ -370,7 +370,9 @@ def check_frames(folder: Path, rels: Iterable[str], frames: dict[str, str], n_ch
             problems.append(f"file {rel} cannot be checked: {err}")
             continue
         if actual != recorded:
-            problems.append(f"file {rel} changed: its chunks are not the ones written (another build's file?)")
+            problems.append(
+                f"file {rel} changed: its chunks are not the ones written (changed, or taken from another build or dataset)"
+            )
     return problems
 
 
