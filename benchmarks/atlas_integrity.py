@@ -2,10 +2,13 @@
 
 Builds the same synthetic dataset (the shape of ``benchmarks/atlas.py``: 28,231 genes, ~2,090
 nonzeros per cell, read backed from an .h5 file) into two atlases in one process: one as scsig
-writes it (per-chunk crc32c codec, every file hashed into ``checksums.json`` before the manifest
-commit) and one with the per-chunk codec removed. It reports the time of hashing the files as a share
-of the add, the query time of 100 frequent genes on both (warm, best of ``--repeats``), and the time
-of ``atlas.verify()``. The builds alternate (``--builds`` each, the fastest kept) and the queries are
+writes it (per-chunk crc32c codec, every file hashed with sha256 into ``checksums.json`` before the
+manifest commit, with the frame of every value and row-index file) and one with the per-chunk codec
+removed (queried without frame checks). It reports the time of hashing the files as a share of the
+add, the query time of 100 frequent genes on both (warm, best of ``--repeats``), the first query
+after opening the atlas with and without the frame checks (each value and row-index file's chunk
+index and crc32c trailers, checked the first time a read touches it), and the time of
+``atlas.verify()``. The builds alternate (``--builds`` each, the fastest kept) and the queries are
 interleaved, so both variants see the same machine load; compare the ratios measured in one run.
 
     python benchmarks/atlas_integrity.py --cells 100000 [--workdir /tmp/scsig_integrity] [--reuse]
@@ -38,11 +41,11 @@ def build(root: Path, h5: Path, *, crc_chunks: bool) -> dict:
     import pandas as pd
 
     import scsig as sg
-    from scsig.atlas import _atlas, _store
+    from scsig.atlas import _integrity, _store
 
     genes = [f"G{i}" for i in range(N_GENES)]
     spent = {"seal": 0.0}
-    seal = _atlas.seal_shard
+    seal = _integrity.seal_shard
 
     def timed_seal(folder):
         t = time.perf_counter()
@@ -59,7 +62,7 @@ def build(root: Path, h5: Path, *, crc_chunks: bool) -> dict:
         inner[:] = [c for c in inner if c["name"] != "crc32c"]
         return spec
 
-    _atlas.seal_shard = timed_seal
+    _integrity.seal_shard = timed_seal
     if not crc_chunks:
         _store._array_spec = spec_without_crc
     try:
@@ -77,21 +80,51 @@ def build(root: Path, h5: Path, *, crc_chunks: bool) -> dict:
             atlas.add(adata, name="synthetic", progress=False)
             total = time.perf_counter() - t
     finally:
-        _atlas.seal_shard = seal
+        _integrity.seal_shard = seal
         _store._array_spec = original_spec
     return {"add_seconds": total, "seal_seconds": spent["seal"], "bytes": _du(root)}
 
 
-def query(root: Path, genes: list[str], repeats: int) -> float:
+def _frames(*, checked: bool) -> None:
+    """Queries check the frames of bulk files (as scsig does) or not (the atlas without per-chunk crc32c has none)."""
+    from scsig.atlas import _integrity, _query
+
+    _query.load_frames = _integrity.load_frames if checked else (lambda *_: None)
+
+
+def _clear_readers() -> None:
+    from scsig.atlas import _query
+
+    _query._READERS.clear()
+    _query._OBS.clear()
+    _query._CHECKED.clear()
+
+
+def query(root: Path, genes: list[str], repeats: int, *, frames: bool) -> float:
     import scsig as sg
 
+    _frames(checked=frames)
     atlas = sg.Atlas.open(root)
     best = np.inf
     for _ in range(repeats + 1):  # the first run warms the caches
         t = time.perf_counter()
         atlas.score(genes, progress=False)
         best = min(best, time.perf_counter() - t)
+    _frames(checked=True)
     return best
+
+
+def first_query(root: Path, genes: list[str], *, frames: bool) -> float:
+    """The first query after the process opened the dataset (metadata read, files checked, readers opened)."""
+    import scsig as sg
+
+    _frames(checked=frames)
+    _clear_readers()
+    t = time.perf_counter()
+    sg.Atlas.open(root).score(genes, progress=False)
+    out = time.perf_counter() - t
+    _frames(checked=True)
+    return out
 
 
 def main() -> None:
@@ -123,7 +156,15 @@ def main() -> None:
     folders = {"checked": "checked", "no_chunk_crc": "plain"}
     for k in range(args.repeats):  # interleaved, alternating which goes first, so both see the same load
         for key in sorted(times, reverse=bool(k % 2)):
-            times[key].append(query(args.workdir / folders[key], frequent, 1))
+            times[key].append(query(args.workdir / folders[key], frequent, 1, frames=key == "checked"))
+    first: dict[bool, list[float]] = {True: [], False: []}
+    for k in range(args.repeats):  # the same atlas, first query with / without frame checks, interleaved
+        for frames in (True, False) if k % 2 else (False, True):
+            first[frames].append(first_query(args.workdir / "checked", frequent, frames=frames))
+    res["first_query_median_seconds"] = {
+        "frames": float(np.median(first[True])),
+        "no_frames": float(np.median(first[False])),
+    }
     for key, found in times.items():
         res[key]["query_seconds"] = float(np.min(found))
         res[key]["query_median_seconds"] = float(np.median(found))
@@ -146,6 +187,8 @@ def main() -> None:
         f"{c['query_seconds']:.3f} s / {u['query_seconds']:.3f} s (x{c['query_seconds'] / u['query_seconds']:.2f}); "
         f"median {c['query_median_seconds']:.3f} s / {u['query_median_seconds']:.3f} s "
         f"(x{c['query_median_seconds'] / u['query_median_seconds']:.2f})\n"
+        f"  first query after opening, 100 frequent genes, with / without frame checks, median of {args.repeats}: "
+        f"{res['first_query_median_seconds']['frames']:.3f} s / {res['first_query_median_seconds']['no_frames']:.3f} s\n"
         f"  atlas.verify(): {res['verify_seconds']:.2f} s ({c['bytes'] / 1e9 / res['verify_seconds']:.2f} GB/s), "
         f"damaged: {damaged}"
     )

@@ -154,7 +154,10 @@ def test_damaged_dataset_is_repaired_by_remove_and_add(small_atlas, tmp_path, mo
 
 
 def test_missing_chunk_reads_as_error_not_zeros(small_atlas, tmp_path, monkeypatch):
-    """tensorstore fills a missing chunk with the fill value (0); a sealed shard refuses instead."""
+    """tensorstore fills a missing chunk with the fill value (0); a sealed shard refuses instead.
+
+    The frame check of the file finds it missing before tensorstore reads (for older seals, tensorstore's
+    strict read refuses: ``test_integrity.py``)."""
     root = tmp_path / "atlas"
     shutil.copytree(small_atlas, root)
     _clear_caches(monkeypatch)
@@ -162,7 +165,7 @@ def test_missing_chunk_reads_as_error_not_zeros(small_atlas, tmp_path, monkeypat
     entry = next(s for s in manifest["shards"] if s["name"] == "A/1")
     layer = root / "shards" / entry["dir"] / "layers" / "attr_ig"
     (layer / "data" / "c" / "0").unlink()
-    with pytest.raises(DamagedDatasetError, match="reading its attributions fails"):
+    with pytest.raises(DamagedDatasetError, match="file layers/attr_ig/data/c/0 is missing"):
         sg.Atlas.open(root).score(GENES[:3], progress=False)
 
 

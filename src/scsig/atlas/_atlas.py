@@ -223,11 +223,20 @@ class Atlas(AtlasWrites, AtlasQueries):
     def verify(self, *, datasets: Sequence[str] | str | None = None, progress: bool | None = None) -> list[str]:
         """Check every stored file of the datasets against the checksums written when they were added.
 
-        Reads every byte of the datasets (all by default): the checksum of each file, the list of
-        files, and the structure of the stored matrix. Datasets added before scsig recorded
-        checksums are checked by decoding every chunk (a changed value cannot be detected there;
-        a warning says so). Queries check less, at every read: the small files against their
-        checksums, the matrix structure, and the per-chunk checksums of the values they read.
+        Reads every byte of the datasets (all by default): the sha256 of each file, the list of
+        files, the chunk framing that queries check, and the structure of the stored matrix.
+        Queries check less, cheaply: the small files against their sha256 when they first open a
+        dataset, the matrix structure, and, the first time they touch a value or row-index file,
+        its chunk index and per-chunk crc32c against the record; each chunk they decode must match
+        its crc32c. A damaged file, or a file taken from another build of the dataset or from
+        another dataset, is found by both.
+
+        This protects against damage and mix-ups, not against an adversary: a deliberate,
+        consistent rewrite of values, names and every checksum that covers them is not detected.
+        Datasets added by an older scsig have whole-file crc32c checksums, which cannot see the
+        content of the value and row-index files (only their per-chunk crc32c can); datasets added
+        before scsig recorded checksums are checked by decoding every chunk. A warning says so for
+        each; remove and re-add them to get content checksums.
 
         Parameters
         ----------

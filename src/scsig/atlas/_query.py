@@ -21,7 +21,7 @@ from scipy import sparse
 
 from .._settings import settings
 from .._utils import import_optional
-from ._integrity import check_chunk_files, check_small_files, damaged
+from ._integrity import check_chunk_files, check_small_files, damaged, load_frames
 from ._store import BLOCK_NNZ, OBS_NAMES_ATTR, ShardReader
 
 __all__ = [
@@ -77,8 +77,15 @@ def _reader(spec: ShardSpec) -> ShardReader:
             _READERS.move_to_end(key)
             return reader
     _check_once(spec)
+    frames = load_frames(Path(spec.path), spec.seal, spec.name)
     reader = ShardReader(
-        Path(spec.path), spec.layer, name=spec.name, n_obs=spec.n_obs, nnz=spec.nnz, strict=spec.seal is not None
+        Path(spec.path),
+        spec.layer,
+        name=spec.name,
+        n_obs=spec.n_obs,
+        nnz=spec.nnz,
+        strict=spec.seal is not None,
+        frames=None if frames is None or spec.seal is None else (spec.seal[0], frames),
     )
     with _LOCK:
         _READERS[key] = reader

@@ -15,6 +15,7 @@ gene range by gene range, so memory is bounded by the block size rather than by 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -573,8 +574,12 @@ class ShardReader:
 
     Opening checks the structure of the CSC arrays (see :mod:`scsig.atlas._integrity`); every read
     checks that the row indices are cells of the dataset. With ``strict`` (shards written with
-    checksums), a missing chunk file is an error rather than zeros. Every failure raises
-    :class:`~scsig.atlas._integrity.DamagedDatasetError` naming the dataset and how to repair it.
+    checksums), a missing chunk file is an error rather than zeros. With ``frames`` (the shard's
+    recorded frame digests, ``(algorithm, {file: digest})``), the first read that touches a value or
+    row-index shard file checks the file's chunk index and chunk crc32c trailers against the record
+    (a few small reads); TensorStore then checks each chunk it decodes against its trailer. Every
+    failure raises :class:`~scsig.atlas._integrity.DamagedDatasetError` naming the dataset and how to
+    repair it.
     """
 
     def __init__(
@@ -586,14 +591,16 @@ class ShardReader:
         n_obs: int | None = None,
         nnz: int | None = None,
         strict: bool = False,
+        frames: tuple[str, dict[str, str]] | None = None,
     ) -> None:
-        from ._integrity import DamagedDatasetError, check_indptr, damaged
+        from ._integrity import DamagedDatasetError, check_indptr, damaged, shard_layout
 
         ts = require_tensorstore()
         ctx = _context()
         folder = path / "layers" / layer
         self.name = name if name is not None else path.name
         self.n_obs = n_obs
+        self.layer = layer
 
         def open_(array: str) -> Any:
             spec = {
@@ -622,6 +629,45 @@ class ShardReader:
         )
         self.path = path
         self.n_genes = self.indptr.size - 1
+        self._frames = frames
+        self._layouts: dict[str, tuple[int, int]] = {}
+        self._framed: set[str] = set()
+        self._frames_lock = threading.Lock()
+        if frames is not None:
+            for array in ("data", "indices"):
+                try:
+                    layout = shard_layout(json.loads((folder / array / "zarr.json").read_text()))
+                except (OSError, ValueError) as err:
+                    raise damaged(self.name, [f"the metadata of its array {array} cannot be read ({err})"]) from err
+                if layout is None:
+                    raise damaged(self.name, [f"its array {array} is not stored as scsig writes it"])
+                self._layouts[array] = layout
+        self._n_files = sum(-(-int(self.indptr[-1]) // per_file) for per_file, _ in self._layouts.values())
+
+    def _check_frames(self, ranges: Sequence[Sequence[int]]) -> None:
+        """The first time a read touches a value or row-index shard file: its frame against the record."""
+        from ._integrity import check_frames, damaged
+
+        if len(self._framed) == self._n_files:  # every file checked
+            return
+        todo = []
+        for array, (per_file, _) in self._layouts.items():
+            for a, b in ranges:
+                for k in range(a // per_file, (b - 1) // per_file + 1):
+                    rel = f"layers/{self.layer}/{array}/c/{k}"
+                    if rel not in self._framed:
+                        todo.append((array, rel))
+        if not todo:
+            return
+        algorithm, frames = self._frames
+        with self._frames_lock:
+            todo = sorted({t for t in todo if t[1] not in self._framed})
+            problems = []
+            for array, rel in todo:
+                problems += check_frames(self.path, [rel], frames, self._layouts[array][1], algorithm)
+            if problems:
+                raise damaged(self.name, problems)
+            self._framed.update(rel for _, rel in todo)
 
     def _start(self, cols: np.ndarray) -> tuple[Any, Any, np.ndarray]:
         """Start reading columns ``cols``: ``(data future, indices future, indptr)``; futures may be None."""
@@ -645,9 +691,12 @@ class ShardReader:
                 merged.append([a, b])
         if len(merged) == 1:
             ((a, b),) = merged
-            return self.data[a:b].read(), self.indices[a:b].read(), indptr
-        fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
-        fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+            fd, fi = self.data[a:b].read(), self.indices[a:b].read()
+        else:
+            fd = ts.concat([self.data[a:b] for a, b in merged], axis=0).read()
+            fi = ts.concat([self.indices[a:b] for a, b in merged], axis=0).read()
+        if self._frames is not None:  # while TensorStore reads; nothing is handed out before this passes
+            self._check_frames(merged)
         return fd, fi, indptr
 
     def _finish(self, started: tuple[Any, Any, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
