@@ -13,7 +13,7 @@ from scipy import sparse
 
 import scsig as sg
 from scsig.atlas import _store
-from scsig.atlas._integrity import DamagedDatasetError
+from scsig.atlas._checks import DamagedDatasetError
 
 from .conftest import synthetic_adata
 

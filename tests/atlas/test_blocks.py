@@ -8,7 +8,7 @@ import pytest
 
 import scsig as sg
 from scsig.atlas import _cluster, _stream
-from scsig.atlas._integrity import DamagedDatasetError
+from scsig.atlas._checks import DamagedDatasetError
 
 distributed = pytest.importorskip("distributed")
 

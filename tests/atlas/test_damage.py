@@ -13,7 +13,7 @@ import pytest
 import scsig as sg
 from scsig.atlas import _manifest as mf
 from scsig.atlas import _query, _store
-from scsig.atlas._integrity import DamagedDatasetError
+from scsig.atlas._checks import DamagedDatasetError
 
 from .conftest import synthetic_adata
 

@@ -17,7 +17,7 @@ import pytest
 import scsig as sg
 from scsig.atlas import _integrity, _query, _store
 from scsig.atlas import _manifest as mf
-from scsig.atlas._integrity import DamagedDatasetError
+from scsig.atlas._checks import DamagedDatasetError
 
 from .conftest import synthetic_adata
 
@@ -227,7 +227,7 @@ def _old_seal(root, name, algorithm):
     shard = _shard(root, name)
     files = {
         rel: [(shard / rel).stat().st_size, _integrity.file_checksum(shard / rel, algorithm)]
-        for rel in _integrity._files(shard)
+        for rel in _integrity.stored_files(shard)
     }
     text = json.dumps({"algorithm": algorithm, "files": files}, indent=0, sort_keys=True)
     (shard / _integrity.CHECKSUMS).write_text(text)

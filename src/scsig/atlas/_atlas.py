@@ -13,9 +13,9 @@ from ..models import gene_order_hash
 from . import _manifest as mf
 from ._atlas_query import AtlasMode, AtlasQueries, ObsFilter
 from ._atlas_write import AtlasWrites, OnError
-from ._integrity import verify_shards
 from ._query import DATASET_KEY, ShardSpec, concat_frames, shard_obs
 from ._staging import clean_on_open, now, remove_tree
+from ._verify import verify_shards
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

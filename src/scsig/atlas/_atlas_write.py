@@ -25,8 +25,8 @@ from .._utils._progress import tqdm
 from ..tl._score_modes import DEFAULT_TOP_K
 from . import _manifest as mf
 from ._build import build_from_layer, reorder, shard_obs_frame, var_lookup, write_dataset
+from ._checks import check_name
 from ._cluster import run_on_client
-from ._integrity import check_name
 from ._query import DATASET_KEY
 from ._rowstats import RowStats
 from ._runs import SKIPPED, run_claimed, run_local

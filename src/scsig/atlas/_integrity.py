@@ -1,4 +1,4 @@
-"""Integrity of stored datasets: checksums written at add time, checks on read, and ``Atlas.verify``.
+"""Integrity of stored datasets: checksums written at add time and the checks reads make (``Atlas.verify`` is in :mod:`._verify`).
 
 **What is recorded.** When a dataset is added, every file of its shard is hashed with sha256 into
 ``checksums.json`` inside the shard, and the manifest entry records the sha256 of that list (and
@@ -48,86 +48,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import unicodedata
-import warnings
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._checks import damaged
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "CHECKSUMS",
-    "DamagedDatasetError",
-    "check_name",
+    "check_chunk_files",
+    "check_files",
+    "check_frames",
     "check_small_files",
-    "repair_hint",
+    "load_checksums",
+    "load_frames",
     "seal_shard",
-    "verify_shards",
+    "shard_layout",
 ]
 
 CHECKSUMS = "checksums.json"
 """The per-shard list of files with their sizes and checksums."""
 
 _READ_BLOCK = 1 << 23
-
-
-class DamagedDatasetError(RuntimeError):
-    """A stored dataset of the atlas is damaged (a file changed, is missing or is inconsistent)."""
-
-    problems: list[str]
-
-
-def repair_hint(name: str) -> str:
-    """How to repair a damaged dataset."""
-    return (
-        f"Repair: remove the dataset with atlas.remove({name!r}) and add it again (or restore the atlas "
-        "folder from a copy); atlas.verify() lists every damaged dataset."
-    )
-
-
-def damaged(name: str, problems: Sequence[str]) -> DamagedDatasetError:
-    """The error for dataset ``name`` with ``problems`` (the first few are listed)."""
-    err = DamagedDatasetError(f"Dataset {name!r} of the atlas is damaged: {_shown(problems)}. {repair_hint(name)}")
-    err.problems = list(problems)
-    return err
-
-
-def _shown(problems: Sequence[str]) -> str:
-    return "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-
-
-# ---------------------------------------------------------------------- names
-
-
-def check_name(name: Any) -> str:
-    """``name`` as a dataset name, or a ValueError saying why it cannot be one.
-
-    Names are shown in tables and stored in JSON and h5ad files: any printable text works,
-    including ``/``; control characters (newline, tab, NUL, ...), line separators, unpaired
-    surrogates and names made only of whitespace are refused.
-    """
-    if isinstance(name, int | np.integer) and not isinstance(name, bool):
-        name = str(name)
-    if not isinstance(name, str):
-        msg = f"A dataset name must be a string, not {type(name).__name__} ({name!r:.40})."
-        raise TypeError(msg)
-    if not name.strip():
-        msg = f"Dataset name {name!r} is empty or only whitespace; give the dataset a visible name."
-        raise ValueError(msg)
-    bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")})
-    if bad:
-        msg = (
-            f"Dataset name {name!r} contains characters that cannot be shown or stored safely "
-            f"({', '.join(repr(c) for c in bad)}: control characters such as newline, tab or NUL); "
-            "remove them from the name."
-        )
-        raise ValueError(msg)
-    return name
-
 
 # ---------------------------------------------------------------------- checksums
 
@@ -194,7 +141,7 @@ def bytes_checksum(data: bytes, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def _files(folder: Path) -> list[str]:
+def stored_files(folder: Path) -> list[str]:
     out = []
     for dirpath, _, names in os.walk(folder):
         for n in names:
@@ -297,7 +244,7 @@ def seal_shard(folder: Path) -> dict[str, Any]:
     algorithm = CONTENT_HASH
     files = {}
     total = 0
-    names = _files(folder)
+    names = stored_files(folder)
     for rel in names:
         size = (folder / rel).stat().st_size
         files[rel] = [size, file_checksum(folder / rel, algorithm)]
@@ -319,7 +266,7 @@ def seal_shard(folder: Path) -> dict[str, Any]:
     }
 
 
-def _load_listing(folder: Path, record: dict[str, Any], name: str) -> dict[str, Any]:
+def load_listing(folder: Path, record: dict[str, Any], name: str) -> dict[str, Any]:
     path = folder / record.get("file", CHECKSUMS)
     try:
         raw = path.read_bytes()
@@ -332,7 +279,7 @@ def _load_listing(folder: Path, record: dict[str, Any], name: str) -> dict[str, 
 
 def load_checksums(folder: Path, record: dict[str, Any], name: str) -> dict[str, list]:
     """The shard's ``{file: [size, checksum]}``, after checking the list itself against the manifest."""
-    return _load_listing(folder, record, name)["files"]
+    return load_listing(folder, record, name)["files"]
 
 
 def load_frames(folder: Path, seal: tuple[str, str] | None, name: str) -> dict[str, str] | None:
@@ -343,7 +290,7 @@ def load_frames(folder: Path, seal: tuple[str, str] | None, name: str) -> dict[s
     if seal is None or seal[0] in _WEAK:
         return None
     algorithm, checksum = seal
-    listing = _load_listing(folder, {"algorithm": algorithm, "checksum": checksum}, name)
+    listing = load_listing(folder, {"algorithm": algorithm, "checksum": checksum}, name)
     if listing.get("frame_scheme") != FRAMES:
         msg = (
             f"Dataset {name!r}: its checksum list records the chunk framing in a way this scsig does not know; "
@@ -413,35 +360,10 @@ def check_small_files(path: Path, seal: tuple[str, str] | None, layer: str, name
         raise damaged(name, problems)
 
 
-def check_indptr(indptr: np.ndarray, *, n_values: int, n_values_indices: int, nnz: int | None, name: str) -> None:
-    """Structural checks of a gene-major ``indptr`` against the stored arrays and the manifest."""
-    problems = []
-    if indptr.size < 1 or indptr[0] != 0:
-        problems.append("its column pointer (indptr) does not start at 0")
-    elif np.any(indptr[1:] < indptr[:-1]):
-        problems.append("its column pointer (indptr) decreases")
-    elif indptr[-1] != n_values:
-        problems.append(f"its column pointer (indptr) ends at {int(indptr[-1])} but {n_values} values are stored")
-    if n_values != n_values_indices:
-        problems.append(f"it stores {n_values} values but {n_values_indices} row indices")
-    if nnz is not None and n_values != nnz:
-        problems.append(f"it stores {n_values} values but the manifest recorded {nnz}")
-    if problems:
-        raise damaged(name, problems)
+# ---------------------------------------------------------------------- chunk files of unsealed shards
 
 
-def check_rows(indices: np.ndarray, n_obs: int, name: str) -> None:
-    """Row indices read from a shard are cell positions of the dataset."""
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_obs):
-        raise damaged(
-            name, [f"row indices outside its {n_obs} cells (from {int(indices.min())} to {int(indices.max())})"]
-        )
-
-
-# ---------------------------------------------------------------------- verify
-
-
-def _missing_chunk_files(folder: Path) -> list[str]:
+def missing_chunk_files(folder: Path) -> list[str]:
     """Chunk (or shard) files of the layer's 1-D arrays that their metadata implies but that are absent."""
     problems = []
     for array in ("data", "indices", "indptr"):
@@ -463,7 +385,7 @@ def check_chunk_files(path: Path, layer: str, name: str, nnz: int | None) -> Non
     """
     folder = path / "layers" / layer
     try:
-        problems = _missing_chunk_files(folder)
+        problems = missing_chunk_files(folder)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise damaged(
             name, [f"the metadata of its layer {layer!r} cannot be read ({type(err).__name__}: {err})"]
@@ -472,147 +394,3 @@ def check_chunk_files(path: Path, layer: str, name: str, nnz: int | None) -> Non
         problems = [p for p in problems if "indptr/" not in p]
     if problems:
         raise damaged(name, problems)
-
-
-def _structure(root: Path, entry: dict[str, Any], *, decode: bool) -> list[str]:
-    """Open the shard as a query would (and, with ``decode``, read every value) and report what fails."""
-    from ._query import ShardSpec, shard_obs
-    from ._store import CHUNK, ShardReader
-
-    name = entry["name"]
-    spec = ShardSpec(
-        name=name,
-        path=str(root / "shards" / entry["dir"]),
-        layer=entry["layer"],
-        n_obs=int(entry["n_obs"]),
-        nnz=int(entry["nnz"]),
-        seal=None,
-    )
-    try:
-        shard_obs(spec, cache=False)
-        reader = ShardReader(Path(spec.path), spec.layer, name=name, n_obs=spec.n_obs, nnz=spec.nnz, strict=False)
-        if decode:
-            problems = _missing_chunk_files(Path(spec.path) / "layers" / spec.layer)
-            if problems:
-                return problems
-            step = CHUNK * 64
-            for lo in range(0, int(reader.indptr[-1]), step):
-                hi = min(int(reader.indptr[-1]), lo + step)
-                data = np.asarray(reader.data[lo:hi].read().result())
-                check_rows(np.asarray(reader.indices[lo:hi].read().result()), spec.n_obs, name)
-                if not np.all(np.isfinite(data)):
-                    raise damaged(name, ["it stores NaN or infinite values"])
-            for g in range(reader.indptr.size - 1):  # rows ascending within each gene
-                a, b = int(reader.indptr[g]), int(reader.indptr[g + 1])
-                if b - a > 1:
-                    rows = np.asarray(reader.indices[a:b].read().result())
-                    if np.any(rows[1:] <= rows[:-1]):
-                        raise damaged(name, [f"row indices of gene position {g} are not ascending"])
-    except DamagedDatasetError as err:
-        return list(err.problems)
-    except Exception as err:  # noqa: BLE001 - any failure to read is damage to report
-        return [f"reading it fails: {type(err).__name__}: {err}"]
-    return []
-
-
-def _names(names: Sequence[str]) -> str:
-    return f"{list(names[:5])}{' ...' if len(names) > 5 else ''}"
-
-
-def _check_recorded_frames(folder: Path, listing: dict[str, Any], algorithm: str) -> list[str]:
-    """Problems of a sealed shard's bulk files against the frames its list records (what reads check).
-
-    Every chunk file of a value or row-index array must have a frame record.
-    """
-    if listing.get("frame_scheme") != FRAMES:
-        return [
-            f"its checksum list records the chunk framing as {listing.get('frame_scheme')!r}, unknown to this scsig"
-        ]
-    frames = listing["frames"]
-    by_array: dict[str, list[str]] = {}
-    for rel in listing["files"]:
-        array, sep, _ = rel.rpartition("/c/")
-        if sep:
-            by_array.setdefault(array, []).append(rel)
-    problems = []
-    for array, rels in by_array.items():
-        try:
-            layout = shard_layout(json.loads((folder / array / "zarr.json").read_text()))
-        except (OSError, ValueError) as err:
-            problems.append(f"the metadata of array {array} cannot be read ({err})")
-            continue
-        if layout is not None:
-            problems += check_frames(folder, rels, frames, layout[1], algorithm)
-    return problems
-
-
-def verify_shards(
-    root: Path, manifest: dict[str, Any], names: Sequence[str] | None, *, progress: bool
-) -> dict[str, list[str]]:
-    """``{dataset: problems}`` for the damaged datasets among ``names`` (all by default)."""
-    from .._utils._progress import tqdm
-
-    entries = [s for s in manifest["shards"] if names is None or s["name"] in names]
-    damaged_sets: dict[str, list[str]] = {}
-    unsealed = []
-    weak: dict[str, list[str]] = {"crc32c": [], "crc32": []}
-    for entry in tqdm(entries, disable=not progress, desc="verify", unit="dataset"):
-        name = entry["name"]
-        folder = root / "shards" / entry["dir"]
-        if not folder.is_dir():
-            damaged_sets[name] = [f"its folder {folder} is missing"]
-            continue
-        record = entry.get("checksums")
-        if record is None:
-            unsealed.append(name)
-            problems = _structure(root, entry, decode=True)
-        else:
-            algorithm = record["algorithm"]
-            if algorithm in weak:
-                weak[algorithm].append(name)
-            try:
-                listing = _load_listing(folder, record, name)
-            except DamagedDatasetError as err:
-                problems = list(err.problems)
-            else:
-                files = listing["files"]
-                problems = check_files(folder, files, algorithm)
-                extra = sorted(set(_files(folder)) - set(files))
-                problems += [f"file {rel} was not written by scsig" for rel in extra]
-                if not problems and algorithm not in weak:
-                    problems = _check_recorded_frames(folder, listing, algorithm)
-                if not problems:
-                    problems = _structure(root, entry, decode=False)
-        if problems:
-            damaged_sets[name] = problems
-    if unsealed:
-        warnings.warn(
-            f"{len(unsealed)} datasets were added before scsig recorded checksums ({_names(unsealed)}): their structure was checked and every chunk decoded, "
-            "but changed values cannot be detected. Remove and re-add them to get checksums.",
-            UserWarning,
-            stacklevel=3,
-        )
-    if weak["crc32c"]:
-        shown = _names(weak["crc32c"])
-        warnings.warn(
-            f"{len(weak['crc32c'])} datasets were added by an older scsig, whose crc32c checksums cannot see the "
-            f"content of the value, row-index, column-pointer and per-cell sum files ({shown}): for those files "
-            "verify() only checks each stored chunk against its own crc32c, so a flipped bit is found but a file "
-            "taken from another build of the same dataset is not, and queries cannot tell either. "
-            "Remove and re-add them to get checksums of the content.",
-            UserWarning,
-            stacklevel=3,
-        )
-    if weak["crc32"]:
-        warnings.warn(
-            f"{len(weak['crc32'])} datasets were added by an older scsig with crc32 checksums "
-            f"({_names(weak['crc32'])}): verify() checks their content, but queries cannot tell a value or "
-            "row-index file taken from another build. Remove and re-add them to get checksums that queries check.",
-            UserWarning,
-            stacklevel=3,
-        )
-    for name, problems in damaged_sets.items():
-        warnings.warn(
-            f"Dataset {name!r} is damaged: {_shown(problems)}. {repair_hint(name)}", UserWarning, stacklevel=3
-        )
-    return damaged_sets

@@ -21,8 +21,10 @@ from scipy import sparse
 
 from .._settings import settings
 from .._utils import import_optional
-from ._integrity import check_chunk_files, check_small_files, damaged, load_frames
-from ._store import BLOCK_NNZ, OBS_NAMES_ATTR, ShardReader
+from ._checks import damaged
+from ._integrity import check_chunk_files, check_small_files, load_frames
+from ._reader import ShardReader
+from ._store import BLOCK_NNZ, OBS_NAMES_ATTR
 
 __all__ = [
     "DATASET_KEY",

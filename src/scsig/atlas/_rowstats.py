@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from ._store import ShardReader
+    from ._reader import ShardReader
 
 __all__ = [
     "ROW_STATS",
@@ -191,7 +191,8 @@ def write_row_stats(
     ``computed`` are the values collected during the build (:class:`RowStats`); without them they
     are computed from the shard (a gene-major build, e.g. a TileDB import).
     """
-    from ._store import ShardReader, _write_small
+    from ._reader import ShardReader
+    from ._store import _write_small
 
     if computed is None:
         squares = np.zeros(n_obs, dtype=np.float64)
@@ -217,7 +218,7 @@ def read_row_norms(shard: Path, n_obs: int, name: str) -> np.ndarray:
 
 
 def _read_arrays(shard: Path, n_obs: int, name: str, arrays: Sequence[str]) -> list[np.ndarray]:
-    from ._integrity import damaged
+    from ._checks import damaged
     from ._store import _context, require_tensorstore
 
     ts = require_tensorstore()

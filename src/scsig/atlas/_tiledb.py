@@ -207,7 +207,7 @@ def import_cell_types(root: Path, folder: Path, names: list[str], *, genes: pd.I
     from .._utils._progress import tqdm
     from ..models import gene_order_hash
     from ._build import shard_obs_frame, write_dataset
-    from ._integrity import check_name
+    from ._checks import check_name
 
     show = settings.progress if progress is None else progress
     for ct in tqdm(names, disable=not show or len(names) < 2, desc="import", unit="cell type"):
