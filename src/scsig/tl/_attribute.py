@@ -297,7 +297,7 @@ def _set_up(
     module.to(device)
     workspace = None
     if chosen == "fast":
-        from ..attribution._fast import Workspace
+        from ..attribution._workspace import Workspace
 
         workspace = Workspace()
     # models whose encoder takes per-cell covariates (scvi-tools) give each group of cells its own encoder
