@@ -185,6 +185,13 @@ def test_source_file_is_short(file):
     assert problem is None, problem
 
 
+def test_nothing_imports_the_top_level_package():
+    """Inside the package, import the submodule you need, never ``scsig`` itself (its ``__init__`` loads everything)."""
+    graph, files = import_graph(SRC)
+    offenders = sorted(files[m].relative_to(SRC.parent).as_posix() for m, deps in graph.items() if SRC.name in deps)
+    assert not offenders, f"these modules import the top-level package {SRC.name!r}: {offenders}"
+
+
 def test_in_progress_marks_name_real_modules_and_files():
     """The xfail lists name what exists (a stale entry would hide nothing and should go)."""
     assert set(import_graph(SRC)[0]) >= CIRCLES_IN_PROGRESS
