@@ -1,7 +1,7 @@
 """``sg.tl.attribute``: per-cell, per-gene attributions of a foundation model's embedding.
 
-The steps live in private modules: the run's set-up (:mod:`._attribute_run`), the batch loop and where its
-blocks go (:mod:`._attribute_batches`) and the checks of the result (:mod:`._completeness`).
+The steps live in private modules: the run's set-up (``_attribute_run``), the batch loop and where its
+blocks go (``_attribute_batches``) and the checks of the result (``_completeness``).
 """
 
 from __future__ import annotations

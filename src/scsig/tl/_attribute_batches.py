@@ -87,12 +87,14 @@ def _attribute_batch(run: _Run, lo: int, hi: int, device: Any) -> sparse.csr_mat
 
 
 def _handle_degenerate(run: _Run, raw: Any, t_in: np.ndarray, t_base: np.ndarray) -> None:
+    """Raise :class:`DegenerateAttributionError` (or warn, with ``on_degenerate="warn"``) when the batch is float noise."""
     mass = np.asarray(abs(raw).sum(axis=1), dtype=np.float64).ravel()
     problem = _check_degenerate(mass, np.abs(t_in - t_base), run.method, run.module.target_name)
     if problem is None:
         return
     if run.on_degenerate == "raise":
         raise DegenerateAttributionError(problem)
+    # the caller of sg.tl.attribute: here <- _attribute_batch <- _batches <- attribute's _fill <- attribute <- caller
     warnings.warn(problem, UserWarning, stacklevel=6)
 
 
@@ -145,6 +147,7 @@ class _MemorySink:
 
 
 def _open_sink(data: AnnData, run: _Run, store: str | Path | None) -> Any:
+    """Where the layer's blocks go: memory, or the ``.h5ad`` file ``store`` written batch by batch."""
     if store is None:
         return _MemorySink(data.n_vars, _nnz_bound(run.counts))
     from ._ondisk import LayerWriter

@@ -35,6 +35,7 @@ AUTO_CELLS = 128
 
 
 def _in_memory(x: Any) -> bool:
+    """Whether ``x`` is a numpy array or a scipy sparse matrix (not a backed or dask array read batch by batch)."""
     return isinstance(x, np.ndarray) or sparse.issparse(x)
 
 
