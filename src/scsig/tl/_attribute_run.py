@@ -116,7 +116,7 @@ def _set_up(
     """Load the model, align the genes, pick the engine, the steps and the batch size; check the counts in memory."""
     from ..attribution._engine import CellGroups
 
-    model, module = _model_and_target(model, target)
+    model, target, module = _model_and_target(model, target)
     counts = get_matrix(data, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     alignment = align_genes(data, model, gene_symbols=gene_symbols, min_overlap=min_overlap)
@@ -166,15 +166,15 @@ def _set_up(
     )
 
 
-def _model_and_target(model: FoundationModel | str, target: Any) -> tuple[FoundationModel, Any]:
-    """The model (loaded when given by name or path) and its :class:`~scsig.attribution.TargetModule`."""
+def _model_and_target(model: FoundationModel | str, target: Any) -> tuple[FoundationModel, Any, Any]:
+    """The model (loaded by name or path), the target (``None``: the model's default) and its target module."""
     from ..attribution import TargetModule
     from ..models import FoundationModel, load
 
     if not isinstance(model, FoundationModel):
         model = load(model)
     target = model.default_target if target is None else target
-    return model, TargetModule(model.encoder, target)  # validates the target
+    return model, target, TargetModule(model.encoder, target)  # validates the target
 
 
 def _layer_key(method: str, layer: str | None, key_added: str | None) -> str:
