@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from _counts import N_GENES, synthetic_counts
 
-N_GENES, HIDDEN, LATENT = 28231, (1024, 1024), 128
+HIDDEN, LATENT = (1024, 1024), 128
 
 REFERENCE = textwrap.dedent(
     """
@@ -73,8 +74,10 @@ SCSIG = textwrap.dedent(
     sg.tl.attribute(warm, model, method="ig")
     profile = {}
     if len(sys.argv) > 6 and sys.argv[6] == "1":  # time the stages: kernels, the whole engine call
+        import scsig.attribution as attribution
+        import scsig.attribution._engine as engine
         import scsig.attribution._kernels as kernels
-        import scsig.tl._attribute as tl_attr
+        import scsig.tl._attribute_batches as batches
 
         def timed(name, f):
             def g(*a, **k):
@@ -86,9 +89,10 @@ SCSIG = textwrap.dedent(
 
         for name in kernels.__all__:
             setattr(kernels, name, timed("kernel " + name, getattr(kernels, name)))
-        tl_attr.compute_batch = timed("engine total (kernels + torch products)", tl_attr.compute_batch)
-        tl_attr.model_input = timed("align + normalize input", tl_attr.model_input)
-        tl_attr.normalize_rows = timed("normalize output rows", tl_attr.normalize_rows)
+        # the batch loop imports compute_batch and normalize_rows at each batch, model_input at module level
+        engine.compute_batch = timed("engine total (kernels + torch products)", engine.compute_batch)
+        batches.model_input = timed("align + normalize input", batches.model_input)
+        attribution.normalize_rows = timed("normalize output rows", attribution.normalize_rows)
     start = time.perf_counter()
     sg.tl.attribute(adata, model, method="ig")
     seconds = time.perf_counter() - start
@@ -100,19 +104,6 @@ SCSIG = textwrap.dedent(
     print(json.dumps({"seconds": seconds, "peak_rss_gb": rss, "engine": engine, "nnz": int(layer.nnz), "profile": profile}))
     """
 )
-
-
-def synthetic_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0, block: int = 500) -> sp.csr_matrix:
-    """Gamma-Poisson counts with log-normal gene means: about 2,100 expressed genes and 4,000 UMIs per cell."""
-    rng = np.random.default_rng(seed)
-    mu = rng.lognormal(mean=-4.0, sigma=2.0, size=n_genes)
-    parts = []
-    for lo in range(0, n_cells, block):
-        n = min(block, n_cells - lo)
-        size = rng.lognormal(mean=0.0, sigma=0.35, size=(n, 1))
-        lam = rng.gamma(2.0, (mu[None, :] * size) / 2.0)
-        parts.append(sp.csr_matrix(rng.poisson(lam).astype(np.float32)))
-    return sp.vstack(parts, format="csr")
 
 
 def build_model_folder(folder: Path, seed: int = 0) -> list[str]:

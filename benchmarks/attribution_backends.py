@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attribution import synthetic_counts
+from _counts import synthetic_counts
 from reference_backends import write_ssl_folder
 
 import scsig as sg

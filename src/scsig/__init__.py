@@ -7,19 +7,14 @@ Use it as ``import scsig as sg``; the namespaces follow scanpy: :mod:`scsig.pp`,
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from . import datasets, get, models, pl, pp, tl
 from ._settings import settings
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .atlas import Atlas
-
-try:
-    __version__ = version("scsig")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = ["Atlas", "datasets", "get", "models", "pl", "pp", "settings", "tl", "__version__"]
 

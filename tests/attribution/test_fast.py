@@ -288,11 +288,11 @@ def test_batch_size_follows_memory_budget(toy_counts, monkeypatch):
 @pytest.mark.parametrize(("method", "target"), [("ig", "self_similarity"), ("ixg", "embedding_distance")])
 def test_sub_blocks_of_path_points(helpers, monkeypatch, method, target):
     """The second layer and above run on sub-blocks of cells; their boundaries change nothing."""
-    import scsig.attribution._fast as fast
+    import scsig.attribution._fast_grad as fast_grad
 
     model = helpers.scimilarity_model(300, (32, 24), 8, seed=6)
     x = helpers.sparse_input(9, 300, seed=8)
-    monkeypatch.setattr(fast, "_ROWS_PER_BLOCK", 120)  # 2 cells of 50 points per block
+    monkeypatch.setattr(fast_grad, "_ROWS_PER_BLOCK", 120)  # 2 cells of 50 points per block
     _compare(model, x, method, target)
 
 

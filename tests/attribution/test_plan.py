@@ -9,7 +9,8 @@ from scipy import sparse
 from torch import nn
 
 from scsig.attribution import TargetModule, captum_attributions
-from scsig.attribution._fast import attributions_from_plan, fast_target
+from scsig.attribution._fast import attributions_from_plan
+from scsig.attribution._fast_targets import fast_target
 from scsig.attribution._plan import (
     _BUILDERS,
     FirstAffine,

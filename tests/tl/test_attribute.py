@@ -243,6 +243,26 @@ def test_degenerate_default_target(toy, method):
         sg.tl.attribute(adata, model, method=method, on_degenerate="warn")
 
 
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [("degenerate", "degenerate"), ("gap", "completeness gap"), ("empty", "zero counts")],
+)
+def test_warnings_point_at_the_caller(toy, case, match):
+    """Each of attribute's warnings names the line that called it, however deep inside it is raised."""
+    adata, model = toy
+    kwargs = {"method": "ixg", "on_degenerate": "warn"} if case == "degenerate" else {}
+    if case == "gap":
+        kwargs = {"n_steps": 5}
+    if case == "empty":
+        x = adata.X.toarray()
+        x[2, :] = 0
+        adata.X = sparse.csr_matrix(x)
+    with pytest.warns(UserWarning, match=match) as record:
+        sg.tl.attribute(adata, model, **kwargs)
+    ours = [w for w in record if match in str(w.message)]
+    assert [w.filename for w in ours] == [__file__]
+
+
 @pytest.mark.parametrize("method", ["ixg", "dl"])
 def test_embedding_distance_target_is_not_degenerate(toy, method):
     adata, model = toy

@@ -12,7 +12,8 @@ from captum.attr import IntegratedGradients
 from scipy import sparse
 
 import scsig as sg
-from scsig.tl._attribute import AUTO_STEPS, GAP_TOLERANCE
+from scsig.tl._attribute_run import AUTO_STEPS
+from scsig.tl._completeness import GAP_TOLERANCE
 
 
 def _captum_gap(adata, model, n_steps):

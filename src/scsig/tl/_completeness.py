@@ -1,0 +1,77 @@
+"""How trustworthy a run of attributions is: degenerate attributions and integrated gradients' completeness gap."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEGENERATE_RATIO", "GAP_TOLERANCE", "DegenerateAttributionError"]
+
+DEGENERATE_RATIO = 1e-3
+"""Attributions whose total raw mass is below this fraction of the target's change are degenerate."""
+
+_GRADIENT_AT_INPUT = {"ixg": "input x gradient", "dl": "DeepLIFT"}
+
+
+class DegenerateAttributionError(ValueError):
+    """The attributions carry no signal: the target's gradient at the input is (numerically) zero."""
+
+
+def _check_degenerate(raw_mass: np.ndarray, delta: np.ndarray, method: str, target: str) -> str | None:
+    """A message when the attributions are float noise relative to the target's change, else None."""
+    ok = delta > 1e-6
+    if not ok.any():
+        return None
+    ratio = float(np.median(raw_mass[ok] / delta[ok]))
+    if ratio >= DEGENERATE_RATIO:
+        return None
+    name = _GRADIENT_AT_INPUT.get(method, method)
+    return (
+        f"The {name} attributions are degenerate: their total mass per cell is {ratio:.1e} of the target's change "
+        f"|t(x) - t(0)|, i.e. floating-point noise. With target={target!r} the target is maximal at the input "
+        "itself, so its gradient there is analytically zero, and rescaling each cell to target_sum would turn "
+        "that noise into fake attributions. Use method='ig' (integrated gradients integrates along the path from "
+        f"the baseline), or choose target='embedding_distance' explicitly for method={method!r}."
+    )
+
+
+GAP_TOLERANCE = 0.01
+"""Median completeness gap of integrated gradients above which ``attribute`` warns (and ``n_steps="auto"`` aims below)."""
+
+
+def _completeness_gap(raw: Any, t_in: np.ndarray, t_base: np.ndarray) -> np.ndarray:
+    """Per cell, |sum of raw attributions - (t(x) - t(baseline))| / |t(x) - t(baseline)| (NaN when t does not change)."""
+    total = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
+    delta = np.asarray(t_in, dtype=np.float64).ravel() - np.asarray(t_base, dtype=np.float64).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.abs(total - delta) / np.abs(delta)
+    gap[~(np.abs(delta) > 1e-12)] = np.nan
+    return gap
+
+
+def _gap_summary(gaps: np.ndarray) -> dict[str, float | int]:
+    """Median, 90th percentile, maximum and the number of cells above :data:`GAP_TOLERANCE`."""
+    ok = gaps[np.isfinite(gaps)]
+    if ok.size == 0:
+        return {"median": float("nan"), "p90": float("nan"), "max": float("nan"), "n_above_1pct": 0, "n_cells": 0}
+    return {
+        "median": float(np.median(ok)),
+        "p90": float(np.percentile(ok, 90)),
+        "max": float(ok.max()),
+        "n_above_1pct": int((ok > GAP_TOLERANCE).sum()),
+        "n_cells": int(ok.size),
+    }
+
+
+def _warn_gap(summary: dict, n_steps: int) -> None:
+    if summary["n_cells"] and summary["median"] > GAP_TOLERANCE:
+        warnings.warn(
+            f"Integrated gradients' completeness gap |sum of attributions - (t(x) - t(0))| / |t(x) - t(0)| has a "
+            f"median of {100 * summary['median']:.2g} % at n_steps={n_steps} ({summary['n_above_1pct']} of "
+            f"{summary['n_cells']} cells above 1 %): the path integral is not converged. Raise n_steps (e.g. "
+            f"n_steps={4 * n_steps}) or pass n_steps='auto'.",
+            UserWarning,
+            stacklevel=3,
+        )
