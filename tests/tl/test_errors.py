@@ -36,15 +36,35 @@ def scored(attributed):
 @pytest.mark.parametrize("target_sum", [0, -1.0, np.nan])
 def test_attribute_rejects_nonpositive_target_sum(toy, target_sum):
     adata, model = toy
-    with pytest.raises(ValueError, match="target_sum must be a positive number"):
+    with pytest.raises(ValueError, match="target_sum must be (above 0|a finite number)"):
         sg.tl.attribute(adata, model, target_sum=target_sum)
     assert "attr_ig" not in adata.layers
 
 
 def test_attribute_rejects_zero_batch_size(toy):
     adata, model = toy
-    with pytest.raises(ValueError, match="batch_size must be a positive"):
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
         sg.tl.attribute(adata, model, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("n_steps", None, TypeError),
+        ("n_steps", 2.5, TypeError),
+        ("n_steps", 10**5, ValueError),  # the Gauss-Legendre nodes alone would need 74.5 GiB
+        ("batch_size", 2.5, TypeError),
+        ("batch_size", "8", TypeError),
+        ("target_sum", "1000", TypeError),
+        ("min_overlap", "10", TypeError),
+        ("min_overlap", -1, ValueError),
+    ],
+)
+def test_attribute_options_of_the_wrong_type_or_size_name_the_option(toy, option, value, error):
+    adata, model = toy
+    with pytest.raises(error, match=f"{option} must be"):
+        sg.tl.attribute(adata, model, **{option: value})
+    assert "attr_ig" not in adata.layers
 
 
 # score

@@ -65,7 +65,7 @@ def _prepare(
     """Check the opened source and set up its attribution run (checked against the atlas's model); ``(run, shard obs)``."""
     import inspect
 
-    from ..tl._attribute import _set_up
+    from ..tl._attribute_run import _set_up
 
     opts = attribute_defaults() | check_options(options)
     takes = inspect.signature(_set_up).parameters
@@ -88,7 +88,7 @@ def _spill_cells(run: Any, rows: tuple[int, int], folder: Path, name: str, on_ce
 
     Also returns those cells' attribution totals and top-``k`` sums, collected from the batches.
     """
-    from ..tl._attribute import _batches
+    from ..tl._attribute_batches import _batches
     from ..tl._score_modes import DEFAULT_TOP_K
 
     n_genes = run.model.n_genes
@@ -252,7 +252,7 @@ def merge_blocks(
 
     The blocks' per-cell row stats, joined in cell order, are stored with the shard before it is sealed.
     """
-    from ..tl._attribute import _gap_summary
+    from ..tl._completeness import _gap_summary
 
     parts = sorted(parts, key=lambda p: p["rows"][0])
     first = parts[0]

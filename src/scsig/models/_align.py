@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._utils._numbers import check_number
 from .._utils._validate import check_counts, check_unique
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ def align_genes(
     n_model = model.n_genes
     if min_overlap is None:
         min_overlap = default_min_overlap(n_model)
+    check_number("min_overlap", min_overlap, integer=True, minimum=1)
     overlap = alignment.n_overlap
     if overlap < min_overlap:
         msg = (
