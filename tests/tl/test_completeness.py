@@ -13,7 +13,7 @@ from scipy import sparse
 
 import scsig as sg
 from scsig.tl._attribute_run import AUTO_STEPS
-from scsig.tl._completeness import GAP_TOLERANCE
+from scsig.tl._completeness import GAP_TOLERANCE, WARN_FRACTION
 
 
 def _captum_gap(adata, model, n_steps):
@@ -61,7 +61,9 @@ def test_fast_engine_gap_matches(toy):
 
 def test_warning_names_n_steps_and_more_steps_close_the_gap(toy):
     adata, model = toy
-    with pytest.warns(UserWarning, match=r"completeness gap .* median of .* at n_steps=5 .*Raise n_steps"):
+    with pytest.warns(
+        UserWarning, match=r"completeness gap .* above 1 % for \d+ of 60 cells at n_steps=5 .*Raise n_steps"
+    ):
         sg.tl.attribute(adata, model, n_steps=5)
     low = adata.uns["scsig"]["layers"]["attr_ig"]["completeness_gap"]["median"]
     with warnings.catch_warnings():
@@ -79,13 +81,15 @@ def test_auto_n_steps(toy):
         sg.tl.attribute(adata, model, n_steps="auto", completeness_key="gap")
     rec = adata.uns["scsig"]["layers"]["attr_ig"]
     chosen = rec["n_steps"]
-    medians = list(rec["auto_median_gaps"])
+    fractions = list(rec["auto_fraction_above_1pct"])
     assert rec["n_steps_auto"] is True
-    assert chosen == AUTO_STEPS[len(medians) - 1]
-    assert medians[-1] <= GAP_TOLERANCE
-    assert all(m > GAP_TOLERANCE for m in medians[:-1])
+    assert len(rec["auto_median_gaps"]) == len(fractions)
+    assert chosen == AUTO_STEPS[len(fractions) - 1]
+    assert fractions[-1] <= WARN_FRACTION  # most cells converged, not just the median cell
+    assert all(f > WARN_FRACTION for f in fractions[:-1])
     assert chosen > AUTO_STEPS[0]  # the toy model needs more than 20 steps
-    assert rec["completeness_gap"]["median"] <= 2 * GAP_TOLERANCE
+    assert rec["completeness_gap"]["fraction_above_1pct"] <= WARN_FRACTION
+    assert rec["completeness_gap"]["fraction_above_1pct"] == pytest.approx(np.mean(adata.obs["gap"] > GAP_TOLERANCE))
     again = sg.tl.attribute(adata, model, n_steps=chosen, key_added="fixed", copy=True)
     np.testing.assert_allclose(again.layers["fixed"].toarray(), adata.layers["attr_ig"].toarray(), rtol=1e-5)
 
@@ -118,3 +122,17 @@ def test_non_integer_allowed_with_check_counts_false(toy):
         warnings.simplefilter("ignore")
         sg.tl.attribute(adata, model, check_counts=False)
     assert "attr_ig" in adata.layers
+
+
+def test_warns_on_the_unconverged_tail_not_only_the_median():
+    from scsig.tl._completeness import _gap_summary, _warn_gap
+
+    gaps = np.r_[np.full(70, 0.001), np.full(30, 0.05)]  # median 0.1 %, but 30 % of the cells above 1 %
+    summary = _gap_summary(gaps)
+    assert summary["median"] < GAP_TOLERANCE
+    assert summary["fraction_above_1pct"] == pytest.approx(0.3)
+    with pytest.warns(UserWarning, match="above 1 % for 30 of 100 cells"):
+        _warn_gap(summary, 50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_gap(_gap_summary(np.r_[np.full(95, 0.001), np.full(5, 0.05)]), 50)  # 5 %: most cells converged

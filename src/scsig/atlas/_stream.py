@@ -260,8 +260,9 @@ def merge_blocks(
     if record.get("method") == "ig":
         gaps = np.concatenate([p["gaps"] for p in parts])
         completeness = {"completeness_gap": _gap_summary(gaps)}
-        record = {**{k: v for k, v in record.items() if k not in ("n_steps_auto", "auto_median_gaps")}, **completeness}
-        record |= {k: first["record"][k] for k in ("n_steps_auto", "auto_median_gaps") if k in first["record"]}
+        auto = ("n_steps_auto", "auto_median_gaps", "auto_fraction_above_1pct")
+        record = {**{k: v for k, v in record.items() if k not in auto}, **completeness}
+        record |= {k: first["record"][k] for k in auto if k in first["record"]}
     with pinned_threads(n_jobs):
         with opened(source) as adata:
             obs = shard_obs_frame(adata.obs, obs_columns, name)

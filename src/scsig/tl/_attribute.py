@@ -84,9 +84,10 @@ def _provenance(run: _Run) -> dict[str, Any]:
     }
     if run.method == "ig":
         record["completeness_gap"] = _gap_summary(run.gaps)
-        record["n_steps_auto"] = run.auto_medians is not None
-        if run.auto_medians is not None:
-            record["auto_median_gaps"] = list(run.auto_medians)
+        record["n_steps_auto"] = run.auto_gaps is not None
+        if run.auto_gaps is not None:
+            record["auto_median_gaps"] = list(run.auto_gaps["median"])
+            record["auto_fraction_above_1pct"] = list(run.auto_gaps["fraction_above_1pct"])
     return record
 
 

@@ -16,7 +16,7 @@ from .._utils import threads as _threads
 from ..pp._align import align_genes
 from ..pp._prepare import model_input
 from ..pp._validate import check_counts as _check_counts
-from ._completeness import GAP_TOLERANCE, _completeness_gap
+from ._completeness import WARN_FRACTION, _completeness_gap, fraction_above
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +85,7 @@ class _Run:
     grouped: Any = None  # CellGroups of a model whose encoder takes per-cell covariates (scvi-tools)
     totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    auto_medians: list[float] | None = None  # the median gaps n_steps="auto" measured, when it ran
+    auto_gaps: dict[str, list[float]] | None = None  # what n_steps="auto" measured per step count, when it ran
 
     @property
     def model_to_var(self) -> np.ndarray:
@@ -130,10 +130,10 @@ def _set_up(
     chosen, device, workspace = _engine_on_device(model, method, module, engine)
     # models whose encoder takes per-cell covariates (scvi-tools) give each group of cells its own encoder
     grouped = CellGroups(model, data.obs, target).to(device) if hasattr(model, "cell_groups") else None
-    auto_medians = None
+    auto_gaps = None
     if n_steps == "auto":
         if method == "ig":
-            n_steps, auto_medians = _choose_n_steps(
+            n_steps, auto_gaps = _choose_n_steps(
                 counts, alignment, model, module, chosen, method, device, workspace, grouped
             )
         else:
@@ -162,7 +162,7 @@ def _set_up(
         grouped=grouped,
         totals=np.zeros(data.n_obs, dtype=np.float64),
         gaps=np.full(data.n_obs, np.nan),
-        auto_medians=auto_medians,
+        auto_gaps=auto_gaps,
     )
 
 
@@ -203,8 +203,10 @@ def _engine_on_device(model: FoundationModel, method: str, module: Any, engine: 
     return chosen, device, workspace
 
 
-def _auto_n_steps(counts: Any, run: Callable[[Any, int, np.ndarray], np.ndarray]) -> tuple[int, list[float]]:
-    """The smallest of :data:`AUTO_STEPS` whose median gap on up to :data:`AUTO_CELLS` cells is below the tolerance.
+def _auto_n_steps(counts: Any, run: Callable[[Any, int, np.ndarray], np.ndarray]) -> tuple[int, dict[str, list[float]]]:
+    """The smallest of :data:`AUTO_STEPS` that leaves at most :data:`WARN_FRACTION` of up to :data:`AUTO_CELLS` cells unconverged.
+
+    Returns the steps and, per step count tried, the median gap and the fraction of cells above the tolerance.
 
     ``run(chunk, n_steps, rows)`` returns the per-cell gaps of a chunk of counts (the cells at ``rows``). The cells are spread
     evenly over the data when it is in memory, else the first ones (one contiguous read).
@@ -216,14 +218,14 @@ def _auto_n_steps(counts: Any, run: Callable[[Any, int, np.ndarray], np.ndarray]
     else:
         idx = np.arange(min(n_obs, AUTO_CELLS))
         chunk = to_memory(counts[: idx.size])
-    medians = []
+    medians, fractions = [], []
     for steps in AUTO_STEPS:
         gaps = run(chunk, steps, idx)
-        med = float(np.nanmedian(gaps)) if np.isfinite(gaps).any() else 0.0
-        medians.append(med)
-        if med <= GAP_TOLERANCE:
-            return steps, medians
-    return AUTO_STEPS[-1], medians
+        medians.append(float(np.nanmedian(gaps)) if np.isfinite(gaps).any() else 0.0)
+        fractions.append(fraction_above(gaps))
+        if fractions[-1] <= WARN_FRACTION:
+            break
+    return steps, {"median": medians, "fraction_above_1pct": fractions}
 
 
 def _choose_n_steps(
@@ -236,8 +238,8 @@ def _choose_n_steps(
     device: Any,
     workspace: Any,
     grouped: Any = None,
-) -> tuple[int, list[float]]:
-    """``n_steps="auto"``: the first of :data:`AUTO_STEPS` whose median completeness gap is within the tolerance."""
+) -> tuple[int, dict[str, list[float]]]:
+    """``n_steps="auto"``: the first of :data:`AUTO_STEPS` that leaves at most :data:`WARN_FRACTION` of the cells unconverged."""
     from ..attribution._engine import compute_batch
 
     def gaps_at(chunk: Any, steps: int, rows: np.ndarray) -> np.ndarray:
@@ -256,6 +258,7 @@ def _choose_n_steps(
         return _completeness_gap(raw, t_in, t_base)
 
     with _threads(settings.n_jobs, numba=engine == "fast"):  # the same threads as the main loop
-        n_steps, medians = _auto_n_steps(counts, gaps_at)
-    logg.info(f"    n_steps='auto': {n_steps} steps (median gaps {[round(m, 4) for m in medians]})")
-    return n_steps, medians
+        n_steps, tried = _auto_n_steps(counts, gaps_at)
+    shown = [f"{100 * f:.0f} %" for f in tried["fraction_above_1pct"]]
+    logg.info(f"    n_steps='auto': {n_steps} steps (cells above a 1 % gap per step count tried: {shown})")
+    return n_steps, tried
