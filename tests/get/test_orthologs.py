@@ -136,3 +136,27 @@ def test_bad_input():
         sg.get.orthologs(["CD19"], expand="yes")
     with pytest.raises(TypeError, match="name of a bundled table"):
         sg.get.orthologs(["CD19"], table=["CD19"])
+
+
+def test_docs_table_of_immune_genes_is_what_the_code_gives():
+    """The table in docs/cross_species.md (printed by benchmarks/cross_species.py --part genes) matches the tables."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "cross_species.md"
+    lines = [ln for ln in docs.read_text().splitlines() if ln.startswith("| ")]
+    start = lines.index("| human gene | mgi2024 | pick | hcop2024 | pick | ensembl105 | pick |")
+    rows = {}
+    for line in lines[start + 2 :]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != 7:
+            break
+        rows[cells[0]] = cells[1:]
+    assert len(rows) >= 10
+    genes = list(rows)
+    for i, table in enumerate(("mgi2024", "hcop2024", "ensembl105")):
+        every = sg.get.orthologs(genes, table=table, expand=True).dropna(subset=["target"])
+        listed = every.groupby("source")["target"].agg(", ".join)
+        picked = sg.get.orthologs(genes, table=table).set_index("source")["target"]
+        for gene in genes:
+            assert rows[gene][2 * i] == listed.get(gene, "--"), (table, gene)
+            assert rows[gene][2 * i + 1] == (picked[gene] if isinstance(picked[gene], str) else "--"), (table, gene)
