@@ -192,7 +192,7 @@ nitpick_ignore_regex = [(r"py:.*", EXTERNAL_NAMES[name]) for name in missing_inv
 # Private modules and names (never documented, so references to them cannot resolve) and type variables.
 nitpick_ignore_regex += [(r"py:.*", r"scsig(\.[a-z]\w*)*\._.*|F|T"), (r"py:class", r"optional")]
 # Names in class signatures that autodoc shows as written in the source (the module alias, a private table class).
-nitpick_ignore_regex += [(r"py:class", r"sparse\.spmatrix|OrthologTable")]
+nitpick_ignore_regex += [(r"py:class", r"sparse\.spmatrix|OrthologTable|TableName")]
 
 
 def _undo_returns_colon(app, what, name, obj, options, lines) -> None:

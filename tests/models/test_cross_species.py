@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from importlib import resources
 
 import anndata as ad
@@ -15,7 +16,7 @@ from scipy import sparse
 import scsig as sg
 from scsig.models import CrossSpeciesModel, SCimilarityEncoder
 from scsig.models._conversion import _conversion_module
-from scsig.models._orthologs import ORTHOLOGS_FILE, ORTHOLOGS_SHA256
+from scsig.models._orthologs import BUNDLED, DEFAULT_TABLE, relationships
 
 from ..conftest import randomize_batchnorm
 
@@ -51,24 +52,85 @@ def _table_sha(path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the bundled table
+# the bundled tables
 # ---------------------------------------------------------------------------------------------
 
 
-def test_bundled_table_checksum_and_content():
-    source = resources.files("scsig.models") / "_data" / "orthologs" / ORTHOLOGS_FILE
-    with resources.as_file(source) as path:
-        assert _table_sha(path) == ORTHOLOGS_SHA256
-    table = sg.models.orthologs("human", "mouse")
-    assert len(table) == 24857
-    assert (table["kind"] == "1:1").sum() == 16757
-    lookup = table.groupby("source")["target"].agg(list)
+def test_bundled_files_match_pinned_checksums():
+    folder = resources.files("scsig.models") / "_data" / "orthologs"
+    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".gz"))
+    assert files == sorted(spec.file for spec in BUNDLED.values())
+    for spec in BUNDLED.values():
+        with resources.as_file(folder / spec.file) as path:
+            assert _table_sha(path) == spec.sha256, spec.file
+    readme = (folder / "README.md").read_text()
+    assert all(spec.sha256 in readme and spec.file in readme for spec in BUNDLED.values())
+
+
+@pytest.mark.parametrize(
+    ("table", "n_pairs", "n_one2one"),
+    [("mgi2024", 29597, 16984), ("hcop2024", 21810, 16331), ("ensembl105", 24857, 16757)],
+)
+def test_bundled_table_content(table, n_pairs, n_one2one):
+    frame = sg.models.orthologs("human", "mouse", table=table)
+    assert len(frame) == n_pairs
+    assert (frame["relationship"] == "one2one").sum() == n_one2one
+    assert frame.attrs == {"table": f"{table}-human-mouse", "checksum": BUNDLED[table].sha256[:16]}
+    reverse = sg.models.orthologs("mouse", "human", table=table)
+    assert (reverse["relationship"] == "one2one").sum() == n_one2one
+    assert set(reverse["relationship"]) == {"one2one", "one2many", "many2one", "many2many"}
+    # one2many one way is many2one the other
+    assert (frame["relationship"] == "one2many").sum() == (reverse["relationship"] == "many2one").sum()
+    lookup = frame.groupby("source")["target"].agg(list)
     assert lookup["CD19"] == ["Cd19"]
-    assert lookup["NKG7"] == ["Nkg7"]
     assert "GNLY" not in lookup.index
-    reverse = sg.models.orthologs("mouse", "human")
-    assert (reverse["kind"] == "1:1").sum() == 16757
-    assert set(reverse["kind"]) == {"1:1", "1:many", "many:1", "many:many"}
+
+
+def test_default_table_is_mgi():
+    assert DEFAULT_TABLE == "mgi2024"
+    assert sg.models.orthologs().attrs["table"] == "mgi2024-human-mouse"
+    assert set(sg.get.orthologs(["CD19"])["table"]) == {"mgi2024-human-mouse"}
+    x = sg.models.cross_species(sg.models.load("pbmc-demo"), species="mouse")
+    assert x.table.name == "mgi2024-human-mouse"
+    assert x.describe()["cross_species"]["table"]["checksum"] == BUNDLED["mgi2024"].sha256[:16]
+
+
+def test_relationships_match_the_files_type_columns():
+    """Our per-pair relationship is the type MGI and HCOP give (HCOP: among the pairs with support >= 3)."""
+    folder = resources.files("scsig.models") / "_data" / "orthologs"
+    for spec, column, keep in ((BUNDLED["mgi2024"], "type", None), (BUNDLED["hcop2024"], "type_min3", 3)):
+        with resources.as_file(folder / spec.file) as path:
+            raw = pd.read_csv(path, dtype={"human_symbol": str, "mouse_symbol": str}, keep_default_na=False)
+        if keep:
+            raw = raw[raw["support_n"] >= keep]
+        got = relationships(raw["human_symbol"], raw["mouse_symbol"])
+        np.testing.assert_array_equal(got.to_numpy(), raw[column].to_numpy())
+
+
+def test_relationships_hand_checked():
+    # a-A one2one; b -> B1, B2 (one2many); c, d -> D (many2one); e -> E1, E2 and f -> E2 (mixed)
+    source = pd.Series(["a", "b", "b", "c", "d", "e", "e", "f"])
+    target = pd.Series(["A", "B1", "B2", "D", "D", "E1", "E2", "E2"])
+    assert relationships(source, target).tolist() == [
+        "one2one",
+        "one2many",
+        "one2many",
+        "many2one",
+        "many2one",
+        "one2many",  # E1 has only e
+        "many2many",  # e has two, E2 has two
+        "many2one",  # f has only E2, which has two
+    ]
+    table = pd.DataFrame({"source": source, "target": target})
+    m = sg.get.orthologs(["a", "b", "c", "e", "f", "z"], source="x", target="y", table=table)
+    assert m["source"].tolist() == ["a", "b", "c", "e", "f", "z"]
+    assert m["relationship"].tolist()[:5] == ["one2one", "one2many", "many2one", "many2many", "many2one"]
+    assert pd.isna(m["relationship"].iloc[5])
+    assert m["choice"].tolist() == ["only", "ambiguous", "only", "ambiguous", "only", "missing"]
+    assert m["n_orthologs"].tolist() == [1, 2, 1, 2, 1, 0]
+    assert m["target"].tolist()[:5:2] == ["A", "D", "E2"]
+    assert m["target"].iloc[[1, 3, 5]].isna().all()
+    assert set(m["table"]) == {"user"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,10 +152,10 @@ def test_conversion_rules(rule):
         expected[8, 8] = expected[8, 9] = 1.0
         expected[9, 10] = expected[10, 10] = 0.5
     np.testing.assert_array_equal(c, expected)
-    kinds = x.pairs().set_index("source")["kind"]
-    assert kinds["Mg0"] == "1:1"
-    assert kinds["Mg8a"] == "many:1"
-    assert kinds.loc["Mg9"].tolist() == ["1:many", "1:many"]
+    kinds = x.pairs().set_index("source")["relationship"]
+    assert kinds["Mg0"] == "one2one"
+    assert kinds["Mg8a"] == "many2one"
+    assert kinds.loc["Mg9"].tolist() == ["one2many", "one2many"]
 
 
 @pytest.mark.parametrize("rule", ["mean", "split"])
@@ -170,7 +232,7 @@ def test_other_first_layer_gets_conversion_module():
 def pseudo_mouse():
     human = sg.datasets.kang_ifnb()[:60].copy()
     table = sg.models.orthologs("human", "mouse")
-    one = table[table["kind"] == "1:1"].set_index("source")["target"]
+    one = table[table["relationship"] == "one2one"].set_index("source")["target"]
     human = human[:, human.var_names.isin(one.index)].copy()
     mouse = human.copy()
     mouse.var_names = one.loc[human.var_names].to_numpy()
@@ -188,8 +250,8 @@ def test_pseudo_mouse_equals_human_model(pseudo_mouse):
     assert record["engine"] == "fast"
     cs = record["model"]["cross_species"]
     assert cs["species"] == "mouse"
-    assert cs["table"]["name"] == "ensembl105-human-mouse"
-    assert cs["table"]["checksum"] == ORTHOLOGS_SHA256[:16]
+    assert cs["table"]["name"] == "mgi2024-human-mouse"
+    assert cs["table"]["checksum"] == BUNDLED["mgi2024"].sha256[:16]
     assert cs["base_model"]["name"] == "pbmc-demo"
     assert record["overlap"]["n_base_model_genes"] == 4692
     assert record["overlap"]["n_base_model_genes_reached"] == record["overlap"]["n_overlap"]
@@ -201,7 +263,7 @@ def test_pseudo_mouse_equals_human_model(pseudo_mouse):
     np.testing.assert_allclose(u.layers["attr_ig"].toarray(), m.layers["attr_ig"].toarray(), rtol=0, atol=0)
     # human signatures translated into mouse score the same as on the human cells
     sig = {"B": ["MS4A1", "CD79A", "CD79B"], "NK": ["NKG7", "PRF1", "KLRD1"]}  # 1:1 orthologs
-    sg.tl.score(m, sg.get.orthologs(sig, source="human", target="mouse"), key_added="sig")
+    sg.tl.score(m, sg.get.orthologs(sig, source="human", target="mouse", as_signature=True), key_added="sig")
     sg.tl.score(h, sig, key_added="sig")
     np.testing.assert_allclose(m.obsm["sig"].to_numpy(), h.obsm["sig"].to_numpy(), rtol=1e-5, atol=1e-5)
 
@@ -252,6 +314,50 @@ def test_save_load_roundtrip(tmp_path):
     assert cs["table"]["name"] == "user"
 
 
+IMMUNE = ["CD19", "MS4A1", "CD79A", "NKG7", "CCL5", "IFIT1", "S100A9", "LYZ", "GZMB", "CD3E", "CD14", "IL7R"]
+
+# what scsig wrote into cross_species.json, and the gene order, for this model with the Ensembl 105
+# table before MGI became the default (commit d268e75)
+OLD_ENSEMBL_RECORD = {
+    "checksum": "741b301e9b101442",
+    "n_pairs": 24857,
+    "name": "ensembl105-human-mouse",
+    "source_species": "mouse",
+    "target_species": "human",
+}
+OLD_ENSEMBL_GENES = ["Cd19", "Ms4a1", "Cd79a", "Nkg7", "Gm5849", "9530003J23Rik", "Gzme", "Gzmf", "Gzmc", "Gzmd"]
+OLD_ENSEMBL_GENES += ["Gzmb", "Gzmn", "Gzmg", "Cd3e", "Cd14", "Il7r"]
+
+
+def _immune_model() -> sg.models.FoundationModel:
+    torch.manual_seed(0)
+    return sg.models.FoundationModel(SCimilarityEncoder(len(IMMUNE), [16, 8], 4).eval(), IMMUNE, name="tiny-immune")
+
+
+@pytest.mark.parametrize("table", ["mgi2024", "hcop2024", "ensembl105"])
+def test_bundled_table_provenance_roundtrip(tmp_path, table):
+    x = sg.models.cross_species(_immune_model(), species="mouse", orthologs=table)
+    record = x.describe()["cross_species"]["table"]
+    assert record["name"] == f"{table}-human-mouse"
+    assert record["checksum"] == BUNDLED[table].sha256[:16]
+    y = sg.models.load(x.save(tmp_path / "xm"))
+    assert y.describe()["cross_species"]["table"] == record
+    saved = json.loads((tmp_path / "xm" / "cross_species.json").read_text())["table"]
+    assert saved == record
+    pd.testing.assert_frame_equal(y.table.pairs, x.table.pairs[["source", "target"]])
+    assert y.gene_order == x.gene_order
+    inp = np.random.default_rng(0).random((4, x.n_genes)).astype(np.float32)
+    np.testing.assert_array_equal(y.embed(inp), x.embed(inp))
+    # the recorded name selects the same table again
+    again = sg.models.cross_species(_immune_model(), species="mouse", orthologs=record["name"])
+    assert again.gene_order == x.gene_order
+    if table == "ensembl105":  # byte for byte what the earlier default recorded
+        assert saved == OLD_ENSEMBL_RECORD
+        assert y.gene_order == OLD_ENSEMBL_GENES
+    if table == "mgi2024":  # the orthologs immunologists expect reach the model
+        assert {"Ccl5", "Ifit1", "S100a9", "Lyz1", "Lyz2"} <= set(x.gene_order)
+
+
 # ---------------------------------------------------------------------------------------------
 # learning the conversion (TRON)
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +376,7 @@ def test_fit_conversion_learns_masked_weights_only(tmp_path):
     # only the ortholog pairs carry weights, and they moved
     assert (learned.conversion != 0).sum() <= x.conversion.nnz
     np.testing.assert_array_equal(learned.initial.toarray(), x.conversion.toarray())
-    assert set(pairs.columns) >= {"source", "target", "kind", "initial", "weight", "change"}
+    assert set(pairs.columns) >= {"source", "target", "relationship", "initial", "weight", "change"}
     assert len(pairs) == x.conversion.nnz
     assert pairs["change"].abs().max() > 0.01
     # the learned model is the pretrained encoder after the learned conversion
@@ -291,31 +397,20 @@ def test_fit_conversion_learns_masked_weights_only(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# signatures in the other species
-# ---------------------------------------------------------------------------------------------
-
-
-def test_get_orthologs_shapes_and_missing():
-    assert sg.get.orthologs(["CD19", "MS4A1"], source="human", target="mouse") == ["Cd19", "Ms4a1"]
-    assert sg.get.orthologs(["Cd19"], source="mouse", target="human") == ["CD19"]
-    assert sg.get.orthologs({"CD19": 2.0, "NKG7": 1.0}) == {"Cd19": 2.0, "Nkg7": 1.0}
-    with pytest.warns(UserWarning, match=r"1 human gene\(s\) have no mouse ortholog.*GNLY"):
-        out = sg.get.orthologs({"NK": ["GNLY", "NKG7"]})
-    assert out == {"NK": ["Nkg7"]}
-    # a user's table, any pair of species
-    fish = pd.DataFrame({"zebrafish": ["cd79a"], "human": ["CD79A"]})
-    assert sg.get.orthologs(["CD79A"], source="human", target="zebrafish", table=fish) == ["cd79a"]
-
-
-# ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
 
 
 def test_bad_input():
     base = _human_model()
-    with pytest.raises(ValueError, match=r"No ortholog table is bundled.*orthologs="):
+    with pytest.raises(ValueError, match=r"No ortholog table is bundled.*Pass a DataFrame"):
         sg.models.cross_species(base, species="zebrafish")
+    with pytest.raises(
+        ValueError, match=r"table='mgi' is not a bundled.*'mgi2024' \(default\), 'hcop2024', 'ensembl105'"
+    ):
+        sg.models.cross_species(base, species="mouse", orthologs="mgi")
+    with pytest.raises(TypeError, match="name of a bundled table"):
+        sg.models.cross_species(base, species="mouse", orthologs=3)
     with pytest.raises(ValueError, match=r"needs 'source'.*Rename"):
         sg.models.cross_species(base, species="mouse", orthologs=pd.DataFrame({"a": ["x"], "b": ["y"]}))
     with pytest.raises(ValueError, match=r"None of the model's 12 genes"):

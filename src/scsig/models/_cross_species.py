@@ -34,7 +34,7 @@ from scipy import sparse
 from ._base import FoundationModel
 from ._conversion import fold_conversion
 from ._files import SaveFolder
-from ._orthologs import OrthologTable
+from ._orthologs import OrthologTable, relationships
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -99,7 +99,11 @@ class CrossSpeciesModel(FoundationModel):
 
     # ---- provenance -------------------------------------------------------------------------
     def pairs(self) -> pd.DataFrame:
-        """The conversion's entries: ``source`` gene, ``target`` (model) gene, ``kind``, ``initial`` and ``weight``."""
+        """The conversion's entries: ``source`` gene, ``target`` (model) gene, ``relationship``, ``initial`` and ``weight``.
+
+        ``relationship`` (``"one2one"``, ``"one2many"``, ``"many2one"`` or ``"many2many"``, from source to
+        model gene) is counted among the conversion's entries, i.e. within the model's genes.
+        """
         coo = self.conversion.tocoo()
         init = np.asarray(self.initial[coo.row, coo.col]).ravel()
         frame = pd.DataFrame(
@@ -110,22 +114,20 @@ class CrossSpeciesModel(FoundationModel):
                 "weight": coo.data,
             }
         )
-        n_t = frame["source"].map(frame["source"].value_counts())
-        n_s = frame["target"].map(frame["target"].value_counts())
-        frame.insert(2, "kind", np.where(n_s > 1, "many", "1") + np.array(":") + np.where(n_t > 1, "many", "1"))
+        frame.insert(2, "relationship", relationships(frame["source"], frame["target"]).to_numpy())
         return frame
 
     def describe(self) -> dict[str, Any]:
         """Provenance record: the folded model plus ``cross_species`` (species, table, rule, base model)."""
         record = super().describe()
-        kinds = self.pairs()["kind"].value_counts()
+        kinds = self.pairs()["relationship"].value_counts()
         record["cross_species"] = {
             "species": self.species,
             "model_species": self.model_species,
             "table": self.table.describe(),
             "rule": self.rule,
             "n_pairs": int(self.conversion.nnz),
-            "n_one_to_one": int(kinds.get("1:1", 0)),
+            "n_one_to_one": int(kinds.get("one2one", 0)),
             "n_model_genes_reached": int(np.diff(self.conversion.indptr).astype(bool).sum()),
             "learned": bool(self.fit),
             "fit": {str(k): v for k, v in self.fit.items()},

@@ -19,11 +19,13 @@ from ._base import FoundationModel
 from ._conversion import conversion_matrix
 from ._cross_species import CrossSpeciesModel
 from ._load import load
-from ._orthologs import resolve_table
+from ._orthologs import DEFAULT_TABLE, resolve_table
 
 if TYPE_CHECKING:
     import torch
     from anndata import AnnData
+
+    from ._orthologs import OrthologTable, TableName
 
 __all__ = ["cross_species", "fit_conversion"]
 
@@ -32,7 +34,7 @@ def cross_species(
     model: FoundationModel | str,
     *,
     species: str = "mouse",
-    orthologs: pd.DataFrame | None = None,
+    orthologs: TableName | str | pd.DataFrame | OrthologTable | None = DEFAULT_TABLE,
     model_species: str = "human",
     rule: Literal["mean", "split"] = "mean",
     name: str | None = None,
@@ -66,10 +68,12 @@ def cross_species(
     species
         The species of the data.
     orthologs
-        Ortholog pairs: a DataFrame with columns ``source`` (``species`` genes) and ``target``
-        (``model_species`` genes, named as in the model's gene order), or with columns named after
-        the two species. ``None`` uses the bundled Ensembl 105 human-mouse table
-        (:func:`scsig.models.orthologs`; from celltypist, MIT licence).
+        The ortholog table: the name of a bundled human-mouse table, ``"mgi2024"`` (default; MGI,
+        December 2024), ``"hcop2024"`` (HGNC HCOP, pairs supported by at least 3 of 12 databases) or
+        ``"ensembl105"`` (Ensembl 105, for data annotated with symbols of that time; the default before),
+        see :func:`scsig.models.orthologs`; or a DataFrame of ortholog pairs with columns ``source``
+        (``species`` genes) and ``target`` (``model_species`` genes, named as in the model's gene order),
+        or with columns named after the two species. ``None`` is the default table.
     model_species
         The species the model was trained on.
     rule
@@ -160,7 +164,7 @@ def fit_conversion(
     Returns
     -------
     The model with the learned conversion, and a DataFrame of the ortholog pairs (``source``,
-    ``target``, ``kind``, ``initial`` and learned ``weight``, ``change``) sorted by the size of the change;
+    ``target``, ``relationship``, ``initial`` and learned ``weight``, ``change``) sorted by the size of the change;
     its ``attrs["loss_history"]`` holds the mean loss of each epoch. The weights are not constrained
     in sign. The fit's settings are recorded in the model's provenance (``describe()["cross_species"]["fit"]``).
 

@@ -1,28 +1,77 @@
-"""Ortholog tables: the bundled Ensembl 105 human-mouse table and user tables for any pair of species."""
+"""Ortholog tables: the bundled human-mouse tables (MGI 2024, HCOP 2024, Ensembl 105) and user tables."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import warnings
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["ORTHOLOGS_FILE", "ORTHOLOGS_SHA256", "OrthologTable", "orthologs", "resolve_table", "translate_genes"]
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_TABLE",
+    "BundledTable",
+    "OrthologTable",
+    "TableName",
+    "orthologs",
+    "relationships",
+    "resolve_table",
+]
 
-ORTHOLOGS_FILE = "Ensembl105_Human2Mouse_Genes.csv.gz"
-"""The bundled table, under ``scsig/models/_data/orthologs``."""
+TableName = Literal["mgi2024", "hcop2024", "ensembl105"]
+"""Names of the bundled human-mouse tables."""
 
-ORTHOLOGS_SHA256 = "741b301e9b101442cd6e4ffa6f9405d915b26ac3a1678a2fbeef02ef39a3eb7d"
-"""SHA-256 of the bundled (gzipped) table, checked by the test suite."""
+DEFAULT_TABLE: TableName = "mgi2024"
+"""The table used when none is given: the most complete and curated one."""
 
-BUNDLED_NAME = "ensembl105-human-mouse"
-"""How the bundled table is named in provenance records."""
+HCOP_MIN_SUPPORT = 3
+"""HCOP pairs predicted by fewer of its 12 orthology databases are left out."""
 
 BUNDLED_SPECIES = ("human", "mouse")
-"""The two species of the bundled table."""
+"""The two species of the bundled tables."""
+
+
+@dataclass(frozen=True)
+class BundledTable:
+    """A human-mouse ortholog table shipped under ``scsig/models/_data/orthologs`` (see the README there)."""
+
+    key: str
+    file: str
+    sha256: str
+    title: str
+
+    @property
+    def record_name(self) -> str:
+        """The name recorded in provenance, e.g. ``"mgi2024-human-mouse"``."""
+        return f"{self.key}-human-mouse"
+
+
+BUNDLED: dict[str, BundledTable] = {
+    "mgi2024": BundledTable(
+        "mgi2024",
+        "mgi_hmd_human_mouse_2024-12.csv.gz",
+        "fecba57d3af2559dececa1662d263182a3ee378a1c0b5b08505574aab71e2475",
+        "MGI human-mouse orthology, December 2024 (HMD_HumanPhenotype.rpt; 29,597 pairs, 16,984 one-to-one)",
+    ),
+    "hcop2024": BundledTable(
+        "hcop2024",
+        "hcop_human_mouse_2024-01.csv.gz",
+        "0d8bbe35553015ce17e864d9de0adf5085e39bee672f8f0eda9bb74192c7b826",
+        "HGNC HCOP human-mouse orthology, January 2024, pairs supported by at least 3 of its 12 databases "
+        "(21,810 pairs, 16,331 one-to-one)",
+    ),
+    "ensembl105": BundledTable(
+        "ensembl105",
+        "Ensembl105_Human2Mouse_Genes.csv.gz",
+        "741b301e9b101442cd6e4ffa6f9405d915b26ac3a1678a2fbeef02ef39a3eb7d",
+        "Ensembl release 105, as distributed with celltypist (24,857 pairs, 16,757 one-to-one)",
+    ),
+}
+"""The bundled tables by name; ``sha256`` is that of the gzipped file, checked by the test suite."""
 
 
 class OrthologTable:
@@ -32,13 +81,14 @@ class OrthologTable:
     ----------
     pairs
         DataFrame with columns ``source`` and ``target`` (one row per ortholog pair, no missing values,
-        no duplicate rows).
+        no duplicate pairs), and optionally ``support_n`` (how many databases predict the pair).
     source_species, target_species
         Names of the two species.
     name
         Identifier recorded in provenance.
     checksum
-        SHA-256 of the pairs (computed when not given).
+        Checksum recorded in provenance: the first 16 hex digits of the bundled file's SHA-256, or of
+        the SHA-256 of the pairs (computed when not given).
     """
 
     def __init__(
@@ -61,21 +111,18 @@ class OrthologTable:
         """Number of ortholog pairs."""
         return len(self.pairs)
 
-    def kinds(self) -> pd.Series:
-        """Each pair's kind: ``"1:1"``, ``"1:many"`` (the source gene has several targets), ``"many:1"`` or ``"many:many"``."""
-        n_t = self.pairs["source"].map(self.pairs["source"].value_counts())
-        n_s = self.pairs["target"].map(self.pairs["target"].value_counts())
-        left = n_s.gt(1).map({True: "many", False: "1"})
-        right = n_t.gt(1).map({True: "many", False: "1"})
-        return (left + ":" + right).rename("kind")
+    def relationships(self) -> pd.Series:
+        """Each pair's relationship, read from source to target (see :func:`relationships`)."""
+        return relationships(self.pairs["source"], self.pairs["target"])
 
     def reversed(self) -> OrthologTable:
         """The same pairs read from the target species to the source species."""
         return OrthologTable(
-            self.pairs.rename(columns={"source": "target", "target": "source"})[["source", "target"]],
+            self.pairs.rename(columns={"source": "target", "target": "source"}),
             source_species=self.target_species,
             target_species=self.source_species,
             name=self.name,
+            checksum=self.checksum,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -92,151 +139,173 @@ class OrthologTable:
         return f"OrthologTable({self.name!r}, {self.source_species} -> {self.target_species}, {self.n_pairs} pairs)"
 
 
+def relationships(source: pd.Series, target: pd.Series) -> pd.Series:
+    """The relationship of each pair ``(source[i], target[i])`` among all the pairs given.
+
+    ``"one2one"``: neither gene has another ortholog; ``"one2many"``: the source gene has several
+    target orthologs, the target gene only this one; ``"many2one"``: the target gene has several
+    source orthologs, the source gene only this one; ``"many2many"``: both have several. This is the
+    ``type`` column of the bundled MGI and HCOP files (tested).
+    """
+    source, target = pd.Series(source).reset_index(drop=True), pd.Series(target).reset_index(drop=True)
+    several_t = source.map(source.value_counts()).to_numpy() > 1
+    several_s = target.map(target.value_counts()).to_numpy() > 1
+    kind = np.select(
+        [~several_t & ~several_s, several_t & ~several_s, ~several_t & several_s],
+        ["one2one", "one2many", "many2one"],
+        "many2many",
+    )
+    return pd.Series(kind, name="relationship", dtype=object)
+
+
 def _pairs_checksum(pairs: pd.DataFrame) -> str:
     text = "\n".join(f"{s}\t{t}" for s, t in zip(pairs["source"], pairs["target"], strict=True))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_bundled() -> pd.DataFrame:
-    """Human-mouse pairs of the bundled table, columns ``human`` and ``mouse`` (rows without a mouse gene dropped)."""
-    source = resources.files("scsig.models") / "_data" / "orthologs" / ORTHOLOGS_FILE
+@functools.cache
+def _read_bundled(key: str) -> pd.DataFrame:
+    """Human-mouse pairs of a bundled table: columns ``human``, ``mouse`` (and ``support_n`` for HCOP).
+
+    Cached: callers copy before changing it.
+    """
+    spec = BUNDLED[key]
+    source = resources.files("scsig.models") / "_data" / "orthologs" / spec.file
     with resources.as_file(source) as path:
-        table = pd.read_csv(
-            path, header=None, names=["human", "mouse"], dtype=str, keep_default_na=False, na_values=[""]
-        )
-    return table.dropna().drop_duplicates().reset_index(drop=True)
+        if key == "ensembl105":  # no header; an empty mouse column means no ortholog
+            table = pd.read_csv(
+                path, header=None, names=["human", "mouse"], dtype=str, keep_default_na=False, na_values=[""]
+            )
+        else:
+            table = pd.read_csv(path, dtype={"human_symbol": str, "mouse_symbol": str}, keep_default_na=False)
+            table = table.rename(columns={"human_symbol": "human", "mouse_symbol": "mouse"})
+    if key == "hcop2024":
+        table = table[table["support_n"] >= HCOP_MIN_SUPPORT][["human", "mouse", "support_n"]]
+        table = table.astype({"support_n": np.int64})
+    else:
+        table = table[["human", "mouse"]]
+    table = table.replace("", np.nan).dropna(subset=["human", "mouse"])
+    return table.drop_duplicates(subset=["human", "mouse"]).reset_index(drop=True)
 
 
-def orthologs(source: str = "mouse", target: str = "human") -> pd.DataFrame:
-    """The bundled ortholog table: Ensembl release 105 human-mouse orthologs.
+def orthologs(source: str = "mouse", target: str = "human", *, table: TableName = DEFAULT_TABLE) -> pd.DataFrame:
+    """A bundled human-mouse ortholog table.
 
-    The table comes from celltypist's MIT-licensed distribution
-    (``celltypist/data/samples/Ensembl105_Human2Mouse_Genes.csv``): 24,857 human-mouse gene pairs,
-    16,757 of them one-to-one. Genes are gene symbols (mouse symbols in their usual case, e.g.
-    ``Cd19``).
+    ``"mgi2024"`` (default)
+        Mouse Genome Informatics, December 2024: curated orthology from the Alliance of Genome
+        Resources; 29,597 pairs, 16,984 of them one-to-one.
+    ``"hcop2024"``
+        HGNC's HCOP, January 2024: the pairs that at least 3 of its 12 orthology databases predict
+        (21,810 pairs, 16,331 one-to-one); ``support_n`` says how many do.
+    ``"ensembl105"``
+        Ensembl release 105 as distributed with celltypist: 24,857 pairs, 16,757 one-to-one. Some mouse
+        symbols in it have been renamed since (``9530003J23Rik``, now ``Lyz3``); use it for data
+        annotated with symbols of that time.
+
+    Genes are gene symbols (mouse symbols in their usual case, e.g. ``Cd19``). Provenance, licences
+    and checksums are in ``scsig/models/_data/orthologs/README.md``.
 
     Parameters
     ----------
     source, target
         ``"mouse"`` and ``"human"``, in either order: which species goes in the ``source`` column.
+    table
+        Which table: ``"mgi2024"``, ``"hcop2024"`` or ``"ensembl105"``.
 
     Returns
     -------
-    A DataFrame with columns ``source``, ``target`` and ``kind`` (``"1:1"``, ``"1:many"``,
-    ``"many:1"`` or ``"many:many"``, read from source to target).
+    A DataFrame with a row per ortholog pair and columns ``source``, ``target``, ``relationship``
+    (``"one2one"``, ``"one2many"``, ``"many2one"`` or ``"many2many"``, read from source to target;
+    see :func:`scsig.get.orthologs`) and, for ``"hcop2024"``, ``support_n``. ``attrs["table"]`` and
+    ``attrs["checksum"]`` name the table.
 
     Examples
     --------
     >>> import scsig as sg
     >>> table = sg.models.orthologs("mouse", "human")
-    >>> table.set_index("source").loc["Cd19", "target"]
-    'CD19'
+    >>> table.set_index("source").loc["Cd19", ["target", "relationship"]].tolist()
+    ['CD19', 'one2one']
+    >>> table.attrs["table"]
+    'mgi2024-human-mouse'
     """
-    table = resolve_table(None, source_species=source, target_species=target)
-    return pd.concat([table.pairs, table.kinds()], axis=1)
+    resolved = resolve_table(table, source_species=source, target_species=target)
+    frame = resolved.pairs.copy()
+    frame.insert(2, "relationship", resolved.relationships().to_numpy())
+    frame.attrs.update(table=resolved.name, checksum=resolved.checksum)
+    return frame
+
+
+def bundled_key(name: str) -> str | None:
+    """The key of a bundled table given by key (``"mgi2024"``) or provenance name (``"mgi2024-human-mouse"``)."""
+    low = name.lower()
+    for key, spec in BUNDLED.items():
+        if low in (key, spec.record_name):
+            return key
+    return None
+
+
+def _bundled_table(name: str, src: str, tgt: str) -> OrthologTable:
+    key = bundled_key(name)
+    if key is None:
+        choices = ", ".join(f"{k!r}" + (" (default)" if k == DEFAULT_TABLE else "") for k in BUNDLED)
+        msg = (
+            f"table={name!r} is not a bundled ortholog table; choose one of {choices}, or pass a DataFrame of "
+            "ortholog pairs with columns 'source' and 'target'."
+        )
+        raise ValueError(msg)
+    if {src, tgt} != set(BUNDLED_SPECIES):
+        msg = (
+            f"No ortholog table is bundled for {src!r} -> {tgt!r}; the bundled tables ({', '.join(BUNDLED)}) are "
+            f"human-mouse. Pass a DataFrame with columns 'source' ({src} genes) and 'target' ({tgt} genes), "
+            "one row per ortholog pair."
+        )
+        raise ValueError(msg)
+    spec = BUNDLED[key]
+    raw = _read_bundled(key)
+    pairs = raw.rename(columns={src: "source", tgt: "target"})[["source", "target", *raw.columns[2:]]]
+    return OrthologTable(
+        pairs.copy(), source_species=src, target_species=tgt, name=spec.record_name, checksum=spec.sha256[:16]
+    )
 
 
 def resolve_table(
-    orthologs: pd.DataFrame | OrthologTable | None,
+    table: str | pd.DataFrame | OrthologTable | None,
     *,
     source_species: str,
     target_species: str,
 ) -> OrthologTable:
-    """An :class:`OrthologTable` from the bundled table (``None``) or a user's DataFrame.
+    """An :class:`OrthologTable` from a bundled table's name (``None``: the default), or a user's DataFrame.
 
     A user's DataFrame has the columns ``source`` and ``target``, or columns named after the two
     species (e.g. ``"mouse"`` and ``"human"``).
     """
-    if isinstance(orthologs, OrthologTable):
-        return orthologs
+    if isinstance(table, OrthologTable):
+        return table
     src, tgt = str(source_species).lower(), str(target_species).lower()
-    if orthologs is None:
-        if {src, tgt} != set(BUNDLED_SPECIES):
-            msg = (
-                f"No ortholog table is bundled for {source_species!r} -> {target_species!r}; scsig ships the "
-                "Ensembl 105 human-mouse table only. Pass orthologs= a DataFrame with columns 'source' "
-                f"({source_species} genes) and 'target' ({target_species} genes), one row per ortholog pair."
-            )
-            raise ValueError(msg)
-        table = _read_bundled()
-        pairs = pd.DataFrame({"source": table[src], "target": table[tgt]})
-        return OrthologTable(
-            pairs, source_species=src, target_species=tgt, name=BUNDLED_NAME, checksum=ORTHOLOGS_SHA256[:16]
+    if table is None or isinstance(table, str):
+        return _bundled_table(DEFAULT_TABLE if table is None else table, src, tgt)
+    if not isinstance(table, pd.DataFrame):
+        msg = (
+            f"The ortholog table must be the name of a bundled table ({', '.join(map(repr, BUNDLED))}) or a pandas "
+            f"DataFrame of ortholog pairs, not {type(table).__name__}."
         )
-    if not isinstance(orthologs, pd.DataFrame):
-        msg = f"orthologs must be a pandas DataFrame of ortholog pairs or None (the bundled table), not {type(orthologs).__name__}."
         raise TypeError(msg)
-    cols = {str(c).lower(): c for c in orthologs.columns}
+    cols = {str(c).lower(): c for c in table.columns}
     if "source" in cols and "target" in cols:
         s_col, t_col = cols["source"], cols["target"]
     elif src in cols and tgt in cols and src != tgt:
         s_col, t_col = cols[src], cols[tgt]
     else:
         msg = (
-            f"The ortholog table has columns {list(orthologs.columns)}; it needs 'source' ({source_species} genes) "
+            f"The ortholog table has columns {list(table.columns)}; it needs 'source' ({source_species} genes) "
             f"and 'target' ({target_species} genes), or columns named {source_species!r} and {target_species!r}. "
             "Rename its columns, e.g. table.rename(columns={...})."
         )
         raise ValueError(msg)
-    pairs = pd.DataFrame({"source": orthologs[s_col], "target": orthologs[t_col]}).dropna()
+    pairs = pd.DataFrame({"source": table[s_col], "target": table[t_col]}).dropna()
     pairs = pairs.astype(str)
     pairs = pairs[(pairs["source"] != "") & (pairs["target"] != "")].drop_duplicates()
     if pairs.empty:
         msg = "The ortholog table holds no pair with both a source and a target gene."
         raise ValueError(msg)
     return OrthologTable(pairs, source_species=src, target_species=tgt, name="user")
-
-
-def translate_genes(
-    genes: Sequence[str] | Mapping[str, Any],
-    table: OrthologTable,
-    *,
-    warn: bool = True,
-) -> tuple[Any, list[str]]:
-    """Translate genes (a list, a dict gene -> weight, or a dict name -> either) through ``table``.
-
-    Every ortholog of a gene is kept (a gene with two orthologs becomes two genes; a weight is
-    copied to each), in the order of the input, without duplicates. Returns the translation and the
-    genes without an ortholog (warned about when ``warn``).
-    """
-    lookup = table.pairs.groupby("source", sort=False)["target"].agg(list).to_dict()
-    missing: list[str] = []
-
-    def one(items: Any) -> Any:
-        if isinstance(items, Mapping):
-            out: dict[str, Any] = {}
-            for gene, weight in items.items():
-                hits = lookup.get(str(gene))
-                if not hits:
-                    missing.append(str(gene))
-                for hit in hits or ():
-                    out.setdefault(hit, weight)
-            return out
-        if isinstance(items, str):
-            msg = f"Pass a list of genes, not a single string ({items!r:.40})."
-            raise TypeError(msg)
-        out_list: list[str] = []
-        seen: set[str] = set()
-        for gene in items:
-            hits = lookup.get(str(gene))
-            if not hits:
-                missing.append(str(gene))
-            for hit in hits or ():
-                if hit not in seen:
-                    seen.add(hit)
-                    out_list.append(hit)
-        return out_list
-
-    several = (
-        isinstance(genes, Mapping) and len(genes) > 0 and all(not isinstance(v, int | float) for v in genes.values())
-    )
-    result = {name: one(items) for name, items in genes.items()} if several else one(genes)
-    missing = list(dict.fromkeys(missing))
-    if warn and missing:
-        warnings.warn(
-            f"{len(missing)} {table.source_species} gene(s) have no {table.target_species} ortholog in the "
-            f"table {table.name!r} and were left out: {missing[:10]}{' ...' if len(missing) > 10 else ''}.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return result, missing
