@@ -31,6 +31,10 @@ def _load_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
         return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
     if (path / SAFETENSORS_FILE).is_file():
         return load_safetensors_folder(path, name=name)
+    if (path / "models.ckpt").is_file():  # scFoundation
+        from ._scfoundation import load_scfoundation
+
+        return load_scfoundation(path, name=name)
     if (path / "args.json").is_file() or (path / "vocab.json").is_file():  # scGPT
         from ._scgpt import load_scgpt
 

@@ -15,6 +15,8 @@ import scsig as sg
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from scipy import sparse
+
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
@@ -87,3 +89,125 @@ def write_scgpt_folder(
     (folder / "vocab.json").write_text(json.dumps(vocab))
     torch.save(state, folder / "best_model.pt")
     return genes
+
+
+def write_scfoundation_folder(
+    folder: Path,
+    *,
+    n_genes: int = 30,
+    dim: int = 16,
+    heads: int = 2,
+    depth: int = 2,
+    bin_num: int = 10,
+    seed: int = 0,
+    encoder_extra: dict | None = None,
+    gene_file: bool = True,
+) -> list[str]:
+    """An scFoundation folder (models.ckpt in the published nested layout, the gene list); returns the genes."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
+    genes = [f"G{i}" for i in range(n_genes)]
+    seq_len = n_genes + 2
+    state = {
+        "model.token_emb.mlp.weight": rnd(bin_num, 1), "model.token_emb.mlp.bias": rnd(bin_num),
+        "model.token_emb.mlp2.weight": rnd(bin_num, bin_num), "model.token_emb.mlp2.bias": rnd(bin_num),
+        "model.token_emb.emb.weight": rnd(bin_num, dim), "model.token_emb.emb_mask.weight": rnd(1, dim),
+        "model.token_emb.emb_pad.weight": rnd(1, dim), "model.pos_emb.weight": rnd(seq_len + 1, dim),
+        "model.encoder.norm.weight": 1 + 0.1 * rnd(dim), "model.encoder.norm.bias": 0.1 * rnd(dim),
+        "model.decoder_embed.weight": rnd(dim, dim), "model.to_final.weight": rnd(1, dim),  # not on the path
+    }  # fmt: skip
+    for i in range(depth):
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True)
+        for key, value in layer.state_dict().items():
+            scale = max(value.shape[-1], 1) ** 0.5
+            offset = 1.0 if key.startswith("norm") and key.endswith("weight") else 0.0
+            state[f"model.encoder.transformer_encoder.{i}.{key}"] = rnd(*value.shape) / scale + offset
+    encoder = {
+        "hidden_dim": dim,
+        "depth": depth,
+        "heads": heads,
+        "dim_head": dim // heads,
+        "module_type": "transformer",
+    }
+    encoder.update(encoder_extra or {})
+    config = {
+        "model": "mae_autobin",
+        "model_config": {
+            "mae_autobin": {
+                "encoder": encoder,
+                "decoder": {"hidden_dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "module_type": "performer"},
+                "n_class": 104,
+                "pad_token_id": 103,
+                "mask_token_id": 102,
+                "bin_num": bin_num,
+                "bin_alpha": 1.0,
+                "seq_len": seq_len,
+            }  # fmt: skip
+        },
+        "dataset_config": {"rnaseq": {"rawcount": True}},
+    }
+    ckpt = {key: {"config": config, "state_dict": state} for key in ("cell", "gene")}
+    torch.save(ckpt, folder / "models.ckpt")
+    if gene_file:
+        pd.DataFrame({"index": range(n_genes), "gene_name": genes}).to_csv(
+            folder / "OS_scRNA_gene_index.19264.tsv", sep="\t", index=False
+        )
+    return genes
+
+
+@pytest.fixture
+def scfoundation_folder():
+    """The writer of scFoundation folders, :func:`write_scfoundation_folder`."""
+    return write_scfoundation_folder
+
+
+class _DenseValues(torch.nn.Module):
+    """A dense-input module over all model genes whose token set (one cell's) is fixed."""
+
+    def __init__(self, enc, genes: np.ndarray, extras: np.ndarray, target: str) -> None:
+        super().__init__()
+        self.enc, self.genes, self.target = enc, torch.as_tensor(genes), target
+        self.extras = torch.as_tensor(extras, dtype=torch.float64)[None]
+
+    def embed(self, dense: torch.Tensor) -> torch.Tensor:
+        n = dense.shape[0]
+        vals = dense[:, self.genes]
+        pad = torch.zeros_like(vals, dtype=torch.bool)
+        return self.enc.embed_tokens(self.genes.expand(n, -1), vals, pad, self.extras.expand(n, -1))
+
+    def forward(self, dense: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(dense)
+        if self.target == "embedding_distance":
+            return torch.linalg.vector_norm(emb - ref, dim=1)
+        return torch.sum(torch.abs(ref * emb), dim=1)
+
+
+def captum_rows(model, x: sparse.csr_matrix, target: str, n_steps: int) -> np.ndarray:
+    """Integrated gradients of each cell by captum on :class:`_DenseValues` (float64 model), cells x genes."""
+    from captum.attr import IntegratedGradients
+
+    enc = model.encoder
+    genes, vals, extras, _ = enc.tokenize(x)
+    out = np.zeros(x.shape, dtype=np.float64)
+    for i, (g, v) in enumerate(zip(genes, vals, strict=True)):
+        wrapper = _DenseValues(enc, g, extras[i], target)
+        dense = torch.zeros((1, x.shape[1]), dtype=torch.float64)
+        dense[0, g] = torch.as_tensor(v)
+        with torch.no_grad():
+            ref = wrapper.embed(dense if target == "self_similarity" else torch.zeros_like(dense))
+        ig = IntegratedGradients(wrapper, multiply_by_inputs=True)
+        attr = ig.attribute(
+            dense, baselines=torch.zeros_like(dense), additional_forward_args=(ref,), n_steps=n_steps,
+            method="gausslegendre",
+        )  # fmt: skip
+        out[i] = attr.detach().numpy()[0]
+    return out
+
+
+@pytest.fixture
+def captum_ig():
+    """:func:`captum_rows`: captum's integrated gradients on a dense wrapper with the token set fixed."""
+    return captum_rows

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from anndata import AnnData
 from scipy import sparse
 
@@ -33,48 +32,6 @@ def _model(tmp_path: Path, write, **kwargs):
     return model
 
 
-class _DenseValues(torch.nn.Module):
-    """A dense-input module over all model genes whose token set (one cell's) is fixed."""
-
-    def __init__(self, enc, genes: np.ndarray, extras: np.ndarray, target: str) -> None:
-        super().__init__()
-        self.enc, self.genes, self.target = enc, torch.as_tensor(genes), target
-        self.extras = torch.as_tensor(extras, dtype=torch.float64)[None]
-
-    def embed(self, dense: torch.Tensor) -> torch.Tensor:
-        n = dense.shape[0]
-        vals = dense[:, self.genes]
-        pad = torch.zeros_like(vals, dtype=torch.bool)
-        return self.enc.embed_tokens(self.genes.expand(n, -1), vals, pad, self.extras.expand(n, -1))
-
-    def forward(self, dense: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(dense)
-        if self.target == "embedding_distance":
-            return torch.linalg.vector_norm(emb - ref, dim=1)
-        return torch.sum(torch.abs(ref * emb), dim=1)
-
-
-def _captum_rows(model, x: sparse.csr_matrix, target: str, n_steps: int) -> np.ndarray:
-    from captum.attr import IntegratedGradients
-
-    enc = model.encoder
-    genes, vals, extras, _ = enc.tokenize(x)
-    out = np.zeros(x.shape, dtype=np.float64)
-    for i, (g, v) in enumerate(zip(genes, vals, strict=True)):
-        wrapper = _DenseValues(enc, g, extras[i], target)
-        dense = torch.zeros((1, x.shape[1]), dtype=torch.float64)
-        dense[0, g] = torch.as_tensor(v)
-        with torch.no_grad():
-            ref = wrapper.embed(dense if target == "self_similarity" else torch.zeros_like(dense))
-        ig = IntegratedGradients(wrapper, multiply_by_inputs=True)
-        attr = ig.attribute(
-            dense, baselines=torch.zeros_like(dense), additional_forward_args=(ref,), n_steps=n_steps,
-            method="gausslegendre",
-        )  # fmt: skip
-        out[i] = attr.detach().numpy()[0]
-    return out
-
-
 def _rel_l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).sum(axis=1) / np.maximum(np.abs(b).sum(axis=1), 1e-300)
 
@@ -87,11 +44,11 @@ def _rel_l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ("self_similarity", "category", False),
     ],
 )
-def test_equals_captum_on_a_dense_wrapper(tmp_path, scgpt_folder, target, style, flash):
+def test_equals_captum_on_a_dense_wrapper(tmp_path, scgpt_folder, captum_ig, target, style, flash):
     model = _model(tmp_path, scgpt_folder, style=style, flash=flash)
     x = model.preprocessing.apply(_counts(6, model.n_genes)).astype(np.float64)
     attr, t_in, t_base, dropped = token_attributions(TargetModule(model.encoder, target), model, x, n_steps=16)
-    ref = _captum_rows(model, x, target, n_steps=16)
+    ref = captum_ig(model, x, target, n_steps=16)
     assert not dropped.any()
     assert np.abs(ref).sum() > 0
     assert _rel_l1(attr.toarray(), ref).max() <= 1e-5
