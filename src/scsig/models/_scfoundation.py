@@ -184,8 +184,8 @@ def _flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _read_checkpoint(path: Path, key: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+def _read_checkpoint(path: Path, key: str, *, allow_pickle: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     if key in raw:
         raw = raw[key]
     elif "config" not in raw:
@@ -240,6 +240,7 @@ def load_scfoundation(
     resolution: str = "t4",
     pool: Literal["all", "max"] = "all",
     strict_config: bool = True,
+    allow_pickle: bool = False,
 ) -> FoundationModel:
     """Load scFoundation from its published ``models.ckpt`` (a folder holding it, or the file).
 
@@ -257,6 +258,8 @@ def load_scfoundation(
         See :class:`ScFoundationEncoder`.
     strict_config
         Refuse encoder config fields scsig does not know.
+    allow_pickle
+        Permit a checkpoint that needs arbitrary unpickling (off: ``torch.load(..., weights_only=True)``).
 
     Returns
     -------
@@ -267,7 +270,7 @@ def load_scfoundation(
     if not ckpt.is_file():
         msg = f"{str(ckpt)!r} is missing: an scFoundation folder holds {SCFOUNDATION_CKPT} and {SCFOUNDATION_GENES}."
         raise FileNotFoundError(msg)
-    config, state = _read_checkpoint(ckpt, key)
+    config, state = _read_checkpoint(ckpt, key, allow_pickle=allow_pickle)
     _check_config(config, ckpt, strict=strict_config)
     genes = _genes(folder, gene_list)
     enc = config["encoder"]

@@ -167,6 +167,9 @@ class ScGPTEncoder(TokenEncoder):
         if input_emb_style not in _STYLES:
             msg = f"scGPT input_emb_style={input_emb_style!r} is not known; scsig reads {list(_STYLES)}."
             raise ValueError(msg)
+        if input_emb_style == "category" and not 0 <= pad_value < (n_bins or 0) + 2:
+            msg = f"With input_emb_style='category' the <cls> value pad_value={pad_value} must be a bin index (0 to {(n_bins or 0) + 1})."
+            raise ValueError(msg)
         if max_seq_len < 2:
             msg = f"max_seq_len={max_seq_len} leaves no room for genes: scGPT's <cls> token takes one of the positions."
             raise ValueError(msg)
@@ -237,9 +240,9 @@ def _check_folder(folder: Path) -> None:
         )
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The encoder's weights from ``best_model.pt``; flash-attention ``Wqkv`` renamed to ``in_proj``."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     raw = raw.get("model_state_dict", raw) if isinstance(raw, dict) else raw
     out = {}
     for key, value in raw.items():
@@ -250,7 +253,12 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_scgpt(
-    folder: str | Path, *, name: str | None = None, normalize: bool = True, strict_config: bool = True
+    folder: str | Path,
+    *,
+    name: str | None = None,
+    normalize: bool = True,
+    strict_config: bool = True,
+    allow_pickle: bool = False,
 ) -> FoundationModel:
     """Load a published scGPT model folder (``args.json``, ``vocab.json``, ``best_model.pt``).
 
@@ -264,6 +272,8 @@ def load_scgpt(
         L2-normalize the cell embedding, as scGPT's ``embed_data`` does.
     strict_config
         Refuse ``args.json`` fields scsig does not know (they might change the architecture).
+    allow_pickle
+        Permit a checkpoint that needs arbitrary unpickling (off: ``torch.load(..., weights_only=True)``).
 
     Returns
     -------
@@ -296,7 +306,7 @@ def load_scgpt(
         pre_norm=bool(args.get("pre_norm", False)),
         normalize=normalize,
     )
-    state = _state_dict(folder / "best_model.pt")
+    state = _state_dict(folder / "best_model.pt", allow_pickle=allow_pickle)
     result = enc.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         msg = (

@@ -57,6 +57,8 @@ def write_scgpt_folder(
         "pad_value": -2, "mask_value": -1, "input_style": "binned", "input_emb_style": style,
         "max_seq_len": max_seq_len, "dropout": 0.2, "fast_transformer": flash, "lr": 1e-4, "MVC": True,
     }  # fmt: skip
+    if style == "category":  # the <cls> value must then be a bin index
+        args["pad_value"] = n_bins
     args.update(extra_args or {})
     rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
     state = {

@@ -120,3 +120,9 @@ def test_tiny_vocabulary_overlap_warns(tmp_path, scgpt_folder):
     with pytest.warns(UserWarning, match=r"sees only 6 of its 40 genes"):
         sg.tl.attribute(adata, model, n_steps=64, min_overlap=1)
     assert adata.layers["attr_ig"][:, 6:].nnz == 0
+
+
+def test_category_values_need_a_bin_index_for_cls(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, style="category", extra_args={"pad_value": -2})
+    with pytest.raises(ValueError, match=r"pad_value=-2.0 must be a bin index \(0 to 12\)"):
+        sg.models.load(tmp_path / "m")
