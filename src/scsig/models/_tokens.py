@@ -22,7 +22,6 @@ expressed genes in the model's gene order (what some reference tools do).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -79,9 +78,9 @@ def block_forward(
         b, length, d = h.shape
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(b, length, 3, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // n_heads)
-        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
-        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, length, d)
+        # softmax(q k^T / sqrt(d_head)) v over the unpadded keys (torch's fused kernel; exact in float64 too)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])
+        out = out.transpose(1, 2).reshape(b, length, d)
         return attn.out_proj(out)
 
     def feed_forward(h: torch.Tensor) -> torch.Tensor:
