@@ -160,8 +160,11 @@ class ScFoundationEncoder(TokenEncoder):
         if self.pool == "max":
             return h.masked_fill(mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         count = keep.sum(dim=1).clamp(min=1)
-        top = gene_h.masked_fill(~keep, float("-inf")).amax(dim=1)
-        top = torch.where(keep.any(dim=1), top, torch.zeros_like(top))  # a cell without genes
+        if gene_h.shape[1] == 0:  # no cell of the batch has genes
+            top = torch.zeros_like(h[:, 0])
+        else:
+            top = gene_h.masked_fill(~keep, float("-inf")).amax(dim=1)
+            top = torch.where(keep.any(dim=1), top, torch.zeros_like(top))  # a cell without genes
         mean = (gene_h * keep).sum(dim=1) / count
         return torch.cat([h[:, 1], h[:, 0], top, mean], dim=1)
 

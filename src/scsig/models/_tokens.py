@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Crop", "TokenEncoder", "block_forward", "select_tokens"]
 
+FORWARD_CELLS = 16
+"""Cells per chunk of :meth:`TokenEncoder.forward` (its activations are cells x tokens x width per layer)."""
+
 Crop = Literal["most_expressed", "first"]
 """Which expressed genes a too-long cell keeps."""
 
@@ -136,10 +139,17 @@ class TokenEncoder(nn.Module):
         """Embed a dense batch (cells x model genes) of the encoder's input (not differentiable in ``x``)."""
         from scipy import sparse
 
-        dense = x.detach().cpu().double().numpy()
-        genes, vals, extras, _ = self.tokenize(sparse.csr_matrix(dense))
-        g, v, pad = pad_tokens(genes, vals, device=x.device, dtype=x.dtype)
-        return self.embed_tokens(g, v, pad, torch.as_tensor(extras, dtype=x.dtype, device=x.device))
+        genes, vals, extras, _ = self.tokenize(sparse.csr_matrix(x.detach().cpu().double().numpy()))
+        out = []
+        for lo in range(0, len(genes), FORWARD_CELLS):  # padded to each chunk's longest cell
+            hi = lo + FORWARD_CELLS
+            g, v, pad = pad_tokens(genes[lo:hi], vals[lo:hi], device=x.device, dtype=x.dtype)
+            out.append(self.embed_tokens(g, v, pad, torch.as_tensor(extras[lo:hi], dtype=x.dtype, device=x.device)))
+        if not out:  # no cells: the embedding width from a cell without genes
+            g, v, pad = pad_tokens([np.zeros(0, dtype=np.int64)], [np.zeros(0)], device=x.device, dtype=x.dtype)
+            extras = torch.zeros((1, self.n_extras), dtype=x.dtype, device=x.device)
+            return self.embed_tokens(g, v, pad, extras)[:0]
+        return torch.cat(out)
 
 
 def pad_tokens(

@@ -130,3 +130,17 @@ def test_bad_input(tmp_path, scfoundation_folder):
         load_scfoundation(tmp_path / "b", strict_config=False, resolution="x4")
     with pytest.raises(FileNotFoundError, match="models.ckpt"):
         load_scfoundation(tmp_path / "nothing")
+
+
+def test_cells_without_genes(tmp_path, scfoundation_folder):
+    genes = scfoundation_folder(tmp_path / "f", n_genes=20)
+    model = sg.models.load(tmp_path / "f")
+    assert model.embed(np.zeros((3, 20), dtype=np.float32)).shape == (3, 64)  # a batch without any gene token
+    assert tuple(model.encoder(torch.zeros((0, 20))).shape) == (0, 64)
+    x = _counts(4, 20, seed=9, rate=3.0).toarray()
+    x[1] = 0
+    adata = AnnData(X=sparse.csr_matrix(x.astype(np.float32)), var=pd.DataFrame(index=genes))
+    with pytest.warns(UserWarning, match="1 cells have zero counts"):
+        sg.tl.attribute(adata, model, n_steps=64, batch_size=1)
+    sums = np.asarray(adata.layers["attr_ig"].sum(axis=1)).ravel()
+    np.testing.assert_allclose(sums, [1000.0, 0.0, 1000.0, 1000.0], rtol=1e-5)
