@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from anndata import AnnData
 from scipy import sparse
 
@@ -133,3 +134,18 @@ def test_other_engines_refuse_token_models(tmp_path, scgpt_folder):
         sg.tl.attribute(adata, model, engine="captum")
     with pytest.raises(ValueError, match="DeepLIFT has no rules for attention"):
         sg.tl.attribute(adata, model, method="dl", target="embedding_distance")
+
+
+def test_input_x_gradient(tmp_path, scgpt_folder):
+    model = _model(tmp_path, scgpt_folder)
+    x = model.preprocessing.apply(_counts(3, model.n_genes, seed=4)).astype(np.float64)
+    module = TargetModule(model.encoder, "embedding_distance")
+    attr = token_attributions(module, model, x, method="ixg")[0]
+    genes, vals, extras, _ = model.encoder.tokenize(x)
+    g, v = torch.as_tensor(genes[0])[None], torch.as_tensor(vals[0])[None].requires_grad_(requires_grad=True)
+    pad, ext = torch.zeros_like(g, dtype=torch.bool), torch.zeros((1, 0), dtype=torch.float64)
+    with torch.no_grad():
+        base = model.encoder.embed_tokens(g, torch.zeros_like(v), pad, ext)
+    dist = torch.linalg.vector_norm(model.encoder.embed_tokens(g, v, pad, ext) - base)
+    (grad,) = torch.autograd.grad(dist, v)
+    np.testing.assert_allclose(attr[0].toarray().ravel()[genes[0]], (grad * v).detach().numpy()[0], rtol=1e-10)
