@@ -67,10 +67,9 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
         - a scTab-SSL folder as sc-signature reads it (``var.parquet`` with the genes in
           ``feature_name``, and a checkpoint named ``classifier`` or one ``*.ckpt``): an MLP of the
           checkpoint's first five Linear layers with SELU between, on log1p counts per 10,000;
-        - an scGPT model folder as published (``args.json``, ``vocab.json``, ``best_model.pt``),
-          see :func:`scsig.models._scgpt.load_scgpt`;
-        - an scFoundation folder (``models.ckpt`` and ``OS_scRNA_gene_index.19264.tsv``), see
-          :func:`scsig.models._scfoundation.load_scfoundation`;
+        - an scGPT model folder as published (``args.json``, ``vocab.json``, ``best_model.pt``) or an
+          scFoundation folder (``models.ckpt`` and ``OS_scRNA_gene_index.19264.tsv``): token
+          transformers, attributed by the token engine;
         - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
           ``"pbmc-demo"``). An existing folder of the same name takes precedence.
     name
