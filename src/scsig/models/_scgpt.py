@@ -217,6 +217,10 @@ class ScGPTEncoder(TokenEncoder):
 def _read_args(path: Path, *, strict: bool) -> dict[str, Any]:
     args = json.loads(path.read_text())
     unknown = sorted(set(args) - _ARCH_FIELDS - _TRAINING_FIELDS)
+    missing = [f for f in ("embsize", "d_hid", "nlayers") if f not in args]
+    if missing:
+        msg = f"{path} lacks the architecture field(s) {missing}; an scGPT args.json names embsize, nheads, d_hid and nlayers."
+        raise ValueError(msg)
     if unknown and strict:
         msg = (
             f"{path} has config field(s) scsig does not know: {unknown}. They may change the architecture; "

@@ -149,3 +149,15 @@ def test_input_x_gradient(tmp_path, scgpt_folder):
     dist = torch.linalg.vector_norm(model.encoder.embed_tokens(g, v, pad, ext) - base)
     (grad,) = torch.autograd.grad(dist, v)
     np.testing.assert_allclose(attr[0].toarray().ravel()[genes[0]], (grad * v).detach().numpy()[0], rtol=1e-10)
+
+
+def test_auto_steps_with_the_token_engine(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "scgpt", n_genes=20)
+    model = sg.models.load(tmp_path / "scgpt")
+    adata = _adata(20, model.gene_order, seed=5)
+    sg.tl.attribute(adata, model, n_steps="auto")
+    record = adata.uns["scsig"]["layers"]["attr_ig"]
+    assert record["n_steps_auto"]
+    assert record["n_steps"] in (20, 50, 100, 200, 400, 800)
+    assert record["auto_median_gaps"][-1] <= 0.01
+    assert record["completeness_gap"]["median"] <= 0.011

@@ -126,3 +126,12 @@ def test_category_values_need_a_bin_index_for_cls(tmp_path, scgpt_folder):
     scgpt_folder(tmp_path / "m", n_genes=5, style="category", extra_args={"pad_value": -2})
     with pytest.raises(ValueError, match=r"pad_value=-2.0 must be a bin index \(0 to 12\)"):
         sg.models.load(tmp_path / "m")
+
+
+def test_missing_architecture_field_is_named(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5)
+    args = json.loads((tmp_path / "m" / "args.json").read_text())
+    del args["d_hid"]
+    (tmp_path / "m" / "args.json").write_text(json.dumps(args))
+    with pytest.raises(ValueError, match=r"lacks the architecture field\(s\) \['d_hid'\]"):
+        sg.models.load(tmp_path / "m")
