@@ -41,29 +41,37 @@ Crop = Literal["most_expressed", "first"]
 """Which expressed genes a too-long cell keeps."""
 
 
+def _row(mat: sparse.csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices (ascending) and values of row ``i`` of a CSR matrix."""
+    lo, hi = mat.indptr[i], mat.indptr[i + 1]
+    idx, data = mat.indices[lo:hi], mat.data[lo:hi]
+    order = np.argsort(idx, kind="stable")
+    return idx[order].astype(np.int64), data[order]
+
+
 def select_tokens(
     x: sparse.csr_matrix, values: sparse.csr_matrix, max_genes: int, crop: Crop = "most_expressed"
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per cell, the model gene indices that become tokens (ascending) and the number dropped.
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Per cell, the model gene indices that become tokens (ascending), their values and the number dropped.
 
-    ``x`` decides which genes are expressed (stored entries > 0); ``values`` ranks them for
-    ``crop="most_expressed"`` (largest first, ties to the earlier gene in the model's order).
+    ``x`` decides which genes are expressed (stored entries > 0); ``values`` holds their value inputs
+    and ranks them for ``crop="most_expressed"`` (largest first, ties to the earlier gene in the model's order).
     """
-    genes, dropped = [], np.zeros(x.shape[0], dtype=np.int64)
+    genes, vals, dropped = [], [], np.zeros(x.shape[0], dtype=np.int64)
     for i in range(x.shape[0]):
-        lo, hi = x.indptr[i], x.indptr[i + 1]
-        idx = x.indices[lo:hi][x.data[lo:hi] > 0]
-        idx = np.sort(idx)
+        idx, data = _row(x, i)
+        idx = idx[data > 0]
+        v_idx, v_data = _row(values, i)
+        pos = np.minimum(np.searchsorted(v_idx, idx), max(v_idx.size - 1, 0))
+        row = np.where(v_idx[pos] == idx, v_data[pos], 0.0) if v_idx.size else np.zeros(idx.size)
         if idx.size > max_genes:
             dropped[i] = idx.size - max_genes
-            if crop == "first":
-                idx = idx[:max_genes]
-            else:
-                row = values[i].toarray().ravel()[idx]
-                order = np.lexsort((idx, -row))  # value descending, then gene index ascending
-                idx = np.sort(idx[order[:max_genes]])
-        genes.append(idx.astype(np.int64))
-    return genes, dropped
+            # "first": list order; else value descending, ties to the earlier gene
+            keep = np.arange(max_genes) if crop == "first" else np.sort(np.lexsort((idx, -row))[:max_genes])
+            idx, row = idx[keep], row[keep]
+        genes.append(idx)
+        vals.append(np.asarray(row, dtype=np.float64))
+    return genes, vals, dropped
 
 
 def block_forward(
@@ -131,8 +139,7 @@ class TokenEncoder(nn.Module):
     def tokenize(self, x: sparse.csr_matrix) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
         """Per cell: token genes, their values (float64); the special-token values and the number of genes dropped."""
         values, extras = self.token_values(x)
-        genes, dropped = select_tokens(x, values, self.max_genes, self.crop)
-        vals = [values[i].toarray().ravel()[g] for i, g in enumerate(genes)]
+        genes, vals, dropped = select_tokens(x, values, self.max_genes, self.crop)
         return genes, vals, extras, dropped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

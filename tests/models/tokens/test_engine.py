@@ -161,3 +161,18 @@ def test_auto_steps_with_the_token_engine(tmp_path, scgpt_folder):
     assert record["n_steps"] in (20, 50, 100, 200, 400, 800)
     assert record["auto_median_gaps"][-1] <= 0.01
     assert record["completeness_gap"]["median"] <= 0.011
+
+
+def test_crop_ties_go_to_the_earlier_gene_whatever_the_stored_order():
+    from scsig.models._tokens import select_tokens
+
+    # one cell, genes 9, 2, 5, 7 stored in that (unsorted) order; values 1, 3, 3, 3: three tied for two places
+    x = sparse.csr_matrix((np.array([1.0, 3.0, 3.0, 3.0]), np.array([9, 2, 5, 7]), np.array([0, 4])), shape=(1, 10))
+    genes, vals, dropped = select_tokens(x, x, max_genes=2)
+    assert genes[0].tolist() == [2, 5]
+    assert vals[0].tolist() == [3.0, 3.0]
+    assert dropped.tolist() == [2]
+    genes, vals, _ = select_tokens(x, x, max_genes=2, crop="first")
+    assert genes[0].tolist() == [2, 5]
+    genes, vals, _ = select_tokens(x, x * 0 + sparse.csr_matrix(([5.0], ([0], [9])), shape=(1, 10)), max_genes=1)
+    assert genes[0].tolist() == [9]  # ranked by the value input, not by x
