@@ -14,6 +14,9 @@ probability; any other value gets its bin ``left``. This is deterministic and in
 order of the genes. The bins only depend on the ranks of a cell's values, so the recipe
 (log1p of counts per 10,000) does not change them.
 
+Length: scGPT's ``embed_data`` samples ``max_seq_len - 1`` of a longer cell's genes at random; scsig
+keeps the most expressed (highest expected bin; ties to the earlier gene in the vocabulary order).
+
 How integrated gradients sees scGPT: the expected bin is the model's *continuous value input*;
 integrated gradients scales it from 0 to its value, the token set (the cell's expressed genes) held
 fixed. With ``input_emb_style="continuous"`` (the published model) the value encoder

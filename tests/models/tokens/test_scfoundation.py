@@ -114,6 +114,10 @@ def test_attribute_end_to_end(tmp_path, scfoundation_folder):
     assert (layer[adata.X.toarray() == 0] == 0).all()
     assert adata.uns["scsig"]["layers"]["attr_ig"]["engine"] == "tokens"
     assert np.nanmedian(adata.obs["gap"]) < 0.01
+    perm = np.random.default_rng(2).permutation(30)
+    shuffled = adata[:, perm].copy()
+    sg.tl.attribute(shuffled, model, n_steps=128, key_added="again")
+    np.testing.assert_allclose(shuffled.layers["again"].toarray(), layer[:, perm], rtol=1e-4, atol=1e-3)
 
 
 def test_bad_input(tmp_path, scfoundation_folder):
