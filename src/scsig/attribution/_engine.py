@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CellGroups", "Engine", "compute_batch", "fast_path_applies", "pick_engine"]
 
-Engine = Literal["auto", "captum", "fast"]
+Engine = Literal["auto", "captum", "fast", "tokens"]
 """The attribution engines ``engine=`` chooses from."""
 
 
@@ -46,6 +46,10 @@ def fast_path_applies(
 def pick_engine(model: FoundationModel, method: str, module: TargetModule, engine: str, device: Any = None) -> str:
     """Resolve ``engine="auto"`` and check that a forced engine applies."""
     check_choice("engine", engine, Engine)
+    from ._tokens import token_engine_applies
+
+    if token_engine_applies(model, engine):  # token transformers: only the token engine
+        return "tokens"
     if engine == "captum":
         return "captum"
     applies = fast_path_applies(model, method, module, device, forced=engine == "fast")
@@ -80,6 +84,11 @@ def compute_batch(
     from captum. ``workspace`` (a :class:`scsig.attribution._fast.Workspace`) lets the fast path
     reuse its buffers across the batches of a run.
     """
+    if engine == "tokens":
+        from ._tokens import token_attributions
+
+        attr, t_in, t_base, _ = token_attributions(module, model, x, method=method, n_steps=n_steps, device=device)
+        return (attr if sparse_output else attr.toarray()), t_in, t_base
     if engine == "fast":
         from ._fast import fast_attributions
 

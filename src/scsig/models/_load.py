@@ -50,6 +50,14 @@ def _read_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
         return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
     if (path / SAFETENSORS_FILE).is_file():
         return load_safetensors_folder(path, name=name)
+    if (path / "models.ckpt").is_file():  # scFoundation
+        from ._scfoundation import load_scfoundation
+
+        return load_scfoundation(path, name=name, allow_pickle=allow_pickle)
+    if (path / "args.json").is_file() or (path / "vocab.json").is_file():  # scGPT
+        from ._scgpt import load_scgpt
+
+        return load_scgpt(path, name=name, allow_pickle=allow_pickle)
     msg = (
         f"{str(path)!r} is not a model folder scsig reads: it holds none of encoder.ckpt or {SAFETENSORS_FILE} "
         "(SCimilarity, with gene_order.tsv and layer_sizes.json), model.pt (a saved scvi-tools model) or "
@@ -78,6 +86,9 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
         - a scTab-SSL folder as sc-signature reads it (``var.parquet`` with the genes in
           ``feature_name``, and a checkpoint named ``classifier`` or one ``*.ckpt``): an MLP of the
           checkpoint's first five Linear layers with SELU between, on log1p counts per 10,000;
+        - an scGPT model folder as published (``args.json``, ``vocab.json``, ``best_model.pt``) or an
+          scFoundation folder (``models.ckpt`` and ``OS_scRNA_gene_index.19264.tsv``): token
+          transformers, attributed by the token engine;
         - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
           ``"pbmc-demo"``). An existing folder of the same name takes precedence.
     name

@@ -1,0 +1,137 @@
+"""scGPT: the published folder layout, the expected binning and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+from scipy import sparse
+
+import scsig as sg
+from scsig.models._scgpt import ScGPTEncoder, expected_bins
+
+
+def _random_bins(values: np.ndarray, n_bins: int, rng: np.random.Generator, n_draws: int) -> np.ndarray:
+    """``n_draws`` runs of scGPT's published binning of one cell's expressed values, random tie-breaking included."""
+    edges = np.quantile(values, np.linspace(0, 1, n_bins - 1))
+    left = np.digitize(values, edges)
+    right = np.digitize(values, edges, right=True)
+    return np.ceil(rng.random((n_draws, values.size)) * (right - left) + left)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_expected_bins_are_the_mean_of_the_random_binning(seed):
+    rng = np.random.default_rng(seed)
+    values = np.log1p(rng.poisson(rng.gamma(0.5, 3.0, size=80)) + 1.0)  # many ties, as in counts
+    draws = _random_bins(values, 11, rng, 20000).mean(axis=0)
+    expected = expected_bins(values, 11)
+    assert len(np.unique(values)) < values.size  # ties present
+    assert not np.allclose(expected, np.round(expected))  # some values lie on bin edges
+    np.testing.assert_allclose(expected, draws, atol=0.05)
+    assert expected.min() >= 1
+    assert expected.max() <= 10
+
+
+def test_expected_bins_do_not_depend_on_gene_order():
+    rng = np.random.default_rng(3)
+    values = rng.poisson(3.0, size=50) + 1.0
+    perm = rng.permutation(50)
+    np.testing.assert_array_equal(expected_bins(values[perm], 51), expected_bins(values, 51)[perm])
+
+
+def test_loads_the_published_layout(tmp_path, scgpt_folder):
+    genes = scgpt_folder(tmp_path / "m", n_genes=12, flash=True)
+    model = sg.models.load(tmp_path / "m")
+    assert isinstance(model.encoder, ScGPTEncoder)
+    assert sorted(model.gene_order) == sorted(genes)
+    vocab = json.loads((tmp_path / "m" / "vocab.json").read_text())
+    assert [vocab[g] for g in model.gene_order] == sorted(vocab[g] for g in genes)  # vocabulary-id order
+    # the Wqkv weights became the attention's in_proj weights
+    raw = torch.load(tmp_path / "m" / "best_model.pt", weights_only=True)
+    torch.testing.assert_close(
+        model.encoder.transformer_encoder.layers[1].self_attn.in_proj_weight,
+        raw["transformer_encoder.layers.1.self_attn.Wqkv.weight"],
+    )
+    emb = model.embed(np.eye(12, dtype=np.float32)[:3] * 5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_embedding_matches_a_reference_nn_transformer(tmp_path, scgpt_folder):
+    """The hand-written attention equals torch's TransformerEncoderLayer on the same (unpadded) tokens."""
+    scgpt_folder(tmp_path / "m", n_genes=12)
+    enc = sg.models.load(tmp_path / "m").encoder.double()
+    genes = torch.tensor([[1, 4, 7, 9]])
+    vals = torch.tensor([[3.0, 1.0, 2.5, 7.0]], dtype=torch.float64)
+    ours = enc.embed_tokens(genes, vals, torch.zeros_like(genes, dtype=torch.bool), torch.zeros((1, 0)))
+    ids = torch.cat([torch.tensor([[enc.cls_id]]), enc.gene_token_ids[genes]], dim=1)
+    h = enc.encoder(ids) + enc.value_encoder(torch.cat([torch.tensor([[-2.0]], dtype=torch.float64), vals], dim=1))
+    for layer in enc.transformer_encoder.layers:
+        h = layer(h)
+    z = h[:, 0] / h[:, 0].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(ours, z, rtol=1e-10, atol=1e-12)
+
+
+def test_missing_and_extra_files(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5)
+    (tmp_path / "m" / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"holds files an scGPT folder does not: \['notes.txt'\]"):
+        sg.models.load(tmp_path / "m")
+    (tmp_path / "m" / "best_model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"\['best_model.pt'\] missing"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_unknown_config_field_is_named(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, extra_args={"use_rotary": True})
+    with pytest.raises(ValueError, match=r"does not know: \['use_rotary'\]"):
+        sg.models.load(tmp_path / "m")
+    from scsig.models._scgpt import load_scgpt
+
+    assert load_scgpt(tmp_path / "m", strict_config=False).n_genes == 5
+
+
+def test_max_length_must_leave_room_for_genes(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, max_seq_len=1)
+    with pytest.raises(ValueError, match=r"max_seq_len=1 leaves no room for genes"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, layers=2)
+    args = json.loads((tmp_path / "m" / "args.json").read_text())
+    (tmp_path / "m" / "args.json").write_text(json.dumps({**args, "nlayers": 3}))
+    with pytest.raises(ValueError, match=r"does not fit args.json: missing \['transformer_encoder.layers.2"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_tiny_vocabulary_overlap_warns(tmp_path, scgpt_folder):
+    genes = scgpt_folder(tmp_path / "m", n_genes=40)
+    model = sg.models.load(tmp_path / "m")
+    names = genes[:6] + [f"other{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    adata = AnnData(
+        X=sparse.csr_matrix(rng.poisson(2.0, size=(4, 36)).astype(np.float32)),
+        var=pd.DataFrame(index=names),
+    )
+    with pytest.warns(UserWarning, match=r"sees only 6 of its 40 genes"):
+        sg.tl.attribute(adata, model, n_steps=64, min_overlap=1)
+    assert adata.layers["attr_ig"][:, 6:].nnz == 0
+
+
+def test_category_values_need_a_bin_index_for_cls(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, style="category", extra_args={"pad_value": -2})
+    with pytest.raises(ValueError, match=r"pad_value=-2.0 must be a bin index \(0 to 12\)"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_missing_architecture_field_is_named(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5)
+    args = json.loads((tmp_path / "m" / "args.json").read_text())
+    del args["d_hid"]
+    (tmp_path / "m" / "args.json").write_text(json.dumps(args))
+    with pytest.raises(ValueError, match=r"lacks the architecture field\(s\) \['d_hid'\]"):
+        sg.models.load(tmp_path / "m")
