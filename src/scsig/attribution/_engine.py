@@ -76,18 +76,25 @@ def compute_batch(
     device: torch.device,
     sparse_output: bool = False,
     workspace: Any = None,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray | sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Raw signed attributions (cells x model genes) and the target at input and baseline.
 
     The attributions are a dense array, or with ``sparse_output=True`` whatever the engine makes
     without densifying: CSR with the input's sparsity pattern from the fast path, a dense array
     from captum. ``workspace`` (a :class:`scsig.attribution._fast.Workspace`) lets the fast path
-    reuse its buffers across the batches of a run.
+    reuse its buffers across the batches of a run. ``stats``, when given, receives what an engine
+    reports besides the attributions: the token engine's genes dropped per cell (``"dropped"``), which
+    it then does not warn about itself.
     """
     if engine == "tokens":
         from ._tokens import token_attributions
 
-        attr, t_in, t_base, _ = token_attributions(module, model, x, method=method, n_steps=n_steps, device=device)
+        attr, t_in, t_base, dropped = token_attributions(
+            module, model, x, method=method, n_steps=n_steps, device=device, warn=stats is None
+        )
+        if stats is not None:
+            stats["dropped"] = dropped
         return (attr if sparse_output else attr.toarray()), t_in, t_base
     if engine == "fast":
         from ._fast import fast_attributions

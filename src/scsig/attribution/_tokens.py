@@ -140,6 +140,7 @@ def token_attributions(
     method: str = "ig",
     n_steps: int = 50,
     device: Any = None,
+    warn: bool = True,
 ) -> TokenResult:
     """Raw signed attributions of a token-transformer model (cells x model genes, CSR, float64).
 
@@ -158,6 +159,9 @@ def token_attributions(
         Integration points.
     device
         Torch device; default :attr:`scsig.settings.device`.
+    warn
+        Warn when cells have more expressed genes than the model takes (callers that report the
+        counts themselves, as :func:`scsig.tl.attribute` does once per run, pass ``False``).
 
     Returns
     -------
@@ -173,7 +177,7 @@ def token_attributions(
     dtype = next(enc.parameters()).dtype
     x = sparse.csr_matrix(x)
     genes, vals, extras, dropped = enc.tokenize(x)
-    if dropped.any():
+    if warn and dropped.any():
         warnings.warn(
             f"{int((dropped > 0).sum())} of {x.shape[0]} cells express more genes than the model takes "
             f"({enc.max_genes}); each keeps its {'first genes in the model order' if enc.crop == 'first' else 'most expressed genes'} "

@@ -6,6 +6,7 @@ blocks go (``_attribute_batches``) and the checks of the result (``_completeness
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _logging as logg
@@ -82,6 +83,13 @@ def _provenance(run: _Run) -> dict[str, Any]:
         "overlap": run.alignment.report(),
         "scsig_version": __version__,
     }
+    if run.dropped is not None:
+        record["genes_dropped"] = {
+            "n_cells": int((run.dropped > 0).sum()),
+            "total": int(run.dropped.sum()),
+            "max": int(run.dropped.max(initial=0)),
+            "obs_key": f"{run.key}_n_genes_dropped",
+        }
     if run.method == "ig":
         record["completeness_gap"] = _gap_summary(run.gaps)
         record["n_steps_auto"] = run.auto_gaps is not None
@@ -89,6 +97,19 @@ def _provenance(run: _Run) -> dict[str, Any]:
             record["auto_median_gaps"] = list(run.auto_gaps["median"])
             record["auto_fraction_above_1pct"] = list(run.auto_gaps["fraction_above_1pct"])
     return record
+
+
+def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
+    """Once per run: how many cells had more expressed genes than a token model takes."""
+    if not dropped or not dropped["n_cells"]:
+        return
+    warnings.warn(
+        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their most "
+        f"expressed genes were kept and up to {dropped['max']} per cell dropped (attribution 0). "
+        f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _fill(sink: Any, data: AnnData, run: _Run, *, progress: bool | None) -> None:
@@ -107,6 +128,8 @@ def _write_results(data: AnnData, run: _Run, layer: Any, record: dict, completen
     data.layers[run.key] = layer
     if completeness_key is not None:
         data.obs[completeness_key] = run.gaps
+    if run.dropped is not None:
+        data.obs[f"{run.key}_n_genes_dropped"] = run.dropped
     data.var[f"{run.key}{IN_MODEL_SUFFIX}"] = run.alignment.var_in_model
     data.uns.setdefault(UNS_KEY, {}).setdefault("layers", {})[run.key] = record
 
@@ -131,7 +154,7 @@ def attribute(
     gene_symbols: str | None = None,
     min_overlap: int | None = None,
     check_counts: bool = True,
-    engine: Literal["auto", "captum", "fast"] = "auto",
+    engine: Literal["auto", "captum", "fast", "tokens"] = "auto",
     on_degenerate: OnDegenerate = "raise",
     key_added: str | None = None,
     completeness_key: str | None = None,
@@ -186,7 +209,10 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
+        ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation: the
+        only engine they run on, see :doc:`/token_models`; cells with more expressed genes than the
+        model takes keep their most expressed, and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts
+        the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
         (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
@@ -288,6 +314,7 @@ def attribute(
         record = _provenance(run)
         if "completeness_gap" in record:
             _warn_gap(record["completeness_gap"], run.n_steps)
+        _warn_dropped(record.get("genes_dropped"), data.n_obs)
         layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model)
     except BaseException:
         sink.abort()

@@ -65,6 +65,8 @@ def _attribute_batch(run: _Run, lo: int, hi: int, device: Any) -> sparse.csr_mat
     x, run.totals[lo:hi] = model_input(chunk, run.alignment, run.model, validate=False)
     del chunk
     batch_fn = compute_batch if run.grouped is None else run.grouped.batch_fn(lo, hi)
+    stats: dict[str, Any] = {}
+    extra = {"stats": stats} if run.dropped is not None else {}
     raw, t_in, t_base = batch_fn(
         run.engine,
         run.module,
@@ -75,7 +77,10 @@ def _attribute_batch(run: _Run, lo: int, hi: int, device: Any) -> sparse.csr_mat
         device=device,
         sparse_output=True,
         workspace=run.workspace,
+        **extra,
     )
+    if run.dropped is not None and "dropped" in stats:
+        run.dropped[lo:hi] = stats["dropped"]
     del x
     if lo == 0:
         _handle_degenerate(run, raw, t_in, t_base)

@@ -85,6 +85,7 @@ class _Run:
     grouped: Any = None  # CellGroups of a model whose encoder takes per-cell covariates (scvi-tools)
     totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dropped: np.ndarray | None = None  # token models: expressed genes per cell beyond the model's length
     auto_gaps: dict[str, list[float]] | None = None  # what n_steps="auto" measured per step count, when it ran
 
     @property
@@ -162,6 +163,7 @@ def _set_up(
         grouped=grouped,
         totals=np.zeros(data.n_obs, dtype=np.float64),
         gaps=np.full(data.n_obs, np.nan),
+        dropped=np.zeros(data.n_obs, dtype=np.int64) if chosen == "tokens" else None,
         auto_gaps=auto_gaps,
     )
 

@@ -126,6 +126,27 @@ def test_attribute_end_to_end_and_independent_of_var_order(tmp_path, scgpt_folde
     np.testing.assert_allclose(shuffled.layers["attr_ig"].toarray(), layer.toarray()[:, perm], rtol=1e-4, atol=1e-3)
 
 
+def test_attribute_records_the_genes_dropped_per_cell(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "scgpt", n_genes=30, max_seq_len=16)  # 15 genes fit beside <cls>
+    model = sg.models.load(tmp_path / "scgpt")
+    adata = _adata(30, model.gene_order)
+    expressed = np.asarray((adata.X > 0).sum(axis=1)).ravel()
+    want = np.maximum(expressed - 15, 0)
+    assert want.any()
+    assert not want.all()
+    with pytest.warns(UserWarning, match=rf"{int((want > 0).sum())} of 12 cells express more") as record:
+        sg.tl.attribute(adata, model, n_steps=8)
+    assert sum("express more" in str(w.message) for w in record) == 1  # one warning per run, not per batch
+    np.testing.assert_array_equal(adata.obs["attr_ig_n_genes_dropped"], want)
+    dropped = adata.uns["scsig"]["layers"]["attr_ig"]["genes_dropped"]
+    assert (dropped["n_cells"], dropped["total"], dropped["max"]) == (
+        int((want > 0).sum()),
+        int(want.sum()),
+        int(want.max()),
+    )
+    assert (np.diff(adata.layers["attr_ig"].indptr) <= 15).all()
+
+
 def test_other_engines_refuse_token_models(tmp_path, scgpt_folder):
     scgpt_folder(tmp_path / "scgpt", n_genes=10)
     model = sg.models.load(tmp_path / "scgpt")
