@@ -1,0 +1,196 @@
+r"""Per-gene statistics of :func:`scsig.tl.rank_genes_groups`, computed one block of genes at a time.
+
+The attribution layer is read in blocks of genes (columns). Each block is a CSC matrix over the
+cells taking part in the test; nothing denser than one block is ever built. From a block come, for
+every labelled group of cells, the sums, sums of squares and non-zero counts of each gene, and the
+Mann-Whitney statistic computed sparse-aware: all zeros of a gene share one (average) rank, so only
+the stored values are sorted.
+
+Labels: ``codes`` gives each test cell an integer, ``0 .. G-1`` for the tested groups, ``G`` for the
+reference group (when the reference is one group), ``-1`` for cells in no group (they count in the
+"rest" reference only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["BLOCK_NNZ", "BlockStats", "accumulate", "mwu_z", "read_block"]
+
+BLOCK_NNZ = 10_000_000
+"""Stored values per block of genes (about 40 bytes each while a block is ranked)."""
+
+ROW_CHUNK = 20_000
+"""Cells read at once from a backed (on-disk) layer."""
+
+
+def _nnz(x: Any) -> int:
+    if sparse.issparse(x):
+        return int(x.nnz)
+    if hasattr(x, "group") and "indptr" in getattr(x, "group", {}):  # anndata's backed sparse dataset
+        return int(x.group["indptr"][-1])
+    return int(np.prod(x.shape))
+
+
+def gene_blocks(x: Any, n_rows: int) -> list[tuple[int, int]]:
+    """``[(lo, hi), ...]`` column ranges holding about :data:`BLOCK_NNZ` stored values each."""
+    n_vars = x.shape[1]
+    per_gene = max(_nnz(x) / max(n_vars, 1) * n_rows / max(x.shape[0], 1), 1.0)
+    size = int(max(1, min(n_vars, BLOCK_NNZ // per_gene)))
+    return [(lo, min(lo + size, n_vars)) for lo in range(0, n_vars, size)]
+
+
+def read_block(x: Any, rows: np.ndarray | None, lo: int, hi: int) -> sparse.csc_matrix:
+    """Columns ``lo:hi`` of the cells ``rows`` (all when ``None``) as CSC, without reading other columns in full.
+
+    In-memory scipy matrices and arrays are sliced directly; backed layers are read
+    :data:`ROW_CHUNK` cells at a time and only the block's columns are kept.
+    """
+    if sparse.issparse(x) or isinstance(x, np.ndarray):
+        sub = x[:, lo:hi] if rows is None else x[rows][:, lo:hi] if isinstance(x, np.ndarray) else x[rows, lo:hi]
+        return sparse.csc_matrix(sub, dtype=np.float64)
+    parts = []
+    n = x.shape[0]
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        if rows is None:
+            chunk = x[start:stop]
+        else:
+            sel = rows[(rows >= start) & (rows < stop)]
+            if sel.size == 0:
+                continue
+            chunk = x[start:stop][sel - start]
+        chunk = chunk if sparse.issparse(chunk) else sparse.csr_matrix(np.asarray(chunk))
+        parts.append(sparse.csr_matrix(chunk)[:, lo:hi])
+    return sparse.vstack(parts, format="csc", dtype=np.float64)
+
+
+def _column_ranks(col: np.ndarray, val: np.ndarray, n_cols: int, n_total: int) -> tuple[np.ndarray, ...]:
+    """Ranks of the stored non-zero values within their columns among ``n_total`` cells (zeros implicit).
+
+    Returns ``(rank of each entry, average rank of a zero per column, tie term sum(t^3 - t) per column)``.
+    Ties get the average rank; the zeros of a column are one tie group between its negative and
+    positive values.
+    """
+    order = np.lexsort((val, col))
+    c, v = col[order], val[order]
+    nnz_col = np.bincount(c, minlength=n_cols)
+    start = np.concatenate([[0], np.cumsum(nnz_col)[:-1]])
+    pos = np.arange(c.size) - start[c]
+    new = np.ones(c.size, dtype=bool)
+    new[1:] = (c[1:] != c[:-1]) | (v[1:] != v[:-1])
+    gid = np.cumsum(new) - 1
+    gsize = np.bincount(gid).astype(np.float64)
+    zeros = (n_total - nnz_col).astype(np.float64)
+    rank = pos[new][gid] + (gsize[gid] + 1) / 2 + zeros[c] * (v > 0)
+    n_neg = np.bincount(c[v < 0], minlength=n_cols)
+    zero_rank = n_neg + (zeros + 1) / 2
+    tie = np.bincount(c[new], weights=gsize**3 - gsize, minlength=n_cols) + zeros**3 - zeros
+    out = np.empty_like(rank)
+    out[order] = rank
+    return out, zero_rank, tie
+
+
+def mwu_z(rank_sum: np.ndarray, n1: float, n2: float, tie: np.ndarray) -> np.ndarray:
+    r"""Tie-corrected normal approximation of the Mann-Whitney U of group 1 (0 when a gene is constant).
+
+    :math:`U = R_1 - n_1(n_1+1)/2`, :math:`z = (U - n_1 n_2/2) / \sigma` with
+    :math:`\sigma^2 = n_1 n_2/12 \, ((n+1) - \sum(t^3-t)/(n(n-1)))`.
+    """
+    n = n1 + n2
+    u = rank_sum - n1 * (n1 + 1) / 2
+    var = n1 * n2 / 12 * ((n + 1) - tie / (n * (n - 1)))
+    sd = np.sqrt(np.clip(var, 0, None))
+    return np.divide(u - n1 * n2 / 2, sd, out=np.zeros_like(u, dtype=np.float64), where=sd > 0)
+
+
+@dataclass
+class BlockStats:
+    """Per-gene sums over the whole layer, filled block by block."""
+
+    n_labels: int
+    n_vars: int
+    n_samples: int = 0
+    sums: np.ndarray = field(init=False)
+    sumsq: np.ndarray = field(init=False)
+    nnz: np.ndarray = field(init=False)
+    total: np.ndarray = field(init=False)
+    z: np.ndarray = field(init=False)
+    sample_sums: np.ndarray | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        shape = (self.n_labels, self.n_vars)
+        self.sums, self.sumsq, self.nnz = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.total = np.zeros((3, self.n_vars))  # sum, sum of squares, non-zeros over all test cells
+        self.z = np.zeros(shape)
+        if self.n_samples:  # per (label, sample) sums; row n_labels holds every test cell of the sample
+            self.sample_sums = np.zeros((self.n_labels + 1, self.n_samples, self.n_vars))
+
+
+def _label_bincount(lab: np.ndarray, col: np.ndarray, w: np.ndarray | None, n_labels: int, nb: int) -> np.ndarray:
+    keep = lab >= 0
+    flat = np.bincount(lab[keep] * nb + col[keep], weights=None if w is None else w[keep], minlength=n_labels * nb)
+    return flat.reshape(n_labels, nb)
+
+
+def accumulate(
+    stats: BlockStats,
+    block: sparse.csc_matrix,
+    lo: int,
+    *,
+    codes: np.ndarray,
+    sizes: np.ndarray,
+    reference_code: int | None,
+    samples: np.ndarray | None,
+    wilcoxon: bool,
+) -> None:
+    """Add the statistics of one block (columns ``lo:lo + block.shape[1]``) to ``stats``.
+
+    ``codes`` labels the block's rows, ``sizes`` the number of cells per label; ``reference_code``
+    is the reference group's label, ``None`` for the rest of the cells.
+    """
+    nb = block.shape[1]
+    hi = lo + nb
+    col = np.repeat(np.arange(nb), np.diff(block.indptr))
+    keep = block.data != 0
+    col, row, val = col[keep], block.indices[keep], block.data[keep]
+    lab = codes[row]
+    L = stats.n_labels
+    stats.sums[:, lo:hi] += _label_bincount(lab, col, val, L, nb)
+    stats.sumsq[:, lo:hi] += _label_bincount(lab, col, val * val, L, nb)
+    stats.nnz[:, lo:hi] += _label_bincount(lab, col, None, L, nb)
+    for i, w in enumerate((val, val * val, None)):
+        stats.total[i, lo:hi] += np.bincount(col, weights=w, minlength=nb)
+    if samples is not None and stats.sample_sums is not None:
+        S = stats.n_samples
+        sam = samples[row]
+        stats.sample_sums[:L, :, lo:hi] += _label_bincount(lab, sam * nb + col, val, L, S * nb).reshape(L, S, nb)
+        stats.sample_sums[L, :, lo:hi] += np.bincount(sam * nb + col, weights=val, minlength=S * nb).reshape(S, nb)
+    if wilcoxon:
+        _accumulate_mwu(stats, col, val, lab, lo, nb, sizes=sizes, reference_code=reference_code, n_rows=codes.size)
+
+
+def _accumulate_mwu(stats, col, val, lab, lo, nb, *, sizes, reference_code, n_rows) -> None:
+    hi = lo + nb
+    n_groups = stats.n_labels - (reference_code is not None)
+    if reference_code is None:  # one ranking over all cells serves every group
+        rank, zero_rank, tie = _column_ranks(col, val, nb, n_rows)
+        rsum = _label_bincount(lab, col, rank, stats.n_labels, nb)
+        for g in range(n_groups):
+            n1 = float(sizes[g])
+            r1 = rsum[g] + (n1 - stats.nnz[g, lo:hi]) * zero_rank
+            stats.z[g, lo:hi] = mwu_z(r1, n1, n_rows - n1, tie)
+        return
+    n_ref = float(sizes[reference_code])
+    for g in range(n_groups):
+        sel = (lab == g) | (lab == reference_code)
+        n1 = float(sizes[g])
+        rank, zero_rank, tie = _column_ranks(col[sel], val[sel], nb, int(n1 + n_ref))
+        in_g = lab[sel] == g
+        r1 = np.bincount(col[sel][in_g], weights=rank[in_g], minlength=nb)
+        r1 += (n1 - stats.nnz[g, lo:hi]) * zero_rank
+        stats.z[g, lo:hi] = mwu_z(r1, n1, n_ref, tie)
