@@ -80,8 +80,9 @@ def test_wilcoxon_rest_equals_scipy(fmt, small_blocks):
     assert set(top) == {f"g{i}" for i in range(5)}
 
 
-def test_wilcoxon_reference_group_equals_scipy(small_blocks):
-    adata = synthetic()
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_wilcoxon_reference_group_equals_scipy(fmt, small_blocks):
+    adata = synthetic(fmt=fmt)
     sg.tl.rank_genes_groups(adata, "group", groups=["B"], reference="A", corr_method="bonferroni")
     x = dense(adata)
     b, a = (adata.obs["group"] == "B").to_numpy(), (adata.obs["group"] == "A").to_numpy()
@@ -288,3 +289,15 @@ def test_layer_without_record_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sg.tl.rank_genes_groups(adata, "group", layer="attr_ig", key_added="again")
+
+
+def test_signed_values_rank_as_scipy(small_blocks):
+    adata = synthetic()
+    x = adata.layers["attr_ig"].toarray()
+    x[::2] *= -1  # negative values sit below the zeros
+    adata.layers["attr_ig"] = sparse.csr_matrix(x)
+    sg.tl.rank_genes_groups(adata, "group", groups=["A"], reference="C")
+    a, c = (adata.obs["group"] == "A").to_numpy(), (adata.obs["group"] == "C").to_numpy()
+    x = x.astype(np.float64)
+    p = [st.mannwhitneyu(x[a, j], x[c, j], method="asymptotic", use_continuity=False).pvalue for j in range(25)]
+    np.testing.assert_allclose(frame(adata, "A")["pvals"], p, rtol=1e-6)

@@ -281,9 +281,11 @@ def rank_genes_groups(
     ``logfoldchanges`` are the effect size: :math:`\log_2((m_g + c) / (m_r + c))`, with :math:`m_g`
     and :math:`m_r` the mean attribution of the gene in the group and the reference (donor-aware:
     the average of the sample means) and :math:`c` the ``pseudocount``: by default a tenth of the
-    layer's mean attribution per gene (``target_sum / n_genes / 10`` for a layer of
+    layer's mean absolute attribution per gene (``target_sum / n_genes / 10`` for a layer of
     :func:`scsig.tl.attribute`), so that genes with almost no attribution on both sides get a log
-    fold change near 0 rather than a large one from two tiny numbers.
+    fold change near 0 rather than a large one from two tiny numbers. (A signed layer, not written by
+    :func:`scsig.tl.attribute`, is ranked all the same, negative values below the zeros; its log
+    fold change is NaN where a mean is negative.)
 
     Parameters
     ----------
@@ -306,7 +308,7 @@ def rank_genes_groups(
     paired
         With ``sample_key``: a paired test over the samples with cells in both the group and the reference.
     pseudocount
-        :math:`c` of the log fold change; ``None``: a tenth of the layer's mean attribution per gene.
+        :math:`c` of the log fold change; ``None``: a tenth of the layer's mean absolute attribution per gene.
     n_genes
         Genes stored per group (the top ones by score); ``None`` stores all.
     key_added

@@ -52,8 +52,7 @@ def read_block(x: Any, rows: np.ndarray | None, lo: int, hi: int) -> sparse.csc_
     :data:`ROW_CHUNK` cells at a time and only the block's columns are kept.
     """
     if sparse.issparse(x) or isinstance(x, np.ndarray):
-        sub = x[:, lo:hi] if rows is None else x[rows][:, lo:hi] if isinstance(x, np.ndarray) else x[rows, lo:hi]
-        return sparse.csc_matrix(sub, dtype=np.float64)
+        return sparse.csc_matrix(x[:, lo:hi] if rows is None else x[rows, lo:hi], dtype=np.float64)
     parts = []
     n = x.shape[0]
     for start in range(0, n, ROW_CHUNK):
@@ -65,8 +64,11 @@ def read_block(x: Any, rows: np.ndarray | None, lo: int, hi: int) -> sparse.csc_
             if sel.size == 0:
                 continue
             chunk = x[start:stop][sel - start]
-        chunk = chunk if sparse.issparse(chunk) else sparse.csr_matrix(np.asarray(chunk))
-        parts.append(sparse.csr_matrix(chunk)[:, lo:hi])
+        parts.append(
+            sparse.csr_matrix(chunk)[:, lo:hi]
+            if sparse.issparse(chunk)
+            else sparse.csr_matrix(np.asarray(chunk)[:, lo:hi])
+        )
     return sparse.vstack(parts, format="csc", dtype=np.float64)
 
 
@@ -153,7 +155,7 @@ class BlockStats:
     def __post_init__(self) -> None:
         shape = (self.n_labels, self.n_vars)
         self.sums, self.sumsq, self.nnz = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-        self.total = np.zeros((3, self.n_vars))  # sum, sum of squares, non-zeros over all test cells
+        self.total = np.zeros((4, self.n_vars))  # sum, sum of squares, non-zeros, sum of |values| over all test cells
         self.z = np.zeros(shape)
         if self.n_samples:  # per (label, sample) sums; row n_labels holds every test cell of the sample
             self.sample_sums = np.zeros((self.n_labels + 1, self.n_samples, self.n_vars))
@@ -191,7 +193,7 @@ def accumulate(
     stats.sums[:, lo:hi] += _label_bincount(lab, col, val, L, nb)
     stats.sumsq[:, lo:hi] += _label_bincount(lab, col, val * val, L, nb)
     stats.nnz[:, lo:hi] += _label_bincount(lab, col, None, L, nb)
-    for i, w in enumerate((val, val * val, None)):
+    for i, w in enumerate((val, val * val, None, np.abs(val))):
         stats.total[i, lo:hi] += np.bincount(col, weights=w, minlength=nb)
     if samples is not None and stats.sample_sums is not None:
         S = stats.n_samples

@@ -32,9 +32,9 @@ def _pseudocount(stats: BlockStats, n_cells: int, pseudocount: float | None) -> 
             msg = f"pseudocount must be a positive number, got {pseudocount!r}; pass None for the default."
             raise ValueError(msg)
         return pc
-    mean = stats.total[0].sum() / (n_cells * stats.n_vars)
+    mean = stats.total[3].sum() / (n_cells * stats.n_vars)  # mean |attribution| per gene and cell
     if not mean > 0:
-        msg = "The attribution layer holds no positive value for these cells; check layer= (run sg.tl.attribute first)."
+        msg = "The attribution layer holds only zeros for these cells; check layer= (run sg.tl.attribute first)."
         raise ValueError(msg)
     return float(mean / 10)
 
@@ -45,7 +45,7 @@ def _sides(stats: BlockStats, design: Any, g: int) -> tuple[float, float, np.nda
     grp = np.stack([stats.sums[g], stats.sumsq[g], stats.nnz[g]])
     n1 = float(design.sizes[g])
     if design.reference_code is None:
-        return n1, n_all - n1, grp, stats.total - grp
+        return n1, n_all - n1, grp, stats.total[:3] - grp
     r = design.reference_code
     ref = np.stack([stats.sums[r], stats.sumsq[r], stats.nnz[r]])
     return n1, float(design.sizes[r]), grp, ref
@@ -86,11 +86,13 @@ def cell_tests(
 
 
 def _table(scores, pvals, m1, m2, pts1, pts2, pc, corr_method) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore"):  # NaN where a mean is negative (a signed layer)
+        lfc = np.log2((m1 + pc) / (m2 + pc))
     return {
         "scores": scores,
         "pvals": pvals,
         "pvals_adj": adjust(pvals, corr_method),
-        "logfoldchanges": np.log2((m1 + pc) / (m2 + pc)),
+        "logfoldchanges": lfc,
         "means": m1,
         "means_rest": m2,
         "pts": pts1,
