@@ -45,12 +45,52 @@ def gene_blocks(x: Any, n_rows: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n_vars)) for lo in range(0, n_vars, size)]
 
 
+@functools.cache
+def _csr_block_kernels():
+    """Compiled kernels that cut columns ``lo:hi`` out of a CSR matrix with sorted indices, by binary search per row."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def locate(indptr, indices, rows, lo, hi, starts, counts):  # pragma: no cover - compiled
+        for r in numba.prange(rows.size):
+            a, b = indptr[rows[r]], indptr[rows[r] + 1]
+            row = indices[a:b]
+            starts[r] = a + np.searchsorted(row, lo)
+            counts[r] = a + np.searchsorted(row, hi) - starts[r]
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def gather(indices, data, starts, out_indptr, lo, out_indices, out_data):  # pragma: no cover - compiled
+        for r in numba.prange(starts.size):
+            s, o = starts[r], out_indptr[r]
+            for k in range(out_indptr[r + 1] - o):
+                out_indices[o + k] = indices[s + k] - lo
+                out_data[o + k] = data[s + k]
+
+    return locate, gather
+
+
+def _csr_block(x: sparse.csr_matrix, rows: np.ndarray | None, lo: int, hi: int) -> sparse.csc_matrix:
+    """Columns ``lo:hi`` of the rows ``rows`` of a CSR matrix with sorted indices: touches only those values."""
+    locate, gather = _csr_block_kernels()
+    rows = np.arange(x.shape[0], dtype=np.int64) if rows is None else rows.astype(np.int64, copy=False)
+    starts, counts = np.empty(rows.size, dtype=np.int64), np.empty(rows.size, dtype=np.int64)
+    locate(x.indptr, x.indices, rows, lo, hi, starts, counts)
+    out_indptr = np.concatenate([[0], np.cumsum(counts)])
+    out_indices, out_data = np.empty(out_indptr[-1], dtype=np.int32), np.empty(out_indptr[-1], dtype=np.float64)
+    gather(x.indices, x.data, starts, out_indptr, lo, out_indices, out_data)
+    return sparse.csr_matrix((out_data, out_indices, out_indptr), shape=(rows.size, hi - lo)).tocsc()
+
+
 def read_block(x: Any, rows: np.ndarray | None, lo: int, hi: int) -> sparse.csc_matrix:
     """Columns ``lo:hi`` of the cells ``rows`` (all when ``None``) as CSC, without reading other columns in full.
 
-    In-memory scipy matrices and arrays are sliced directly; backed layers are read
+    A CSR matrix with sorted indices (what :func:`scsig.tl.attribute` writes) is cut by a binary
+    search in each row, reading only the block's values; other in-memory scipy matrices and arrays
+    are sliced by scipy / numpy; backed layers are read
     :data:`ROW_CHUNK` cells at a time and only the block's columns are kept.
     """
+    if sparse.issparse(x) and x.format == "csr" and x.has_sorted_indices:
+        return _csr_block(x, rows, lo, hi)
     if sparse.issparse(x) or isinstance(x, np.ndarray):
         return sparse.csc_matrix(x[:, lo:hi] if rows is None else x[rows, lo:hi], dtype=np.float64)
     parts = []
