@@ -19,3 +19,9 @@ METHODS = ("ig", "dl", "ixg")
 
 TARGETS = ("self_similarity", "embedding_distance")
 """Named attribution targets (see :mod:`scsig.attribution`)."""
+
+RANK_KEY = "rank_genes_groups_scsig"
+"""Default ``key_added`` of :func:`scsig.tl.rank_genes_groups` (an ``adata.uns`` key)."""
+
+SCANPY_RANK_KEY = "rank_genes_groups"
+"""Where :func:`scanpy.tl.rank_genes_groups` writes; scsig never replaces it unasked."""
