@@ -304,9 +304,9 @@ def public_methods(cls: type) -> dict[str, object]:
 
 
 def public_functions() -> dict[str, object]:
-    """``sg.<ns>.<name>`` (and ``.<method>`` for classes) -> function, for tl, pp, get, models and ``sg.Atlas``."""
+    """``sg.<ns>.<name>`` (and ``.<method>`` for classes) -> function, for tl, pp, pl, get, models and ``sg.Atlas``."""
     out = {}
-    for ns in ("tl", "pp", "get", "models"):
+    for ns in ("tl", "pp", "pl", "get", "models"):
         module = getattr(sg, ns)
         for name in module.__all__:
             obj = getattr(module, name)
@@ -331,9 +331,14 @@ def test_public_function_body_is_short(name):
 
 
 def test_public_functions_cover_the_namespaces():
-    assert {"sg.tl.attribute", "sg.pp.prepare", "sg.get.hit_fractions", "sg.models.load", "sg.Atlas.attribute"} <= set(
-        _FUNCTIONS
-    )
+    assert {
+        "sg.tl.attribute",
+        "sg.pp.prepare",
+        "sg.pl.scores",
+        "sg.get.hit_fractions",
+        "sg.models.load",
+        "sg.Atlas.attribute",
+    } <= set(_FUNCTIONS)
 
 
 def test_public_methods_finds_each_kind_and_skips_generated_ones():
