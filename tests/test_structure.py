@@ -370,3 +370,16 @@ def test_public_methods_finds_each_kind_and_skips_generated_ones():
     found = public_methods(Thing)
     assert set(found) == {"run", "size", "make", "tool"}  # the dataclass's generated __init__ has no source
     assert [body_lines(found[k]) for k in ("run", "size", "make", "tool")] == [1, 1, 2, 0]
+
+
+def test_body_lines_count_from_the_first_statement_after_the_docstring():
+    def f():
+        """Doc."""
+        x = 1
+        return x
+
+    def g():
+        return 1
+
+    assert body_lines(f) == 2
+    assert body_lines(g) == 1
