@@ -216,3 +216,27 @@ def test_compare_cells_without_labels(attributed):
     assert set(table["group"]) == {"all", "B", "T"}
     pooled = table.loc[table["group"] == "all"].iloc[0]
     assert pooled["n_negative"] == int((attributed.obs["group"] == "a").sum())
+
+
+def test_attribute_never_replaces_what_it_did_not_write(toy):
+    adata, model = toy
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.raises(ValueError, match="would overwrite the counts layer it reads"):
+        sg.tl.attribute(adata, model, layer="counts", key_added="counts")
+    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] exists and was not written by sg.tl.attribute"):
+        sg.tl.attribute(adata, model, key_added="counts")
+    adata.obs["qc"] = 1.0
+    with pytest.raises(ValueError, match=r"adata.obs\['qc'\] exists and was not written"):
+        sg.tl.attribute(adata, model, completeness_key="qc")
+    assert (adata.layers["counts"] != adata.X).nnz == 0
+    assert (adata.obs["qc"] == 1.0).all()
+    sg.tl.attribute(adata, model, n_steps=8, completeness_key="gap")
+    sg.tl.attribute(adata, model, n_steps=8, completeness_key="gap")  # its own layer and column: replaced
+
+
+def test_attribute_on_a_view_says_where_the_result_goes(toy):
+    adata, model = toy
+    view = adata[:20]
+    with pytest.warns(UserWarning, match=r"adata is a view .*\.copy\(\)"):
+        sg.tl.attribute(view, model, n_steps=8)
+    assert "attr_ig" not in adata.layers

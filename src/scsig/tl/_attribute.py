@@ -17,7 +17,7 @@ from .._utils import check_choice, check_number, resolve_adata, wrap_return
 from .._version import __version__
 from ..pp._validate import warn_empty_cells
 from ._attribute_batches import _batches, _open_sink, _to_var_csr
-from ._attribute_run import _set_up
+from ._attribute_run import _layer_key, _set_up
 from ._completeness import DegenerateAttributionError, _gap_summary, _warn_gap
 
 if TYPE_CHECKING:
@@ -99,6 +99,47 @@ def _provenance(run: _Run) -> dict[str, Any]:
     return record
 
 
+def _ours(data: AnnData) -> tuple[dict, set[str]]:
+    """The layers ``sg.tl.attribute`` recorded writing, and the ``obs`` columns it wrote gaps into."""
+    layers = data.uns.get(UNS_KEY, {}).get("layers", {}) if isinstance(data.uns.get(UNS_KEY), dict) else {}
+    gaps = {
+        str(r.get("completeness_key")) for r in layers.values() if isinstance(r, dict) and r.get("completeness_key")
+    }
+    return layers, gaps
+
+
+def _check_outputs(data: AnnData, *, layer: str | None, key: str, completeness_key: str | None) -> None:
+    """Refuse to replace the input layer, a layer or an ``obs`` column that sg.tl.attribute did not write."""
+    if layer is not None and key == layer:
+        return  # refused in the run's set-up, which names the counts layer
+    layers, gaps = _ours(data)
+    if key in data.layers and key not in layers:
+        msg = (
+            f"adata.layers[{key!r}] exists and was not written by sg.tl.attribute (no record in "
+            f"adata.uns['scsig']['layers']); it is not replaced. Pass another key_added, or remove it first "
+            f"(del adata.layers[{key!r}])."
+        )
+        raise ValueError(msg)
+    if completeness_key is not None and completeness_key in data.obs.columns and completeness_key not in gaps:
+        msg = (
+            f"adata.obs[{completeness_key!r}] exists and was not written by sg.tl.attribute; it is not replaced. "
+            "Pass another completeness_key."
+        )
+        raise ValueError(msg)
+
+
+def _warn_view(data: AnnData) -> None:
+    """Say, as scanpy does, that attributing a view writes into a copy, not into the AnnData it views."""
+    if getattr(data, "is_view", False):
+        warnings.warn(
+            "adata is a view (e.g. adata[mask]): the attributions are written into this object, which becomes a "
+            "copy of its cells; the AnnData it views is not changed, and a view made inline (sg.tl.attribute("
+            "adata[mask], model)) is lost. Keep the subset first: sub = adata[mask].copy(); sg.tl.attribute(sub, model).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
     """Once per run: how many cells had more expressed genes than a token model takes."""
     if not dropped or not dropped["n_cells"]:
@@ -128,6 +169,7 @@ def _write_results(data: AnnData, run: _Run, layer: Any, record: dict, completen
     data.layers[run.key] = layer
     if completeness_key is not None:
         data.obs[completeness_key] = run.gaps
+        record = {**record, "completeness_key": completeness_key}
     if run.dropped is not None:
         data.obs[f"{run.key}_n_genes_dropped"] = run.dropped
     data.var[f"{run.key}{IN_MODEL_SUFFIX}"] = run.alignment.var_in_model
@@ -229,7 +271,9 @@ def attribute(
         :math:`|t(x) - t(0)|`): ``"raise"`` a :class:`DegenerateAttributionError`, or ``"warn"`` and
         write them anyway.
     key_added
-        Layer to write; default ``f"attr_{{method}}"``.
+        Layer to write; default ``f"attr_{{method}}"``. A layer of that name that ``sg.tl.attribute``
+        did not write (no record in ``adata.uns["scsig"]["layers"]``) is never replaced: the call
+        refuses it and names the fix.
     store
         Write the layer to this new ``.h5ad`` file batch by batch instead of holding it in memory
         (for data larger than memory, e.g. ``adata`` opened with ``backed="r"``). The file holds
@@ -237,7 +281,8 @@ def attribute(
         name and renamed when complete, so an interrupted run leaves no partial file.
         ``adata.layers[key_added]`` then reads from that file (a backed sparse dataset).
     completeness_key
-        With ``"ig"``, also write each cell's completeness gap to ``adata.obs[completeness_key]``.
+        With ``"ig"``, also write each cell's completeness gap to ``adata.obs[completeness_key]`` (an
+        existing column that ``sg.tl.attribute`` did not write is refused, not replaced).
     {doc_progress}
     {doc_mod}
     {doc_copy}
@@ -287,6 +332,9 @@ def attribute(
         completeness_key=completeness_key,
     )
     _, data = resolve_adata(adata, mod=mod, read_only=True)  # the user's object is written only on success
+    _check_outputs(data, layer=layer, key=_layer_key(method, layer, key_added), completeness_key=completeness_key)
+    if not copy:
+        _warn_view(data)
     run = _set_up(
         data,
         model,
