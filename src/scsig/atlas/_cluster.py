@@ -99,6 +99,94 @@ def n_blocks(n_obs: int, per_task: int | None) -> int:
     return max(1, round(n_obs / per_task))
 
 
+class _ClusterRun:
+    """One :func:`run_on_client` call: its tasks, the staging folders it holds, and what came back."""
+
+    def __init__(self, client: Any, common: dict[str, Any]) -> None:
+        from distributed import Queue
+
+        self.client = client
+        self.queue_name = f"scsig-attribute-{uuid.uuid4().hex}"
+        self.queue = Queue(self.queue_name, client=client)
+        model = common["model"]
+        # hash=False: a key of its own per call. With the default (a key from the data's hash), a second call with
+        # the same model reuses the key, and the first call's future, released when it returns, can take the data
+        # away from the second call's tasks ("lost dependencies").
+        scattered_model = client.scatter(model, broadcast=True, hash=False) if not isinstance(model, str) else model
+        self.shared = dict(common, model=scattered_model)
+        self.scattered: list[Any] = []  # sources sent once per dataset, held until every task that reads them is done
+        self.futures: dict[Any, str] = {}
+        self.held: dict[str, contextlib.ExitStack] = {}
+        self.blocks_of: dict[str, list[Any]] = {}
+        self.results: dict[str, Any] = {}
+
+    def submit_whole(self, job: dict[str, Any], key: str) -> None:
+        """One task attributes the whole dataset and commits it."""
+        fut = self.client.submit(dask_task, **job, **self.shared, queue=self.queue_name, pure=False, key=key)
+        self.futures[fut] = job["name"]
+
+    def submit_blocks(self, job: dict[str, Any], key: str, blocks: int) -> None:
+        """One task per block of cells spills into a staging folder held here; one more merges and commits."""
+        name = job["name"]
+        stack = contextlib.ExitStack()
+        try:
+            staged = str(stack.enter_context(staging(Path(job["root"]))))
+        except Exception as err:  # noqa: BLE001 - reported per dataset
+            stack.close()
+            self.results[name] = err
+            return
+        self.held[name] = stack
+        source = job["source"]
+        if not isinstance(source, str):  # an AnnData: sent to the workers once, not once per block
+            source = self.client.scatter(source, hash=False)
+            self.scattered.append(source)
+        common = {"source": source, "name": name, "staged": staged, "n_blocks": blocks, **self.shared}
+        parts = [
+            self.client.submit(
+                dask_block, job["root"], block=b, **common, queue=self.queue_name, pure=False, key=f"{key}-block-{b}"
+            )
+            for b in range(blocks)
+        ]
+        self.blocks_of[name] = parts
+        merge_kw = {"genes": self.shared["genes"], "obs_columns": self.shared["obs_columns"]}
+        fut = self.client.submit(
+            dask_merge, job["root"], staged, source, name, parts, **merge_kw, pure=False, key=f"{key}-merge"
+        )
+        self.futures[fut] = name
+
+    def _drain(self, bar: Any) -> None:
+        """Move the cells the tasks report as done onto the progress bar."""
+        while got := self.queue.get(batch=True):
+            bar.update(int(sum(got)))
+
+    def _collect(self, fut: Any) -> None:
+        name = self.futures[fut]
+        try:
+            self.results[name] = fut.result()
+        except Exception as err:  # noqa: BLE001 - reported per dataset
+            self.results[name] = err
+        if name in self.held:  # its shard has moved into the atlas, or it failed: the staging folder goes
+            self.client.cancel(self.blocks_of.pop(name))  # after a failed block, the others' work is of no use
+            self.held.pop(name).close()
+
+    def wait(self, bar: Any) -> None:
+        """Wait for every dataset, updating ``bar`` and releasing each staging folder as its dataset ends."""
+        pending = set(self.futures)
+        while pending:
+            time.sleep(0.2)
+            self._drain(bar)
+            done = {f for f in pending if f.done()}
+            pending -= done
+            for fut in done:
+                self._collect(fut)
+        self._drain(bar)
+
+    def close(self) -> None:
+        """Release the staging folders still held (after an error or an interruption)."""
+        for stack in self.held.values():
+            stack.close()
+
+
 def run_on_client(
     client: Any,
     jobs: list[dict[str, Any]],
@@ -115,94 +203,20 @@ def run_on_client(
     one task each. ``per_task=None`` picks it from the datasets' sizes and the cluster's threads
     (:func:`default_per_task`).
     """
-    from distributed import Queue
-
-    queue_name = f"scsig-attribute-{uuid.uuid4().hex}"
-    queue = Queue(queue_name, client=client)
-    model = common["model"]
-    # hash=False: a key of its own per call. With the default (a key from the data's hash), a second call with the
-    # same model reuses the key, and the first call's future, released when it returns, can take the data away
-    # from the second call's tasks ("lost dependencies").
-    shared = dict(
-        common, model=client.scatter(model, broadcast=True, hash=False) if not isinstance(model, str) else model
-    )
-    scattered: list[Any] = []  # sources sent once per dataset, held until every task that reads them is done
+    run = _ClusterRun(client, common)
     if per_task is None:
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
         per_task = default_per_task([j["n_obs"] for j in jobs], threads)
-    futures: dict[Any, str] = {}
-    held: dict[str, contextlib.ExitStack] = {}
-    blocks_of: dict[str, list[Any]] = {}
-    results: dict[str, Any] = {}
     try:
         for k, job in enumerate(jobs):
             job = dict(job)
-            n_obs, name = job.pop("n_obs"), job["name"]
-            key = f"{queue_name}-{k}"
-            blocks = n_blocks(n_obs, per_task)
+            blocks = n_blocks(job.pop("n_obs"), per_task)
+            key = f"{run.queue_name}-{k}"
             if blocks == 1:
-                fut = client.submit(dask_task, **job, **shared, queue=queue_name, pure=False, key=key)
-                futures[fut] = name
-                continue
-            stack = contextlib.ExitStack()
-            try:
-                staged = str(stack.enter_context(staging(Path(job["root"]))))
-            except Exception as err:  # noqa: BLE001 - reported per dataset
-                stack.close()
-                results[name] = err
-                continue
-            held[name] = stack
-            source = job["source"]
-            if not isinstance(source, str):  # an AnnData: sent to the workers once, not once per block
-                source = client.scatter(source, hash=False)
-                scattered.append(source)
-            parts = [
-                client.submit(
-                    dask_block,
-                    job["root"],
-                    source=source,
-                    name=name,
-                    staged=staged,
-                    block=b,
-                    n_blocks=blocks,
-                    **shared,
-                    queue=queue_name,
-                    pure=False,
-                    key=f"{key}-block-{b}",
-                )  # fmt: skip
-                for b in range(blocks)
-            ]
-            blocks_of[name] = parts
-            merge_kw = {"genes": shared["genes"], "obs_columns": shared["obs_columns"]}
-            fut = client.submit(
-                dask_merge, job["root"], staged, source, name, parts, **merge_kw, pure=False, key=f"{key}-merge"
-            )
-            futures[fut] = name
-        pending = set(futures)
-
-        def drain() -> None:
-            while True:
-                got = queue.get(batch=True)
-                if not got:
-                    return
-                bar.update(int(sum(got)))
-
-        while pending:
-            time.sleep(0.2)
-            drain()
-            done = {f for f in pending if f.done()}
-            pending -= done
-            for fut in done:
-                name = futures[fut]
-                try:
-                    results[name] = fut.result()
-                except Exception as err:  # noqa: BLE001 - reported per dataset
-                    results[name] = err
-                if name in held:  # its shard has moved into the atlas, or it failed: the staging folder goes
-                    client.cancel(blocks_of.pop(name))  # after a failed block, the others' work is of no use
-                    held.pop(name).close()
-        drain()
+                run.submit_whole(job, key)
+            else:
+                run.submit_blocks(job, key, blocks)
+        run.wait(bar)
     finally:
-        for stack in held.values():
-            stack.close()
-    return results
+        run.close()
+    return run.results
