@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import torch
 
 import scsig as sg
 
@@ -240,3 +241,36 @@ def test_attribute_on_a_view_says_where_the_result_goes(toy):
     with pytest.warns(UserWarning, match=r"adata is a view .*\.copy\(\)"):
         sg.tl.attribute(view, model, n_steps=8)
     assert "attr_ig" not in adata.layers
+
+
+class _Gated(torch.nn.Module):
+    """A linear embedding that is NaN (``kind="nan"``) or zero (``"dead"``) for cells with few counts of gene 0."""
+
+    def __init__(self, n_genes, kind):
+        super().__init__()
+        self.lin = torch.nn.Linear(n_genes, 4)
+        self.kind = kind
+
+    def forward(self, x):
+        z = self.lin(x)
+        gate = x[:, :1] > 1.0
+        if self.kind == "nan":
+            return torch.where(gate, z, torch.full_like(z, float("nan")))
+        if self.kind == "dead":
+            return z * gate
+        return torch.relu(z - 1e3)  # every cell dead
+
+
+def test_nan_embeddings_are_refused_and_dead_ones_reported(toy):
+    adata, _ = toy
+    genes = list(adata.var_names)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="NaN or infinite for .* cells"):
+        sg.tl.attribute(adata, sg.models.from_module(_Gated(len(genes), "nan"), genes), n_steps=8)
+    with pytest.raises(ValueError, match="No cell has any attribution"):
+        sg.tl.attribute(adata, sg.models.from_module(_Gated(len(genes), "all"), genes), n_steps=8)
+    assert "attr_ig" not in adata.layers
+    with pytest.warns(UserWarning, match="cells with counts have no attribution at all"):
+        sg.tl.attribute(adata, sg.models.from_module(_Gated(len(genes), "dead"), genes), n_steps=8)
+    rows = np.asarray(adata.layers["attr_ig"].sum(axis=1)).ravel()
+    assert adata.uns["scsig"]["layers"]["attr_ig"]["n_cells_without_attribution"] == int((rows == 0).sum()) > 0

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..pp._validate import warn_empty_cells
 from ._attribute_batches import _batches, _open_sink, _to_var_csr
 from ._attribute_run import _layer_key, _set_up
-from ._completeness import DegenerateAttributionError, _gap_summary, _warn_gap
+from ._completeness import DegenerateAttributionError, _gap_summary, _warn_gap, warn_no_signal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,6 +83,8 @@ def _provenance(run: _Run) -> dict[str, Any]:
         "overlap": run.alignment.report(),
         "scsig_version": __version__,
     }
+    if run.no_signal.size:
+        record["n_cells_without_attribution"] = int((run.no_signal & (run.totals > 0)).sum())
     if run.dropped is not None:
         record["genes_dropped"] = {
             "n_cells": int((run.dropped > 0).sum()),
@@ -359,6 +361,7 @@ def attribute(
     try:
         _fill(sink, data, run, progress=progress)
         warn_empty_cells(run.totals, data.obs_names, what="in the model's genes")
+        warn_no_signal(run.no_signal, run.totals > 0, data.obs_names)
         record = _provenance(run)
         if "completeness_gap" in record:
             _warn_gap(record["completeness_gap"], run.n_steps)

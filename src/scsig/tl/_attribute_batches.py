@@ -14,7 +14,7 @@ from .._utils import threads as _threads
 from .._utils import to_memory
 from ..pp._prepare import model_input
 from ..pp._validate import check_counts as _check_counts
-from ._completeness import DegenerateAttributionError, _check_degenerate, _completeness_gap
+from ._completeness import DegenerateAttributionError, _check_degenerate, _completeness_gap, check_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -82,6 +82,7 @@ def _attribute_batch(run: _Run, lo: int, hi: int, device: Any) -> sparse.csr_mat
     if run.dropped is not None and "dropped" in stats:
         run.dropped[lo:hi] = stats["dropped"]
     del x
+    run.no_signal[lo:hi] = check_rows(raw, t_in, t_base, run.cells[lo:hi])
     if lo == 0:
         _handle_degenerate(run, raw, t_in, t_base)
     if run.method == "ig":

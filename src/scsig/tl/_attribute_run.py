@@ -86,6 +86,8 @@ class _Run:
     totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     dropped: np.ndarray | None = None  # token models: expressed genes per cell beyond the model's length
+    no_signal: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # cells with no attribution at all
+    cells: Any = None  # the cells' names, for messages
     auto_gaps: dict[str, list[float]] | None = None  # what n_steps="auto" measured per step count, when it ran
 
     @property
@@ -163,6 +165,8 @@ def _set_up(
         grouped=grouped,
         totals=np.zeros(data.n_obs, dtype=np.float64),
         gaps=np.full(data.n_obs, np.nan),
+        no_signal=np.zeros(data.n_obs, dtype=bool),
+        cells=data.obs_names,
         dropped=np.zeros(data.n_obs, dtype=np.int64) if chosen == "tokens" else None,
         auto_gaps=auto_gaps,
     )

@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEGENERATE_RATIO", "GAP_TOLERANCE", "WARN_FRACTION", "DegenerateAttributionError", "fraction_above"]
+__all__ = [
+    "DEGENERATE_RATIO",
+    "GAP_TOLERANCE",
+    "WARN_FRACTION",
+    "DegenerateAttributionError",
+    "check_rows",
+    "fraction_above",
+    "warn_no_signal",
+]
 
 DEGENERATE_RATIO = 1e-3
 """Attributions whose total raw mass is below this fraction of the target's change are degenerate."""
@@ -34,6 +42,52 @@ def _check_degenerate(raw_mass: np.ndarray, delta: np.ndarray, method: str, targ
         "itself, so its gradient there is analytically zero, and rescaling each cell to target_sum would turn "
         "that noise into fake attributions. Use method='ig' (integrated gradients integrates along the path from "
         f"the baseline), or choose target='embedding_distance' explicitly for method={method!r}."
+    )
+
+
+def check_rows(raw: Any, t_in: np.ndarray, t_base: np.ndarray, cells: Any) -> np.ndarray:
+    """Refuse NaN or infinite attributions or targets; return which cells have no attribution at all.
+
+    A cell whose target does not change between the baseline and the cell (a dead or constant
+    embedding, e.g. every ReLU output zero) gets a row of zeros: it has no signal, which the caller
+    reports rather than storing it as if it were valid.
+    """
+    mass = np.asarray(abs(raw).sum(axis=1), dtype=np.float64).ravel()
+    bad = ~(
+        np.isfinite(mass)
+        & np.isfinite(np.asarray(t_in, dtype=np.float64))
+        & np.isfinite(np.asarray(t_base, dtype=np.float64))
+    )
+    if bad.any():
+        names = [str(cells[i]) for i in np.flatnonzero(bad)[:5]]
+        msg = (
+            f"The model's embedding (or the attribution target on it) is NaN or infinite for {int(bad.sum())} of "
+            f"{bad.size} cells in this batch (e.g. {names}), so their attributions would be NaN. The model is broken "
+            "for those inputs (e.g. a log or division of zero inside it): check it on them (model.embed(...)), or "
+            "leave those cells out."
+        )
+        raise ValueError(msg)
+    return mass == 0
+
+
+def warn_no_signal(no_signal: np.ndarray, has_counts: np.ndarray, cells: Any) -> None:
+    """Refuse a run where no cell has any attribution; warn about the cells without one."""
+    dead = np.flatnonzero(no_signal & has_counts)
+    if dead.size == 0:
+        return
+    names = [str(cells[i]) for i in dead[:5]]
+    what = (
+        "the model's embedding does not change between the zero baseline and these cells (a dead or constant "
+        "embedding, e.g. every ReLU output zero)"
+    )
+    if dead.size == int(has_counts.sum()):
+        msg = f"No cell has any attribution: {what}. Check the model (model.embed on a few cells) before attributing."
+        raise ValueError(msg)
+    warnings.warn(
+        f"{dead.size} cells with counts have no attribution at all (e.g. {names}): {what}; their rows are zero and "
+        "their scores will be 0. adata.uns['scsig']['layers'][key]['n_cells_without_attribution'] records the number.",
+        UserWarning,
+        stacklevel=3,
     )
 
 
