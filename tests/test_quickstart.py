@@ -24,7 +24,6 @@ def test_quickstart_table(tmp_path):
     assert list(table.index) == ["all cells", *adata.obs["seurat_annotations"].cat.categories]
     assert table.loc["all cells", "n CTRL"] == 391
     assert table.loc["all cells", "n STIM"] == 441
-    # measured with the bundled pbmc-demo model (mode='top'): pooled 0.987, every cell type >= 0.99
     assert table.loc["all cells", "scsig AUROC"] > 0.95
     assert (table["scsig AUROC"] > 0.95).all()
     assert (table["scsig STIM"] > table["scsig CTRL"]).all()
@@ -33,3 +32,21 @@ def test_quickstart_table(tmp_path):
     assert table.loc["all cells", "hits STIM %"] > 50
     ctrl = (adata.obs["stim"] == "CTRL").to_numpy()
     assert np.isclose(adata.obs["ifn"][ctrl].mean(), table.loc["all cells", "scsig CTRL"])
+
+
+def test_readme_states_the_quickstart_numbers(tmp_path):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(
+        r"AUROC ([\d.]+) pooled and ([\d.]+)-([\d.]+) within each of the six cell\ntypes \(`score_genes`: ([\d.]+) and ([\d.]+)-([\d.]+)",
+        text,
+    )
+    assert m is not None, "the README states the quickstart's AUROCs"
+    _, table = quickstart.run(tmp_path, progress=False)
+    types = table.drop(index="all cells")
+    for col, (pooled, low, high) in (("scsig AUROC", m.group(1, 2, 3)), ("score_genes AUROC", m.group(4, 5, 6))):
+        assert f"{table.loc['all cells', col]:.3f}" == pooled
+        assert f"{types[col].min():.3f}" == low
+        assert f"{types[col].max():.3f}" == high

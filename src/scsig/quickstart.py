@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if genes["missing"]:
         print(f"genes the model does not know (left out): {', '.join(genes['missing'])}")
     print("IFN score per cell type, stimulated (STIM) vs control (CTRL)")
-    print("  scsig: mean attribution of the signature genes (per 1,000 of a cell's 300 largest attributions)")
+    print(
+        "  scsig: sg.tl.score's default, the cosine of a cell's attributions and the signature's weights (mode='cosine')"
+    )
     print("  score_genes: scanpy's sc.tl.score_genes on log-normalized expression")
     print("  AUROC: probability that a STIM cell scores above a CTRL cell (1 = perfect, 0.5 = chance)")
     print(f"  hits: cells scoring above the {HIT_PERCENTILE:g}th percentile of all CTRL cells (scsig)\n")

@@ -319,8 +319,8 @@ def compare_scores(
         Scoring mode of the attribution score, as in :func:`scsig.tl.score` (default ``"cosine"``;
         ``"classic"`` is the published method's score). Modes with options take their defaults.
 
-        .. versionchanged:: 0.2.0
-           The attribution score follows :func:`scsig.tl.score`'s default, ``"cosine"`` (it was ``"classic"``).
+        Since the development versions after 0.1.0 the attribution score follows
+        :func:`scsig.tl.score`'s default, ``"cosine"`` (it was ``"classic"``).
     counts_layer
         Layer with raw counts for the expression scores and totals; ``None`` reads ``X``.
     min_cells

@@ -189,9 +189,8 @@ def score(
     change. Compare a signature's scores across cells
     and conditions; read a drop in one signature next to a rise in another with that in mind.
 
-    .. versionchanged:: 0.2.0
-       The default ``mode`` is ``"cosine"`` (it was ``"classic"``). Pass ``mode="classic"`` for the
-       scores of earlier versions and of the reference package.
+    The default ``mode`` is ``"cosine"`` since the development versions after 0.1.0 (it was
+    ``"classic"``). Pass ``mode="classic"`` for the scores of 0.1.0 and of the reference package.
 
     Genes absent from ``adata.var``, or present but unknown to the layer's model, are left out with
     a warning (and recorded); duplicates, an empty signature, or one with no usable gene are errors.
