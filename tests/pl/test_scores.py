@@ -27,7 +27,7 @@ def test_scores_draws_the_data(scored):
     offsets = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
     np.testing.assert_allclose(np.sort(offsets), np.sort(scored.obs["score"].to_numpy()))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
-    assert ax.get_ylabel() == "score"
+    assert ax.get_ylabel() == "score (classic)"  # the score and the mode it was scored with
 
 
 def test_scores_order_and_labels(scored):
@@ -73,7 +73,7 @@ def test_scores_no_global_rc_change(scored):
 def test_scores_several_keys(scored):
     sg.tl.score(scored, {"one": ["g0", "g1"], "two": ["g5", "g6"]}, key_added="sig")
     axes = sg.pl.scores(scored, "sig", groupby="group", show=False)
-    assert [a.get_ylabel() for a in axes] == ["sig_one", "sig_two"]
+    assert [a.get_ylabel() for a in axes] == ["sig_one (cosine)", "sig_two (cosine)"]
     axes = sg.pl.scores(scored, ["score", "sig_two"], groupby="group", show=False)
     assert len(axes) == 2
     _, ax = plt.subplots()
@@ -118,5 +118,5 @@ def test_scores_works_with_scanpy_scores(scored):
     sc.pp.log1p(scored)
     sc.tl.score_genes(scored, ["g0", "g1", "g2"], score_name="sc_score", ctrl_size=10, n_bins=5)
     ax = sg.pl.scores(scored, "sc_score", groupby="group", show=False)
-    assert ax.get_ylabel() == "sc_score"
+    assert ax.get_ylabel() == "sc_score"  # not an scsig score: its name alone
     assert isinstance(scored.obs["sc_score"], pd.Series)

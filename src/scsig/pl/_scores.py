@@ -21,6 +21,7 @@ from ._utils import (
     obs_categories,
     quiet_boxplot,
     resolve_palette,
+    score_label,
     style_x_axis,
 )
 
@@ -120,7 +121,7 @@ def scores(
     rotation
         Rotation of the group labels; ``None`` rotates long labels by 90 degrees.
     ylabel
-        Y-axis label; default the score's name.
+        Y-axis label; default the score's name and the mode it was scored with (``"score (cosine)"``).
     figsize
         Size of the figure (of one panel with several scores), in inches.
     {doc_mod}
@@ -157,7 +158,7 @@ def scores(
         style_x_axis(
             a,
             xlabel=spec.xlabel,
-            ylabel=ylabel if ylabel is not None else k,
+            ylabel=ylabel if ylabel is not None else score_label(data, k),
             rotation=rot,
             legend_title=split if show_legend else None,
         )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_ax",
+    "score_label",
     "category_colors",
     "check_plot_kwargs",
     "finish",
@@ -73,6 +74,15 @@ def save_path(*, save: bool | str | Path | None, name: str) -> Path | None:
         raise TypeError(msg)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def score_label(data: Any, key: str) -> str:
+    """An axis label for the score column ``key``: its name and, when recorded, how it was scored (``"score (cosine)"``)."""
+    from .._uns import score_record
+
+    record = score_record(data, key)
+    mode = record.get("mode") if record is not None else None
+    return f"{key} ({mode})" if isinstance(mode, str) else key
 
 
 def check_ax(ax: Any, *, several: bool = False) -> None:
