@@ -315,3 +315,28 @@ def test_only_scimilarity_encoders_save_and_nothing_is_written_otherwise(tmp_pat
         with pytest.raises(TypeError, match="SCimilarityEncoder"):
             save(tmp_path / "x")
         assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_save_leaves_nothing_the_next_save_trips_on(tmp_path):
+    import scsig as sg
+    from scsig.models._files import STAGING_LOCK, STAGING_PREFIX, SaveFolder
+
+    _, model = sg.datasets.toy()
+    folder = tmp_path / "model"
+    model.save(folder)
+    dead = folder / f"{STAGING_PREFIX}dead1234"  # what a save killed while writing leaves
+    dead.mkdir()
+    (dead / STAGING_LOCK).touch()
+    (dead / "encoder.ckpt.tmp").write_bytes(b"half")
+    model.save(folder)  # no overwrite needed: the leftover is recognised and removed
+    assert not dead.exists()
+    mine = folder / f"{STAGING_PREFIX}notes123"  # named like ours, but holds a file that is not a temporary one
+    mine.mkdir()
+    (mine / STAGING_LOCK).touch()
+    (mine / "notes.txt").write_text("mine")
+    with SaveFolder(folder, kind="x", what="model", overwrite=True) as live:  # a save still running
+        live.path("other.bin").write_bytes(b"1")
+        staging = [p for p in folder.iterdir() if p.name.startswith(STAGING_PREFIX) and p != mine]
+        model.save(folder, overwrite=True)
+        assert all(p.is_dir() for p in staging)  # the live save's folder is left alone
+    assert (mine / "notes.txt").read_text() == "mine"

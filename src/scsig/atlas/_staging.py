@@ -34,10 +34,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._utils._locks import try_lock
 from . import _manifest as mf
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "BUILD_LOCK",
@@ -115,34 +116,6 @@ def _own_folders(folder: Path) -> Iterator[Path]:
         for entry in entries:
             if _OWN_FOLDER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
                 yield Path(entry.path)
-
-
-# ---------------------------------------------------------------------- OS locks without waiting
-
-
-def try_lock(fh: Any) -> Callable[[], None] | None:
-    """Take an exclusive OS lock on ``fh`` without waiting; the release function, or None if held elsewhere."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        import msvcrt
-
-        fh.seek(0)
-        try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return None
-
-        def unlock() -> None:
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-
-        return unlock
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return None
-    return lambda: fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------- staging and commit

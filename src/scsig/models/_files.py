@@ -8,6 +8,10 @@ with :func:`os.replace`; on any error the temporary files are removed. With ``ov
 files this save writes are replaced, and only files that an earlier save's manifest lists (and that
 are unchanged since) are removed; nothing else in the folder is touched, and no symbolic link is
 followed to write or delete.
+
+A save holds an OS lock on ``.lock`` in its staging folder while it runs (the OS releases it when the
+process dies). The next save into the folder removes staging folders that carry scsig's name, whose
+lock is free and that hold nothing but that lock and ``.tmp`` files: what a killed save left.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+
+from .._utils._locks import try_lock
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -116,6 +124,40 @@ def holds_exactly(folder: Path, record: dict[str, Any]) -> bool:
     return all(_unchanged(folder, name, info) for name, info in files.items())
 
 
+STAGING_PREFIX = ".scsig-save-"
+"""Name prefix of a save's staging folder (then 8 characters of :func:`tempfile.mkdtemp`)."""
+
+STAGING_LOCK = ".lock"
+"""File in a staging folder that its save holds an OS lock on while it runs."""
+
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"[A-Za-z0-9_]{8}")
+
+
+def _dead_staging(path: Path) -> bool:
+    """A save's staging folder whose writer is gone, holding nothing but its lock and ``.tmp`` files."""
+    lock = path / STAGING_LOCK
+    if lock.is_symlink() or not lock.is_file():
+        return False  # not one this version makes; left alone
+    for root, dirs, files in os.walk(path):
+        if any(Path(root, d).is_symlink() for d in dirs):
+            return False
+        if any(not (f.endswith(".tmp") or (f == STAGING_LOCK and Path(root) == path)) for f in files):
+            return False
+    with lock.open("a+b") as fh:
+        release = try_lock(fh)
+        if release is None:
+            return False  # a live save
+        release()
+    return True
+
+
+def remove_dead_staging(folder: Path) -> None:
+    """Remove what killed saves left in ``folder``: staging folders (by name) whose lock is free and that hold only temporary files."""
+    for entry in folder.iterdir():
+        if _STAGING_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink() and _dead_staging(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 class SaveFolder:
     """Stage a save's files in ``folder`` under temporary names, then move them into place.
 
@@ -142,6 +184,10 @@ class SaveFolder:
         self._staged: dict[str, Path] = {}
         self._staging: Path | None = None
         self._made_dirs: list[Path] = []
+        self._lock: Any = None
+        self._release: Any = None
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            remove_dead_staging(self.folder)
         self._previous = self._check_destination(what, overwrite=overwrite)
 
     # ---- before writing ------------------------------------------------------------------------
@@ -208,7 +254,9 @@ class SaveFolder:
     def _stage(self, name: str) -> Path:
         self._parent(name)
         if self._staging is None:
-            self._staging = Path(tempfile.mkdtemp(prefix=".scsig-save-", dir=self.folder))
+            self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
+            self._lock = (self._staging / STAGING_LOCK).open("a+b")  # held while this save runs
+            self._release = try_lock(self._lock)
         tmp = self._staging.joinpath(*PurePosixPath(f"{name}.tmp").parts)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         self._staged[name] = tmp
@@ -272,6 +320,11 @@ class SaveFolder:
         for tmp in self._staged.values():
             tmp.unlink(missing_ok=True)
         self._staged.clear()
+        if self._lock is not None:
+            if self._release is not None:
+                self._release()
+            self._lock.close()
+            (self._staging / STAGING_LOCK).unlink(missing_ok=True)
         if self._staging is not None:  # only the folders made for staging, bottom-up, when empty
             for root, _, _ in os.walk(self._staging, topdown=False):
                 with contextlib.suppress(OSError):
