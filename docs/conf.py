@@ -103,7 +103,7 @@ def _settings_doc() -> str:
 # -- autodoc -----------------------------------------------------------------------------------------
 autosummary_generate = True
 autodoc_member_order = "groupwise"
-autodoc_default_options = {"members": True, "inherited-members": False}
+autodoc_default_options = {"members": True}
 autodoc_typehints = "description"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True

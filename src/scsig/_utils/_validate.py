@@ -34,7 +34,7 @@ def check_counts(x: np.ndarray | sparse.spmatrix, *, where: str = "adata.X", req
     where
         How to name the matrix in messages.
     require_integer
-        Refuse non-integer values and counts above :data:`MAX_COUNT`.
+        Refuse non-integer values and counts above 2**24 (``MAX_COUNT``).
     """
     values = data_values(x)
     if values.size == 0:
