@@ -83,3 +83,19 @@ def test_contract_and_errors(hit_table, scored, monkeypatch):
         sg.pl.hit_fractions(scored, x="cond")
     with pytest.raises(ValueError, match="not in the data"):
         sg.pl.hit_fractions(hit_table, x="disease", order=["nope"])
+
+
+def test_hit_fractions_label_says_how_hits_were_called():
+    import pandas as pd
+
+    adata, model = sg.datasets.toy()
+    sg.tl.attribute(adata, model, progress=False, n_steps=8)
+    sg.tl.score(adata, ["g0", "g1"])
+    adata.obs["cond"] = pd.Categorical(np.tile(["ctrl", "stim"], adata.n_obs // 2))
+    adata.obs["sample"] = pd.Categorical([f"s{i % 6}" for i in range(adata.n_obs)])
+    sg.tl.hits(adata, "score", cut=95, reference={"cond": "ctrl"})
+    want = "hit cells (%)\nscore >= 95th percentile of cond in ['ctrl']"
+    assert sg.pl.hit_fractions(adata, "score_hit", x="cond", sample_key="sample", show=False).get_ylabel() == want
+    table = sg.get.hit_fractions(adata, "score_hit", groupby="cond", sample_key="sample")
+    assert sg.pl.hit_fractions(table, x="cond", show=False).get_ylabel() == want  # the table carries the rule
+    assert sg.pl.hit_fractions(table.assign(x=1), x="cond", ylabel="mine", show=False).get_ylabel() == "mine"

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._constants import UNS_KEY
+from .._uns import get_record
 from .._utils import resolve_adata
+
+HIT_RULE = ("key", "mode", "cut", "above", "reference")
+"""What a hits record says about how the hits were called (kept with a fractions table for its plot's label)."""
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -335,6 +340,9 @@ def hit_fractions(
         reference = _check_test_design(obs, cols[0], levels, sample_key=sample_key, reference=reference)
     keys = [*cols, *([sample_key] if sample_key is not None else [])]
     frame = _fraction_table(obs, hit, keys, min_cells=min_cells)
+    record = get_record(data, "hits", hits_key)
+    if record is not None:  # how the hits were called, for the plots' labels
+        frame.attrs[UNS_KEY] = {"hits_key": hits_key, **{k: record[k] for k in HIT_RULE if k in record}}
     if not return_tests:
         return frame
     return frame, _tests(frame, cols, levels, reference, min_samples)

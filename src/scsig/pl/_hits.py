@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._constants import UNS_KEY
 from .._docs import doc_params, doc_plot_common
+from .._uns import get_record
 from .._utils import resolve_adata
 from ._utils import (
     auto_rotation,
     check_plot_kwargs,
     finish,
+    hit_rule,
     new_axes,
     quiet_boxplot,
     resolve_palette,
@@ -44,6 +47,17 @@ def _categories(frame: pd.DataFrame, col: str, order: Sequence[str] | None) -> l
 
 
 @doc_params(doc_plot_common=doc_plot_common)
+def _hit_label(data: Any, hits_key: str | None, *, percent: bool, mod: str) -> str:
+    """The y label: hit cells (%) or hit fraction, and how the hits were called when that is recorded."""
+    base = "hit cells (%)" if percent else "hit fraction"
+    if isinstance(data, pd.DataFrame):
+        record = data.attrs.get(UNS_KEY)
+    else:
+        record = get_record(resolve_adata(data, mod=mod, read_only=True)[1], "hits", hits_key) if hits_key else None
+    rule = hit_rule(record)
+    return f"{base}\n{rule}" if rule else base
+
+
 def hit_fractions(
     data: Any,
     hits_key: str | None = None,
@@ -107,7 +121,8 @@ def hit_fractions(
     rotation
         Rotation of the x labels; ``None`` rotates long labels by 90 degrees.
     ylabel
-        Y-axis label.
+        Y-axis label; default "hit cells (%)" (or "hit fraction") and, when the hits record says how they
+        were called, the rule (e.g. "score >= 95th percentile of stim: CTRL").
     figsize
         Size of the figure, in inches.
     mod
@@ -172,7 +187,7 @@ def hit_fractions(
     style_x_axis(
         a,
         xlabel=x,
-        ylabel=ylabel if ylabel is not None else ("hit cells (%)" if percent else "hit fraction"),
+        ylabel=ylabel if ylabel is not None else _hit_label(data, hits_key, percent=percent, mod=mod),
         rotation=auto_rotation(x_order) if rotation is None else rotation,
         legend_title=hue,
     )

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_ax",
     "score_label",
+    "hit_rule",
     "category_colors",
     "check_plot_kwargs",
     "finish",
@@ -83,6 +84,21 @@ def score_label(data: Any, key: str) -> str:
     record = score_record(data, key)
     mode = record.get("mode") if record is not None else None
     return f"{key} ({mode})" if isinstance(mode, str) else key
+
+
+def hit_rule(record: dict | None) -> str | None:
+    """How hits were called, in words (``"score >= 95th percentile of stim: CTRL"``), from a hits record."""
+    if not isinstance(record, dict) or "mode" not in record or "cut" not in record:
+        return None
+    cut, mode = float(record["cut"]), str(record["mode"])
+    rule = {
+        "percentile": f"{cut:g}th percentile",
+        "quantile": f"{cut:g} quantile",
+        "zscore": f"z {cut:g}",
+    }.get(mode, f"{cut:g}")
+    reference = str(record.get("reference", "all cells"))
+    where = f" of {reference}" if mode in ("percentile", "quantile", "zscore") and reference != "all cells" else ""
+    return f"{record.get('key', 'score')} {'>=' if record.get('above', True) else '<='} {rule}{where}"
 
 
 def check_ax(ax: Any, *, several: bool = False) -> None:
