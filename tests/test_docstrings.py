@@ -25,3 +25,10 @@ def test_progress_is_documented_by_the_shared_snippet():
     text = " ".join(doc_progress.split()[1:])  # without the parameter name
     missing = [f.__qualname__ for f in funcs if text not in " ".join((f.__doc__ or "").split())]
     assert not missing, f"use {{doc_progress}} in: {missing}"
+
+
+def test_no_public_docstring_keeps_a_shared_snippet_placeholder():
+    funcs = [getattr(getattr(sg, ns), name) for ns in NAMESPACES for name in getattr(sg, ns).__all__]
+    funcs += [m for _, m in inspect.getmembers(sg.Atlas, inspect.isfunction)]
+    left = [f.__qualname__ for f in funcs if callable(f) and "{doc_" in (f.__doc__ or "")]
+    assert not left, f"doc_params was not applied to: {left}"

@@ -30,6 +30,11 @@ def test_compare_scores_from_adata(scored):
     )
     axes = sg.pl.compare_scores(scored, show=False)
     assert len(axes) == 2
+    assert axes[0].get_title(loc="left") == "group: b vs the rest"  # the figure names its contrast
+    returned = sg.tl.compare_scores(
+        scored, ["g0", "g1", "g2"], contrast="group", positive="b", methods=["attribution"], key_added="c2"
+    )
+    assert sg.pl.compare_scores(returned, show=False)[0].get_title(loc="left") == "group: b vs the rest"
     assert [t.get_text() for t in axes[0].get_yticklabels()] == ["all"]
     with pytest.raises(KeyError, match="Run sg.tl.compare_scores"):
         sg.pl.compare_scores(scored, key="other", show=False)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .._constants import UNS_KEY
 from .._docs import doc_params, doc_plot_common
 from .._uns import get_record
 from .._utils import resolve_adata
@@ -21,6 +22,18 @@ __all__ = ["compare_scores"]
 _LABELS = {"auroc": "AUROC (contrast)", "depth_rho": "|Spearman| with total counts"}
 
 
+def _contrast(data: Any, table: pd.DataFrame, key: str, mod: str) -> str | None:
+    """The contrast compared (``"stim: STIM vs the rest"``), from the table's attrs or the stored record."""
+    if isinstance(data, pd.DataFrame):
+        record = data.attrs.get(UNS_KEY)
+    else:
+        record = get_record(resolve_adata(data, mod=mod, read_only=True)[1], "compare", key)
+    if not isinstance(record, dict) or "contrast" not in record:
+        return None
+    positive = ", ".join(map(str, record.get("positive", [])))
+    return f"{record['contrast']}: {positive} vs the rest"
+
+
 def _table(data: Any, key: str, mod: str = "rna") -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
@@ -32,7 +45,6 @@ def _table(data: Any, key: str, mod: str = "rna") -> pd.DataFrame:
     return pd.DataFrame({c: list(v) for c, v in record["table"].items()})
 
 
-@doc_params(doc_plot_common=doc_plot_common)
 def _check_metrics(metrics: Any, table: pd.DataFrame, ax: Any) -> None:
     if isinstance(metrics, str) or not metrics:
         msg = f"metrics must be a non-empty list of comparison columns, e.g. ('auroc', 'depth_rho'); got {metrics!r}."
@@ -44,6 +56,7 @@ def _check_metrics(metrics: Any, table: pd.DataFrame, ax: Any) -> None:
     check_ax(ax, several=True)
 
 
+@doc_params(doc_plot_common=doc_plot_common)
 def compare_scores(
     data: Any,
     *,
@@ -128,4 +141,5 @@ def compare_scores(
         a.set_ylim(len(groups) - 0.5, -0.5)
         a.grid(axis="x", color="0.9", zorder=0)
     axes[-1].legend(frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left", title="method")
+    axes[0].set_title(_contrast(data, table, key, mod) or "", loc="left", fontsize="medium")
     return finish(fig, axes, ax_given=ax_given, show=show, save=save, return_fig=return_fig, name="compare_scores")

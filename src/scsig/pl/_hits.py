@@ -46,7 +46,6 @@ def _categories(frame: pd.DataFrame, col: str, order: Sequence[str] | None) -> l
     return sorted({str(v) for v in values.unique()})
 
 
-@doc_params(doc_plot_common=doc_plot_common)
 def _hit_label(data: Any, hits_key: str | None, *, percent: bool, mod: str) -> str:
     """The y label: hit cells (%) or hit fraction, and how the hits were called when that is recorded."""
     base = "hit cells (%)" if percent else "hit fraction"
@@ -58,6 +57,7 @@ def _hit_label(data: Any, hits_key: str | None, *, percent: bool, mod: str) -> s
     return f"{base}\n{rule}" if rule else base
 
 
+@doc_params(doc_plot_common=doc_plot_common)
 def hit_fractions(
     data: Any,
     hits_key: str | None = None,

@@ -14,7 +14,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _logging as logg
-from .._constants import IN_MODEL_SUFFIX
+from .._constants import IN_MODEL_SUFFIX, UNS_KEY
 from .._docs import doc_mod, doc_params
 from .._signature import parse_signatures, resolve_signatures
 from .._uns import check_key_added, put_record
@@ -389,4 +389,5 @@ def compare_scores(
         },
     )
     logg.info(f"    finished: added obs['{key_added}_<method>'] for {list(results)}", time=start)
+    table.attrs[UNS_KEY] = {"contrast": contrast, "positive": sorted(map(str, pos_set)), "mode": mode}
     return table
