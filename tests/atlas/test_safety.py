@@ -248,3 +248,14 @@ def test_a_claimed_dataset_waits_then_is_skipped(tmp_path, genes):
     results = run_claimed(run, atlas.path, jobs)
     assert results["a"] == SKIPPED
     assert ran == ["b"]
+
+
+def test_atlas_warnings_name_the_dataset(tmp_path):
+    adata, model = sg.datasets.toy()
+    part = adata[:20].copy()
+    x = part.X.tolil()
+    x[3, :] = 0  # a cell without counts
+    part.X = x.tocsr()
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
+    with pytest.warns(UserWarning, match=r"zero counts in the model's genes of dataset 'lung/1'"):
+        atlas.attribute(part, model, names="lung/1", progress=False, n_steps=8)

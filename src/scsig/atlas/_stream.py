@@ -172,7 +172,7 @@ def attribute_dataset(
                 genes=genes,
                 row_stats=row_stats,
             )
-    warn_empty_cells(run.totals, obs.index, what="in the model's genes")
+    warn_empty_cells(run.totals, obs.index, what=f"in the model's genes of dataset {name!r}")
     return added
 
 
@@ -224,7 +224,7 @@ def attribute_block(
         )
         lo, hi = (int(v) for v in block_bounds(len(obs), n_blocks, run.batch_size)[block : block + 2])
         spill, row_stats = _spill_cells(run, (lo, hi), Path(staged) / "scratch" / f"part-{block:05d}", name, on_cells)
-    warn_empty_cells(run.totals[lo:hi], obs.index[lo:hi], what="in the model's genes")
+    warn_empty_cells(run.totals[lo:hi], obs.index[lo:hi], what=f"in the model's genes of dataset {name!r}")
     record = _provenance(run)
     record.pop("completeness_gap", None)  # of the whole dataset: made from all blocks' gaps
     return {
