@@ -1,10 +1,11 @@
 """The sources of :meth:`scsig.Atlas.attribute`: names, sizes, opening, checks, and the attribution options.
 
 A source is an AnnData (in memory, backed or dask-backed) or the path of an ``.h5ad`` file. Every
-source is checked before anything of it is committed (:func:`check_source`): the structure of a
-sparse matrix (column pointer, column indices) and its values (finite, non-negative, whole counts
-where the model needs them), block by block; a source that cannot be read or fails a check is
-reported by name and the others go on.
+source is checked before anything of it is committed: the structure of a sparse matrix (column
+pointer, and the column indices of the rows a task attributes) here (:func:`check_source`), its
+values (finite, non-negative, whole counts where the model needs them) batch by batch as the
+attribution run reads them; a source that cannot be read or fails a check is reported by name and
+the others go on.
 """
 
 from __future__ import annotations
@@ -152,52 +153,47 @@ def _sparse_arrays(x: Any) -> tuple[Any, Any, Any, str] | None:
     return None
 
 
-def _check_structure(indptr: Any, indices: Any, data: Any, *, shape: tuple[int, int], fmt: str, where: str) -> None:
-    """The column pointer and column (or row) indices of a stored CSR/CSC matrix are consistent."""
+def _check_structure(
+    indptr: Any, indices: Any, *, shape: tuple[int, int], fmt: str, rows: tuple[int, int]
+) -> str | None:
+    """What is wrong with a stored CSR/CSC matrix's index pointer, or with the indices of ``rows`` (CSR), else None."""
     n_major, n_minor = shape if fmt == "csr" else shape[::-1]
-    ptr = np.asarray(indptr[...] if not isinstance(indptr, np.ndarray) else indptr)
-    problem = None
+    ptr = np.asarray(indptr[...] if not isinstance(indptr, np.ndarray) else indptr)  # n_major + 1 numbers: cheap
     if ptr.shape != (n_major + 1,):
-        problem = f"its index pointer has {ptr.size} entries, {n_major + 1} expected"
-    elif ptr[0] != 0 or np.any(np.diff(ptr) < 0):
-        problem = "its index pointer does not start at 0 and never decrease"
-    elif int(ptr[-1]) != len(indices) or len(indices) != len(data):
-        problem = (
-            f"its index pointer ends at {int(ptr[-1])} but {len(indices)} indices and {len(data)} values are stored"
-        )
-    for lo in range(0, len(indices) if problem is None else 0, CHECK_BLOCK):
-        block = np.asarray(indices[lo : lo + CHECK_BLOCK])
+        return f"its index pointer has {ptr.size} entries, {n_major + 1} expected"
+    if ptr[0] != 0 or np.any(np.diff(ptr) < 0):
+        return "its index pointer does not start at 0 or decreases somewhere"
+    if int(ptr[-1]) != len(indices):
+        return f"its index pointer ends at {int(ptr[-1])} but {len(indices)} indices are stored"
+    start, stop = (int(ptr[rows[0]]), int(ptr[rows[1]])) if fmt == "csr" else (0, len(indices))
+    for lo in range(start, stop, CHECK_BLOCK):
+        block = np.asarray(indices[lo : min(lo + CHECK_BLOCK, stop)])
         if block.size and (int(block.min()) < 0 or int(block.max()) >= n_minor):
-            problem = f"it stores indices outside its {n_minor} {'columns' if fmt == 'csr' else 'rows'}"
-            break
+            return f"it stores indices outside its {n_minor} {'columns' if fmt == 'csr' else 'rows'}"
+    return None
+
+
+def check_source(adata: AnnData, *, layer: str | None, where: str, rows: tuple[int, int]) -> None:
+    """Check a sparse source's structure before its cells ``rows`` are attributed.
+
+    Reads the whole index pointer (one number per cell) and the indices of ``rows`` (of a CSR
+    matrix; all of a CSC one), in blocks of :data:`CHECK_BLOCK`. The values are checked batch by
+    batch as the attribution run reads them; dense and dask sources have no structure to check.
+    """
+    x = adata.X if layer is None else adata.layers[layer]
+    arrays = _sparse_arrays(x)
+    if arrays is None:
+        return
+    indptr, indices, data, fmt = arrays
+    problem = _check_structure(indptr, indices, shape=tuple(adata.shape), fmt=fmt, rows=rows)
+    if problem is None and len(indices) != len(data):
+        problem = f"it stores {len(indices)} indices but {len(data)} values"
     if problem is not None:
         msg = (
             f"{where} is damaged: {problem}. Nothing of it was added; repair or re-export the file "
             "(e.g. rewrite it from the original data) and rerun."
         )
         raise ValueError(msg)
-
-
-def check_source(adata: AnnData, *, layer: str | None, where: str, require_integer: bool) -> None:
-    """Check a source's counts before attributing it: sparse structure, then values, block by block.
-
-    Reads the stored arrays once (a backed file in blocks of :data:`CHECK_BLOCK` values); dask
-    arrays are checked batch by batch as they are attributed instead.
-    """
-    from .._utils._validate import check_counts
-
-    x = adata.X if layer is None else adata.layers[layer]
-    where = f"{where} ({'adata.X' if layer is None else f'layer {layer!r}'})"
-    arrays = _sparse_arrays(x)
-    if arrays is not None:
-        indptr, indices, data, fmt = arrays
-        _check_structure(indptr, indices, data, shape=tuple(adata.shape), fmt=fmt, where=where)
-        for lo in range(0, len(data), CHECK_BLOCK):
-            check_counts(np.asarray(data[lo : lo + CHECK_BLOCK]), where=where, require_integer=require_integer)
-    elif isinstance(x, np.ndarray) or hasattr(x, "dtype") and not hasattr(x, "dask"):
-        step = max(1, CHECK_BLOCK // max(1, adata.n_vars))
-        for lo in range(0, adata.n_obs, step):
-            check_counts(np.asarray(x[lo : lo + step]), where=where, require_integer=require_integer)
 
 
 # ---------------------------------------------------------------------- jobs

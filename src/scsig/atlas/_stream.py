@@ -61,8 +61,14 @@ def _prepare(
     genes: Sequence[str],
     gene_order_hash: str,
     obs_columns: Sequence[str] | None,
-) -> tuple[Any, pd.DataFrame]:
-    """Check the opened source and set up its attribution run (checked against the atlas's model); ``(run, shard obs)``."""
+    block: tuple[int, int] | None = None,
+) -> tuple[Any, pd.DataFrame, tuple[int, int]]:
+    """Set up the attribution run of the opened source (checked against the atlas's model) and check its stored rows.
+
+    Returns ``(run, shard obs, rows)``: ``rows`` are the cells this task attributes, all of them, or
+    block ``block[0]`` of ``block[1]`` (whole batches). Only those rows' sparse structure is read
+    here; their values are checked batch by batch as the run reads them, with messages naming the dataset.
+    """
     import inspect
 
     from ..tl._attribute_run import _set_up
@@ -70,8 +76,6 @@ def _prepare(
     opts = attribute_defaults() | check_options(options)
     takes = inspect.signature(_set_up).parameters
     where = f"Dataset {name!r}" + (f" (file {str(source)!r})" if isinstance(source, str | Path) else "")
-    requires_counts = bool(opts.get("check_counts", True)) and model.preprocessing.requires_counts
-    check_source(adata, layer=opts.get("layer"), where=where, require_integer=requires_counts)
     run = _set_up(adata, model, **{k: v for k, v in opts.items() if k in takes})
     if run.model.gene_order_hash != gene_order_hash:
         msg = (
@@ -80,7 +84,12 @@ def _prepare(
             "Attribute with the atlas's model, or build one atlas per model."
         )
         raise ValueError(msg)
-    return run, shard_obs_frame(adata.obs, obs_columns, name)
+    run.where = f"{where} ({run.where})"
+    rows = (0, adata.n_obs)
+    if block is not None:
+        rows = tuple(int(v) for v in block_bounds(adata.n_obs, block[1], run.batch_size)[block[0] : block[0] + 2])
+    check_source(adata, layer=run.layer, where=run.where, rows=rows)
+    return run, shard_obs_frame(adata.obs, obs_columns, name), rows
 
 
 def _spill_cells(run: Any, rows: tuple[int, int], folder: Path, name: str, on_cells: Any) -> tuple[Spill, RowStats]:
@@ -156,7 +165,7 @@ def attribute_dataset(
     from ..tl._attribute import _provenance
 
     with pinned_threads(n_jobs), opened(source) as adata:
-        run, obs = _prepare(
+        run, obs, _ = _prepare(
             source, adata, name, model, options, genes=genes, gene_order_hash=gene_order_hash, obs_columns=obs_columns
         )
         with staging(Path(root)) as staged:
@@ -219,10 +228,17 @@ def attribute_block(
 
     del root
     with pinned_threads(n_jobs), opened(source) as adata:
-        run, obs = _prepare(
-            source, adata, name, model, options, genes=genes, gene_order_hash=gene_order_hash, obs_columns=obs_columns
+        run, obs, (lo, hi) = _prepare(
+            source,
+            adata,
+            name,
+            model,
+            options,
+            genes=genes,
+            gene_order_hash=gene_order_hash,
+            obs_columns=obs_columns,
+            block=(block, n_blocks),
         )
-        lo, hi = (int(v) for v in block_bounds(len(obs), n_blocks, run.batch_size)[block : block + 2])
         spill, row_stats = _spill_cells(run, (lo, hi), Path(staged) / "scratch" / f"part-{block:05d}", name, on_cells)
     warn_empty_cells(run.totals[lo:hi], obs.index[lo:hi], what=f"in the model's genes of dataset {name!r}")
     record = _provenance(run)
