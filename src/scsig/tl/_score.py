@@ -95,8 +95,8 @@ def _check_layer(x: Any, key: str) -> None:
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):
         return  # backed or dask layers are read in blocks by the scoring code
     values = x.data if sparse.issparse(x) else x
-    finite = np.isfinite(values)
-    if not finite.all():
+    if not np.isfinite(values.sum(dtype=np.float64)):  # one pass, no copy; NaN and inf survive the sum
+        finite = np.isfinite(values)
         msg = (
             f"Layer {key!r} holds {int((~finite).sum())} NaN or infinite values: attributions are finite, so the layer "
             "is damaged or was edited. Recompute it with sg.tl.attribute, or drop the affected cells."
