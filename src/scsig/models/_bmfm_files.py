@@ -54,10 +54,14 @@ _PLAIN_GLOBALS = (
     "torch.device",
     "torch.nn.parameter.Parameter",
     "_codecs.encode",
+    "functools.partial",
 )
-# the packages whose classes become inert records: bmfm_targets' configs, and the config containers
-# a Hydra/Lightning run may leave in hyper_parameters
-_RECORD_PACKAGES = ("bmfm_targets", "omegaconf")
+# the packages whose classes become inert records: bmfm_targets' configs, and the objects a
+# Hydra/Lightning/transformers run may leave in hyper_parameters (configs, tokenizers, paths)
+_RECORD_PACKAGES = (
+    "bmfm_targets", "omegaconf", "transformers", "tokenizers", "pytorch_lightning", "lightning",
+    "lightning_fabric", "torchmetrics", "pathlib",
+)  # fmt: skip
 
 
 class Record:
@@ -105,6 +109,7 @@ def _pickle_module(*, permissive: bool) -> Any:
     import torch
 
     dtypes = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+    allow = set(_PLAIN_GLOBALS) | _torch_weights_only_globals()
     records: dict[str, type] = {}
 
     class Unpickler(pickle.Unpickler):
@@ -113,7 +118,7 @@ def _pickle_module(*, permissive: bool) -> Any:
             key = f"{module}.{name}"
             if module.split(".")[0] in _RECORD_PACKAGES:
                 return records.setdefault(key, _record_class(module, name))
-            allowed = key in _PLAIN_GLOBALS or (module == "torch" and name in dtypes)
+            allowed = key in allow or (module == "torch" and name in dtypes)
             allowed = allowed or (module == "numpy.dtypes" and name.endswith("DType"))
             if allowed or permissive:
                 return getattr(importlib.import_module(module), name)
@@ -124,6 +129,16 @@ def _pickle_module(*, permissive: bool) -> Any:
         return Unpickler(file, **kwargs).load()
 
     return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="scsig_bmfm_pickle")
+
+
+def _torch_weights_only_globals() -> set[str]:
+    """The globals torch's own ``weights_only`` unpickler accepts (tensor types, storages, rebuild functions)."""
+    try:
+        from torch import _weights_only_unpickler
+
+        return {str(k) for k in _weights_only_unpickler._get_allowed_globals()}
+    except (ImportError, AttributeError):  # a torch without it: the list above covers plain tensors
+        return set()
 
 
 def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, Any], Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 import types
 from contextlib import contextmanager
@@ -296,6 +297,9 @@ def test_unsafe_pickle_needs_allow_pickle(tmp_path):
     with pytest.raises(Exception, match=r"'posix.getcwd'.*pass allow_pickle=True"):
         sg.models.load(tmp_path / "m")
     assert sg.models.load(tmp_path / "m", allow_pickle=True).n_genes == 5
+    # objects of the packages a training run leaves in hyper_parameters become inert records
+    write_bmfm_folder(tmp_path / "p", n_genes=5, extra_object={"path": pathlib.PurePosixPath("/data/x.h5ad")})
+    assert sg.models.load(tmp_path / "p").n_genes == 5
 
 
 def test_missing_files_are_named(tmp_path):
