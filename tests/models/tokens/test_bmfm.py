@@ -342,3 +342,17 @@ def test_max_length_must_leave_room_for_genes_and_genes_subset(tmp_path):
     assert sub.gene_order == genes[:4]
     with pytest.raises(ValueError, match=r"1 of the genes= are not in"):
         load_bmfm(tmp_path / "m", genes=["nope"])
+
+
+def test_cells_without_genes(tmp_path):
+    genes = write_bmfm_folder(tmp_path / "m", n_genes=12)
+    model = sg.models.load(tmp_path / "m")
+    assert model.embed(np.zeros((3, 12), dtype=np.float32)).shape == (3, 16)  # [CLS] and [SEP] only
+    assert tuple(model.encoder(torch.zeros((0, 12))).shape) == (0, 16)
+    x = _counts(3, 12, seed=9, rate=3.0).toarray()
+    x[1] = 0
+    adata = AnnData(X=sparse.csr_matrix(x.astype(np.float32)), var=pd.DataFrame(index=genes))
+    with pytest.warns(UserWarning, match="1 cells have zero counts"):
+        sg.tl.attribute(adata, model, n_steps=128, batch_size=1)
+    sums = np.asarray(adata.layers["attr_ig"].sum(axis=1)).ravel()
+    np.testing.assert_allclose(sums, [1000.0, 0.0, 1000.0], rtol=1e-5)
