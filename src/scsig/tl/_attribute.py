@@ -253,7 +253,7 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation: the
+        ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation, BMFM-RNA: the
         only engine they run on, see :doc:`/token_models`; cells with more expressed genes than the
         model takes keep their most expressed, and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts
         the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
