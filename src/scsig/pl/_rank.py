@@ -21,10 +21,21 @@ if TYPE_CHECKING:
 __all__ = ["rank_genes_groups_vs_expression"]
 
 
-def _ranks(res: dict, group: str) -> pd.Series:
-    """Rank (1 = first) of each stored gene of ``group`` in a rank_genes_groups result."""
+def _ranks(res: dict, group: str, keep: pd.Index | None = None) -> pd.Series:
+    """Rank (1 = first) of each stored gene of ``group`` in a rank_genes_groups result, among the genes in ``keep``."""
     names = np.asarray(res["names"][group]).astype(str)
+    if keep is not None:
+        names = names[pd.Index(names).isin(keep)]
     return pd.Series(np.arange(1, names.size + 1, dtype=np.float64), index=pd.Index(names))
+
+
+def _attributed(res: dict, group: str) -> pd.Index | None:
+    """Genes with a non-zero attribution in some cell of the group or its reference (``None``: not recorded)."""
+    pts, rest = res.get("pts"), res.get("pts_rest")
+    if not isinstance(pts, pd.DataFrame) or not isinstance(rest, pd.DataFrame) or group not in pts or group not in rest:
+        return None
+    some = (pts[group].to_numpy() > 0) | (rest[group].to_numpy() > 0)
+    return pd.Index(pts.index[some].astype(str))
 
 
 def _attribution_result(data: AnnData, key: str, group: str) -> dict:
@@ -82,9 +93,11 @@ def _frame(
         msg = f"expression_layer={expression_layer!r} is not in adata.layers (available: {list(data.layers)})."
         raise KeyError(msg)
     expr, source = _expression_result(data, res["params"], group, expression_key, expression_layer)
-    frame = pd.concat({"attribution": _ranks(res, group), "expression": _ranks(expr, group)}, axis=1, join="inner")
+    keep = _attributed(res, group)
+    ranks = {"attribution": _ranks(res, group, keep), "expression": _ranks(expr, group, keep)}
+    frame = pd.concat(ranks, axis=1, join="inner")
     if frame.empty:
-        msg = f"No gene of group {group!r} is ranked in both results; rank again with n_genes=None."
+        msg = f"No gene of group {group!r} with attributions is ranked in both results; rank again with n_genes=None."
         raise ValueError(msg)
     return frame, source, res["params"]
 
@@ -138,7 +151,10 @@ def rank_genes_groups_vs_expression(
     ``adata.uns[expression_key]`` when it has the same ``groupby`` and ``reference`` and holds
     ``group``; otherwise it is computed (Wilcoxon, on ``adata.X`` or ``expression_layer``, which
     should hold log-normalized expression) without writing into ``adata``. Only genes ranked in
-    both results are drawn.
+    both results are drawn, and only genes with a non-zero attribution in some cell of the group or
+    its reference: the others (genes the model does not have, or that none of these cells
+    expresses) all tie at a score of 0, so their attribution ranks would be an arbitrary order.
+    Ranks are counted among the genes drawn, on both axes.
 
     Parameters
     ----------
