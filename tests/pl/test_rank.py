@@ -94,3 +94,12 @@ def test_genes_without_attributions_left_out(ranked):
     assert _points(ax) == {(expr.index(g) + 1.0, attr.index(g) + 1.0) for g in attr}
     assert f"{adata.n_vars - len(dead)} genes" in ax.get_title()
     plt.close("all")
+
+
+def test_log_axes_by_default(ranked):
+    ax = sg.pl.rank_genes_groups_vs_expression(ranked, "b", show=False)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # rank 1 at the top
+    ax = sg.pl.rank_genes_groups_vs_expression(ranked, "b", log=False, show=False)
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    plt.close("all")

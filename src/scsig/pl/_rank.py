@@ -102,7 +102,7 @@ def _frame(
     return frame, source, res["params"]
 
 
-def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: dict, source: str) -> None:
+def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: dict, source: str, log: bool) -> None:
     from scipy.stats import spearmanr
 
     top = frame.nsmallest(n_labels, "attribution")
@@ -114,10 +114,16 @@ def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: d
         )
     n = float(frame.to_numpy().max())
     ax.plot([1, n], [1, n], color="0.5", linestyle="--", linewidth=0.8, zorder=1)
-    ax.set_xlim(n + 0.5, 0.5)  # rank 1 (top) at the right and the top: the genes that matter sit up and right
-    ax.set_ylim(n + 0.5, 0.5)
+    if log:  # spreads out the top genes, which otherwise pile up in a corner when thousands of genes are drawn
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        lo, hi = 0.8, n * 1.25
+    else:
+        lo, hi = 0.5, n + 0.5
+    ax.set_xlim(hi, lo)  # rank 1 (top) at the right and the top: the genes that matter sit up and right
+    ax.set_ylim(hi, lo)
     rho = spearmanr(frame["expression"], frame["attribution"]).statistic if len(frame) > 2 else np.nan
-    ax.set_xlabel(f"expression rank ({source})")
+    ax.set_xlabel(f"expression rank\n({source})")
     ax.set_ylabel(f"attribution rank ({params.get('layer', 'attribution')})")
     ax.set_title(f"{group} vs {params.get('reference', 'rest')}: Spearman {rho:.2f}, {len(frame)} genes")
 
@@ -131,6 +137,7 @@ def rank_genes_groups_vs_expression(
     expression_key: str = SCANPY_RANK_KEY,
     expression_layer: str | None = None,
     n_labels: int = 10,
+    log: bool = True,
     figsize: tuple[float, float] = (4.5, 4.5),
     mod: str = "rna",
     ax: Axes | None = None,
@@ -142,10 +149,10 @@ def rank_genes_groups_vs_expression(
 
     Each point is a gene, at its rank in the group by attribution (y) and by differential
     expression (x), both against the same reference; rank 1 (the top gene) sits at the top and the
-    right. The ``n_labels`` top genes by attribution are labelled. Genes above the diagonal matter
-    more to the model than their differential expression suggests; genes below it are
-    differentially expressed but carry little of the model's attribution. The title gives the
-    Spearman correlation of the two ranks.
+    right, on log-scaled axes by default. The ``n_labels`` top genes by attribution are labelled.
+    Genes above the diagonal matter more to the model than their differential expression
+    suggests; genes below it are differentially expressed but carry little of the model's
+    attribution. The title gives the Spearman correlation of the two ranks.
 
     The expression ranking is :func:`scanpy.tl.rank_genes_groups`' result in
     ``adata.uns[expression_key]`` when it has the same ``groupby`` and ``reference`` and holds
@@ -170,6 +177,9 @@ def rank_genes_groups_vs_expression(
         Layer with log-normalized expression when the expression ranking is computed; ``None`` reads ``adata.X``.
     n_labels
         Top genes by attribution to label.
+    log
+        Log-scaled rank axes, which spread out the top genes when thousands of genes are drawn;
+        ``False``: linear axes.
     figsize
         Figure size in inches when no ``ax`` is given.
     mod
@@ -197,7 +207,7 @@ def rank_genes_groups_vs_expression(
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     frame, source, params = _frame(data, group, key, expression_key, expression_layer)
     fig, ax_ = new_axes(ax, figsize)
-    _draw(ax_, frame, n_labels=int(n_labels), group=str(group), params=params, source=source)
+    _draw(ax_, frame, n_labels=int(n_labels), group=str(group), params=params, source=source, log=bool(log))
     return finish(
         fig,
         ax_,
