@@ -135,7 +135,9 @@ def test_donor_aware_equals_pandas_scipy(method):
         ref = st.ttest_ind(a, b, axis=0, equal_var=False)
         expected_scores = ref.statistic
     else:
-        ref = st.mannwhitneyu(a, b, axis=0)
+        ref = st.mannwhitneyu(a, b, axis=0, method="exact")  # 2 vs 4 donors: exact, gene by gene
+        tied = np.array([len(set(np.r_[a[g], b[g]])) < len(a) + len(b) for g in a.columns])
+        ref.pvalue[tied] = [_exact_mwu(a[g].to_numpy(), b[g].to_numpy()) for g in a.columns[tied]]
         expected_scores = np.sign(a.mean() - b.mean()).to_numpy() * st.norm.isf(ref.pvalue / 2)
     df = frame(adata, "B")
     np.testing.assert_allclose(df["pvals"], ref.pvalue, rtol=1e-6)
@@ -143,6 +145,46 @@ def test_donor_aware_equals_pandas_scipy(method):
     pc = adata.uns[KEY]["params"]["scsig"]["pseudocount"]
     np.testing.assert_allclose(df["logfoldchanges"], np.log2((a.mean() + pc) / (b.mean() + pc)), rtol=1e-5)
     assert adata.uns[KEY]["params"]["scsig"]["sample_key"] == "donor"
+
+
+def _exact_mwu(x, y):
+    """Two-sided Mann-Whitney p-value by enumerating every split of the pooled values (mid-ranks for ties)."""
+    from itertools import combinations
+
+    pooled = np.r_[x, y]
+    if np.ptp(pooled) == 0:
+        return 1.0
+    r = st.rankdata(pooled)
+    u_obs = r[: len(x)].sum()
+    u = np.array([r[list(c)].sum() for c in combinations(range(len(pooled)), len(x))])
+    return min(1.0, 2 * min(np.mean(u >= u_obs - 1e-9), np.mean(u <= u_obs + 1e-9)))
+
+
+def test_donor_aware_wilcoxon_exact_whatever_the_other_genes():
+    # 2 against 2 samples: the exact two-sided p-value is at least 1/3; a tie in another gene must not change it
+    # (scipy's method="auto" switches the whole array to the normal approximation, p = 0.245 here)
+    obs = pd.DataFrame(
+        {"stim": pd.Categorical(["S", "S", "C", "C"] * 3), "sample": [f"s{i % 4}" for i in range(12)]},
+        index=[f"c{i}" for i in range(12)],
+    )
+    x = np.zeros((12, 3), dtype=np.float32)
+    x[:, 0] = [4, 3, 1, 2] * 3  # perfectly separated samples
+    x[:, 1] = [1, 0, 1, 0] * 3  # ties between samples
+    x[:, 2] = [5, 6, 5, 6] * 3
+    adata = ad.AnnData(X=sparse.csr_matrix(x), obs=obs)
+    adata.var_names = ["sep", "tied", "mixed"]
+    adata.layers["attr_ig"] = sparse.csr_matrix(x)
+    adata.uns["scsig"] = {"layers": {"attr_ig": {"method": "ig", "target": "self_similarity", "model": {"name": "m"}}}}
+    sg.tl.rank_genes_groups(adata, "stim", groups=["S"], reference="C", sample_key="sample", method="wilcoxon")
+    df = frame(adata, "S")
+    np.testing.assert_allclose(df.loc["sep", "pvals"], 1 / 3)
+    for g in ["tied", "mixed"]:
+        s_means = x[[0, 1], adata.var_names.get_loc(g)]
+        c_means = x[[2, 3], adata.var_names.get_loc(g)]
+        np.testing.assert_allclose(df.loc[g, "pvals"], _exact_mwu(s_means, c_means))
+    alone = adata[:, ["sep"]].copy()
+    sg.tl.rank_genes_groups(alone, "stim", groups=["S"], reference="C", sample_key="sample", method="wilcoxon")
+    assert frame(alone, "S").loc["sep", "pvals"] == df.loc["sep", "pvals"]
 
 
 def test_donor_aware_paired_between_conditions():

@@ -276,7 +276,8 @@ def rank_genes_groups(
     p-values: 3 against 3 samples give at least p = 0.1), or paired (:func:`scipy.stats.ttest_rel`)
     over the samples with cells on both sides when ``paired=True``; ``"wilcoxon"`` is the
     Mann-Whitney U (paired: Wilcoxon signed-rank) test on the sample means, its score the signed
-    normal quantile of its p-value.
+    normal quantile of its p-value; the Mann-Whitney p-value is exact, ties included, up to 20,000
+    ways to split the samples (7 against 7), so 2 against 2 samples give at least p = 1/3.
 
     ``logfoldchanges`` are the effect size: :math:`\log_2((m_g + c) / (m_r + c))`, with :math:`m_g`
     and :math:`m_r` the mean attribution of the gene in the group and the reference (donor-aware:
