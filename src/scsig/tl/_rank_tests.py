@@ -112,16 +112,46 @@ def _sample_means(stats: BlockStats, design: Any, g: int) -> tuple[np.ndarray, n
         return s[g] / c[g][:, None], ref_sum / ref_n[:, None], in_g, in_r
 
 
+def _ties(v: np.ndarray) -> np.ndarray:
+    """Whether any value occurs twice, per column."""
+    return (np.diff(np.sort(v, axis=0), axis=0) == 0).any(axis=0)
+
+
+def _rank_pvalues(a: np.ndarray, b: np.ndarray, *, paired: bool) -> np.ndarray:
+    """Wilcoxon signed-rank (paired, zeros split) or Mann-Whitney U p-values, per gene (column).
+
+    scipy's ``method="auto"`` picks the exact test or its fallback once for a whole array (a tie in
+    any gene sends every gene to the fallback); here the choice is made gene by gene, as a call on
+    that gene alone would make it: exact without ties (and, paired, zero differences) in small samples.
+    """
+    if paired:
+        d = a - b
+        exact = (a.shape[0] <= 50) & ~(d == 0).any(axis=0) & ~_ties(np.abs(d))
+        methods = ("exact", st.PermutationMethod() if a.shape[0] <= 13 else "asymptotic")
+
+        def test(u, v, m):
+            return st.wilcoxon(u, v, axis=0, zero_method="zsplit", method=m)
+    else:
+        exact = (a.shape[0] <= 8 or b.shape[0] <= 8) & ~_ties(np.concatenate([a, b]))
+        methods = ("exact", "asymptotic")
+
+        def test(u, v, m):
+            return st.mannwhitneyu(u, v, axis=0, alternative="two-sided", method=m)
+
+    pvals = np.ones(a.shape[1])
+    for cols, m in zip((exact, ~exact), methods, strict=True):
+        if cols.any():
+            pvals[cols] = np.asarray(test(a[:, cols], b[:, cols], m).pvalue, float)
+    return pvals
+
+
 def _sample_test(a: np.ndarray, b: np.ndarray, *, method: str, paired: bool) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "t-test":
             res = st.ttest_rel(a, b, axis=0) if paired else st.ttest_ind(a, b, axis=0, equal_var=False)
             scores, pvals = np.asarray(res.statistic, float), np.asarray(res.pvalue, float)
         else:
-            if paired:
-                pvals = np.asarray(st.wilcoxon(a, b, axis=0, zero_method="zsplit").pvalue, float)
-            else:
-                pvals = np.asarray(st.mannwhitneyu(a, b, axis=0, alternative="two-sided").pvalue, float)
+            pvals = _rank_pvalues(a, b, paired=paired)
             sign = np.sign(np.median(a - b, axis=0) if paired else a.mean(axis=0) - b.mean(axis=0))
             scores = sign * st.norm.isf(np.clip(pvals, 1e-300, 1.0) / 2)
     bad = ~np.isfinite(scores) | ~np.isfinite(pvals)
