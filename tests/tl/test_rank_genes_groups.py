@@ -166,7 +166,10 @@ def _conditions(n_obs=120):
     stim[(adata.obs["donor"] == "d5").to_numpy()] = "STIM"
     stim[i % 7 == 3] = "OTHER"
     adata.obs["stim"] = pd.Categorical(stim)
-    adata.layers["attr_ig"][np.flatnonzero(stim == "STIM")[:40], :3] *= 4  # genes 0-2 differ by condition
+    x = adata.layers["attr_ig"].toarray()
+    x[np.flatnonzero(stim == "STIM")[:40], :3] *= 4  # genes 0-2 differ by condition
+    x[(adata.obs["donor"] == "d0").to_numpy(), 24] = 0  # a zero difference (paired) and a tie (unpaired)
+    adata.layers["attr_ig"] = sparse.csr_matrix(x)
     return adata
 
 
@@ -197,6 +200,11 @@ def _per_gene(test, a, b):
     return out[:, 0], out[:, 1]
 
 
+def _exact_or_normal(d):
+    ties = np.unique(np.abs(d)).size < d.size
+    return "asymptotic" if ties or (d == 0).any() else "exact"
+
+
 @pytest.mark.parametrize("paired", [True, False])
 @pytest.mark.parametrize("method", ["t-test", "wilcoxon"])
 def test_donor_aware_against_one_reference_group_equals_scipy(method, paired):
@@ -216,12 +224,16 @@ def test_donor_aware_against_one_reference_group_equals_scipy(method, paired):
         a, b = a.to_numpy(), b.to_numpy()
         if method == "t-test":
             stat, p = _per_gene(st.ttest_rel if paired else lambda u, v: st.ttest_ind(u, v, equal_var=False), a, b)
-        elif paired:
-            _, p = _per_gene(lambda u, v: st.wilcoxon(u, v, zero_method="zsplit"), a, b)
+        elif paired:  # exact without zero or tied differences, else the normal approximation (as R's wilcox.test)
+            _, p = _per_gene(lambda u, v: st.wilcoxon(u, v, zero_method="zsplit", method=_exact_or_normal(u - v)), a, b)
             stat = np.sign(np.median(a - b, axis=0)) * st.norm.isf(p / 2)
-        else:
+        else:  # scipy's own choice for this gene alone
             _, p = _per_gene(lambda u, v: st.mannwhitneyu(u, v, alternative="two-sided"), a, b)
             stat = np.sign(a.mean(0) - b.mean(0)) * st.norm.isf(p / 2)
+        if method == "wilcoxon":  # genes of both kinds occur: exact, and with ties or zeros
+            cols = (a - b).T if paired else np.concatenate([a, b]).T
+            kinds = {_exact_or_normal(c) if paired else np.unique(c).size < c.size for c in cols}
+            assert len(kinds) == 2
     df = frame(adata, "STIM")
     np.testing.assert_allclose(df["pvals"], p, rtol=1e-6)
     np.testing.assert_allclose(df["scores"], stat, rtol=1e-4, atol=1e-8)

@@ -276,8 +276,9 @@ def rank_genes_groups(
     p-values: 3 against 3 samples give at least p = 0.1), or paired (:func:`scipy.stats.ttest_rel`)
     over the samples with cells on both sides when ``paired=True``; ``"wilcoxon"`` is the
     Mann-Whitney U (paired: Wilcoxon signed-rank, zero differences split) test on the sample means,
-    its score the signed normal quantile of its p-value. Its p-value is what scipy gives for that
-    gene alone: exact in small samples when the gene's sample means have no ties.
+    its score the signed normal quantile of its p-value; the p-value is exact in small samples when the
+    gene's sample means have no ties (paired: no ties or zeros among the differences), and the
+    tie-corrected normal approximation otherwise.
 
     ``logfoldchanges`` are the effect size: :math:`\log_2((m_g + c) / (m_r + c))`, with :math:`m_g`
     and :math:`m_r` the mean attribution of the gene in the group and the reference (donor-aware:
