@@ -19,7 +19,7 @@ Cells and labels: ``pbmc3k`` (labels by scanpy's clustering and a few markers, `
 ``pbmc-demo`` was trained on these cells), ``kang_ifnb`` and ``kang_muscat`` (author labels; control
 cells only for 1 and 2), ``pbmc68k_reduced`` (labels after sorted populations) and ``liao_bal``
 (downloaded once, 37 MB). The marker and interferon lists were written down before anything was
-measured and were not changed afterwards. Run from the repository root (about 5 minutes):
+measured and were not changed afterwards. Run from the repository root (about 2 minutes):
 
     python benchmarks/gene_importance.py --out docs/validity/genes
 """
