@@ -12,6 +12,7 @@ table, and :func:`consensus_table` aggregates such a table across datasets.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ._query import DATASET_KEY, FilterMissingColumnError, _filter_mask, _reader, shard_obs
+from ._store import release_memory
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -102,6 +104,27 @@ def dataset_groups(spec: ShardSpec, groupby: str, obs_filter: Any, groups: Seque
     return DatasetGroups(labels, np.array([int(counts[g]) for g in labels], dtype=np.int64), n_unlabelled)
 
 
+@functools.cache
+def _add_kernel():
+    """A compiled kernel: add a CSC block's values into per (gene, group) sums and non-zero counts."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def add(data, indices, indptr, codes, sums, nonzero, measured):  # pragma: no cover - compiled
+        for j in range(indptr.size - 1):
+            for p in range(indptr[j], indptr[j + 1]):
+                v = data[p]
+                if v == 0:
+                    continue
+                measured[j] = True
+                c = codes[indices[p]]
+                if c >= 0:
+                    sums[j, c] += v
+                    nonzero[j, c] += 1
+
+    return add
+
+
 def importance_task(
     spec: ShardSpec, cols: np.ndarray, groupby: str, obs_filter: Any, labels: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,16 +141,11 @@ def importance_task(
     sums = np.zeros((cols.size, n_groups), dtype=np.float64)
     nonzero = np.zeros((cols.size, n_groups), dtype=np.int64)
     measured = np.zeros(cols.size, dtype=bool)
+    add = _add_kernel()
     for where, (data, indices, indptr) in _reader(spec).column_groups(cols):
-        n = indptr.size - 1
-        gene = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-        is_nz = data != 0
-        measured[where] |= np.bincount(gene[is_nz], minlength=n) > 0
-        code = codes[indices]
-        keep = code >= 0
-        key = gene[keep] * n_groups + code[keep]
-        sums[where] += np.bincount(key, weights=data[keep], minlength=n * n_groups).reshape(n, n_groups)
-        nonzero[where] += np.bincount(key[is_nz[keep]], minlength=n * n_groups).reshape(n, n_groups)
+        add(data, indices, indptr, codes, sums[where], nonzero[where], measured[where])
+        del data, indices, indptr
+    release_memory()  # the read groups' memory, freed in TensorStore's and this thread's arenas, back to the OS
     return sums, nonzero, measured
 
 
