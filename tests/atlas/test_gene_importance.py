@@ -136,12 +136,17 @@ def test_bad_inputs(atlas):
 
 def test_dataset_without_the_column(tmp_path, genes):
     atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=genes)
-    atlas.add(synthetic_adata(20, genes, seed=0), name="typed", progress=False)
     atlas.add(synthetic_adata(20, genes, seed=1), name="untyped", obs_columns=["sample"], progress=False)
+    typed = synthetic_adata(20, genes, seed=0)
+    typed.obs["cell_type"] = typed.obs["cell_type"].cat.reorder_categories(["T", "NK", "B"])
+    atlas.add(typed, name="typed", progress=False)
     with pytest.warns(UserWarning, match=r"\['untyped'\] have no 'cell_type' column and are left out"):
         table = atlas.gene_importance("cell_type", progress=False)
     assert set(table["dataset"].astype(str)) == {"typed"}
+    assert list(table["dataset"].cat.categories) == ["untyped", "typed"]
     assert table.attrs["scsig"]["left_out"] == ["untyped"]
+    compare(table, reference({"typed": typed}, genes))
+    assert table["group"].drop_duplicates().astype(str).tolist() == ["T", "NK", "B"]  # the column's order
     with pytest.raises(KeyError, match=r"\['untyped'\] have no cell metadata column 'cell_type'"):
         atlas.gene_importance("cell_type", datasets=["typed", "untyped"], progress=False)
 

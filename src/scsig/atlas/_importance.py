@@ -169,19 +169,23 @@ def importance_table(
     """The tidy table from each dataset's ``(name, groups, sums, nonzero, measured)`` over ``genes``."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("d", "k", "g", "mean", "frac", "rank", "n")}
     gene_pos = np.arange(len(genes))
-    group_pos = {g: k for k, g in enumerate(groups)}
-    for d, (_name, grp, sums, nonzero, measured) in enumerate(per_dataset):
+    dataset_pos = {n: d for d, n in enumerate(datasets)}
+    for name, grp, sums, nonzero, measured in per_dataset:
         rows = np.flatnonzero(measured)
         n_cells = grp.n_cells.astype(np.float64)
         means = sums[rows] / n_cells[None, :]
         fracs = nonzero[rows] / n_cells[None, :]
         ranks = _ranks(means)
-        for k, label in enumerate(grp.labels):
+        mine = {g: k for k, g in enumerate(grp.labels)}
+        for group_code, label in enumerate(groups):  # the union's order, so the table is sorted by group
+            if label not in mine:
+                continue
+            k = mine[label]
             keep = np.argsort(ranks[:, k], kind="stable")
             if n_genes is not None:
                 keep = keep[:n_genes]
-            parts["d"].append(np.full(keep.size, d, dtype=np.int32))
-            parts["k"].append(np.full(keep.size, group_pos[label], dtype=np.int32))
+            parts["d"].append(np.full(keep.size, dataset_pos[name], dtype=np.int32))
+            parts["k"].append(np.full(keep.size, group_code, dtype=np.int32))
             parts["g"].append(gene_pos[rows[keep]])
             parts["mean"].append(means[keep, k])
             parts["frac"].append(fracs[keep, k])
