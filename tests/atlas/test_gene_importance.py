@@ -232,6 +232,14 @@ def test_consensus_signature_scores(atlas):
     late = consensus[consensus["gene"].astype(str).isin([f"G{i}" for i in range(40, 50)])]
     assert set(late["n_measured"]) == {2}
     assert set(late["n_datasets"]) == {3}
+    # G45 in T: its percentiles in d0 and d1, and the neutral 0.5 for d2, which does not measure it
+    pcts = []
+    for _, part in table[table["group"] == "T"].groupby("dataset", observed=True):
+        pct = (part["mean_attribution"].rank(method="average") - 1) / (len(part) - 1)
+        pcts.append(float(pct[part["gene"] == "G45"].iloc[0]) if (part["gene"] == "G45").any() else 0.5)
+    row = consensus[(consensus["group"] == "T") & (consensus["gene"] == "G45")].iloc[0]
+    assert row["consensus_score"] == pytest.approx(np.mean(pcts))
+    assert pcts[2] == 0.5
     top = consensus[consensus["group"] == "T"].head(8)
     signature = top.set_index("gene")["mean_attribution"]
     scores = atlas.score(signature, progress=False)
