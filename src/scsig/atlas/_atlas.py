@@ -11,6 +11,7 @@ from .._docs import doc_params, doc_progress
 from .._settings import settings
 from ..models import gene_order_hash
 from . import _manifest as mf
+from ._atlas_importance import AtlasImportance
 from ._atlas_query import AtlasMode, AtlasQueries, ObsFilter
 from ._atlas_write import AtlasWrites, OnError
 from ._query import DATASET_KEY, ShardSpec, concat_frames, shard_obs
@@ -23,14 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["Atlas", "AtlasMode", "ObsFilter", "OnError"]
 
 
-class Atlas(AtlasWrites, AtlasQueries):
+class Atlas(AtlasWrites, AtlasQueries, AtlasImportance):
     """Attributions of many datasets on disk, stored gene-major and queried by signature.
 
     An atlas holds one gene order (its model's) and one *shard* per dataset: the dataset's
     attribution layer (cells x genes, stored by gene so a signature reads only its genes) and its
     cell metadata. Build it with :meth:`create` and :meth:`add` (or import the reference tool's
     published atlases with :meth:`from_signature`), reopen it with :meth:`open`, and query it with
-    :meth:`score` or :meth:`to_anndata`.
+    :meth:`score` or :meth:`to_anndata`; rank genes per group across datasets with
+    :meth:`gene_importance` and :meth:`gene_consensus`.
 
     On disk an atlas is a folder: ``manifest.json`` lists the visible shards, ``gene_order.txt`` the
     genes, and ``shards/<id>/`` each hold one dataset as an AnnData zarr store that

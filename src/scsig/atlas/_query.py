@@ -330,7 +330,13 @@ def matrix_shard(
 
 
 def run_tasks(
-    func: Callable[..., Any], tasks: Sequence[tuple], *, client: Any = None, progress: bool | None = None, desc: str
+    func: Callable[..., Any],
+    tasks: Sequence[tuple],
+    *,
+    client: Any = None,
+    progress: bool | None = None,
+    desc: str,
+    unit: str = "dataset",
 ) -> list[Any]:
     """Run ``func(*args)`` for every task: on ``client`` (dask.distributed), else dask's thread pool.
 
@@ -339,7 +345,7 @@ def run_tasks(
     from .._utils._progress import tqdm
 
     show = settings.progress if progress is None else progress
-    with tqdm(total=len(tasks), disable=not show, desc=desc, unit="dataset") as bar:
+    with tqdm(total=len(tasks), disable=not show, desc=desc, unit=unit) as bar:
         if client is not None:
             as_completed = import_optional(
                 "distributed", purpose="Querying on a cluster", extra="distributed"
