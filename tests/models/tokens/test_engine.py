@@ -197,3 +197,23 @@ def test_crop_ties_go_to_the_earlier_gene_whatever_the_stored_order():
     assert genes[0].tolist() == [2, 5]
     genes, vals, _ = select_tokens(x, x * 0 + sparse.csr_matrix(([5.0], ([0], [9])), shape=(1, 10)), max_genes=1)
     assert genes[0].tolist() == [9]  # ranked by the value input, not by x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("write", ["scgpt_folder", "scfoundation_folder"])
+def test_attribute_on_cuda_equals_cpu(tmp_path, write, request):
+    """``sg.settings.device = "cuda"`` runs the token engine on the GPU with the CPU's numbers."""
+    request.getfixturevalue(write)(tmp_path / "m", n_genes=30)
+    model = sg.models.load(tmp_path / "m")
+    adata = _adata(30, model.gene_order)
+    sg.tl.attribute(adata, model, n_steps=20)
+    before = sg.settings.device
+    try:
+        sg.settings.device = "cuda"
+        sg.tl.attribute(adata, model, n_steps=20, key_added="attr_cuda")
+    finally:
+        sg.settings.device = before
+    assert adata.uns["scsig"]["layers"]["attr_cuda"]["engine"] == "tokens"
+    np.testing.assert_allclose(
+        adata.layers["attr_cuda"].toarray(), adata.layers["attr_ig"].toarray(), rtol=1e-3, atol=1e-3
+    )
