@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    import numpy as np
     from anndata import AnnData
 
     from ..models import FoundationModel
@@ -86,12 +87,7 @@ def _provenance(run: _Run) -> dict[str, Any]:
     if run.no_signal.size:
         record["n_cells_without_attribution"] = int((run.no_signal & (run.totals > 0)).sum())
     if run.dropped is not None:
-        record["genes_dropped"] = {
-            "n_cells": int((run.dropped > 0).sum()),
-            "total": int(run.dropped.sum()),
-            "max": int(run.dropped.max(initial=0)),
-            "obs_key": f"{run.key}_n_genes_dropped",
-        }
+        record["genes_dropped"] = dropped_summary(run.dropped, run.key, getattr(run.model.encoder, "crop", None))
     if run.method == "ig":
         record["completeness_gap"] = _gap_summary(run.gaps)
         record["n_steps_auto"] = run.auto_gaps is not None
@@ -99,6 +95,22 @@ def _provenance(run: _Run) -> dict[str, Any]:
             record["auto_median_gaps"] = list(run.auto_gaps["median"])
             record["auto_fraction_above_1pct"] = list(run.auto_gaps["fraction_above_1pct"])
     return record
+
+
+def dropped_summary(dropped: np.ndarray, key: str, crop: str | None) -> dict[str, Any]:
+    """The provenance of a token model's genes dropped per cell (``genes_dropped``): counts, ``obs`` column, what was kept."""
+    return {
+        "n_cells": int((dropped > 0).sum()),
+        "total": int(dropped.sum()),
+        "max": int(dropped.max(initial=0)),
+        "obs_key": dropped_key(key),
+        "kept": "first" if crop == "first" else "most_expressed",
+    }
+
+
+def dropped_key(key: str) -> str:
+    """The ``obs`` column of a layer's genes dropped per cell (token models)."""
+    return f"{key}_n_genes_dropped"
 
 
 def _ours(data: AnnData) -> tuple[dict, set[str]]:
@@ -142,16 +154,19 @@ def _warn_view(data: AnnData) -> None:
         )
 
 
-def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
-    """Once per run: how many cells had more expressed genes than a token model takes."""
+def warn_dropped(
+    dropped: dict | None, n_obs: int, *, where: str = "", obs: str = "adata.obs", stacklevel: int = 3
+) -> None:
+    """Once per run: how many cells had more expressed genes than a token model takes (``where``: a prefix naming the data)."""
     if not dropped or not dropped["n_cells"]:
         return
+    kept = "first genes in the model's gene order" if dropped.get("kept") == "first" else "most expressed genes"
     warnings.warn(
-        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their most "
-        f"expressed genes were kept and up to {dropped['max']} per cell dropped (attribution 0). "
-        f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
+        f"{where}{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept} "
+        f"were kept and up to {dropped['max']} per cell dropped (attribution 0). "
+        f"{obs}[{dropped['obs_key']!r}] has the count per cell.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -173,7 +188,7 @@ def _write_results(data: AnnData, run: _Run, layer: Any, record: dict, completen
         data.obs[completeness_key] = run.gaps
         record = {**record, "completeness_key": completeness_key}
     if run.dropped is not None:
-        data.obs[f"{run.key}_n_genes_dropped"] = run.dropped
+        data.obs[dropped_key(run.key)] = run.dropped
     data.var[f"{run.key}{IN_MODEL_SUFFIX}"] = run.alignment.var_in_model
     data.uns.setdefault(UNS_KEY, {}).setdefault("layers", {})[run.key] = record
 
@@ -365,8 +380,9 @@ def attribute(
         record = _provenance(run)
         if "completeness_gap" in record:
             _warn_gap(record["completeness_gap"], run.n_steps)
-        _warn_dropped(record.get("genes_dropped"), data.n_obs)
-        layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model)
+        warn_dropped(record.get("genes_dropped"), data.n_obs)
+        extra_obs = {dropped_key(run.key): run.dropped} if run.dropped is not None else {}
+        layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model, obs_columns=extra_obs)
     except BaseException:
         sink.abort()
         raise
