@@ -190,7 +190,7 @@ class AtlasWrites:
             dataset for one task per dataset.
         obs_columns
             Columns of each source's ``obs`` to keep (all by default). With a token-transformer model
-            (scGPT, scFoundation) the shard's ``obs`` also gets ``f"{key_added}_n_genes_dropped"``, the
+            (scGPT, scFoundation) the shard's ``obs`` also gets ``f"{{key_added}}_n_genes_dropped"``, the
             genes each cell had beyond the model's length, as :func:`scsig.tl.attribute` writes it.
         on_error
             When a dataset fails: ``"raise"`` a :class:`RuntimeError` naming the failed datasets
