@@ -6,8 +6,12 @@ reference). scFoundation's published list (``OS_scRNA_gene_index.19264.tsv``: pr
 mitochondrial genes) is not bundled, so this script builds a stand-in over the Kang genes with the same
 ordering rule:
 
-- genes: the Kang genes that are human genes of the bundled MGI human-mouse ortholog table, plus the ``MT-``
-  genes (a proxy for "protein-coding and mitochondrial"; ``--genes all`` keeps every Kang gene),
+- genes (a proxy for "protein-coding and mitochondrial"): with ``--genes symbols`` (default) the Kang genes
+  whose names are gene symbols rather than clone-based or non-coding names (``RP11-...``, ``AC012345.1``,
+  ``LINC...``, ``MIR...``, ``SNOR...``, ``...-AS1``; see ``NONCODING``); with ``--genes orthologs`` the Kang
+  genes that are human genes of a bundled human-mouse ortholog table, plus the ``MT-`` genes (this misses
+  the human-specific IFI6 and genes the data names by older symbols, e.g. ATP5A1); ``--genes all`` keeps
+  every Kang gene,
 - order: sorted by symbol (Python's ``sorted``, i.e. by code point: digits and ``-`` before letters).
 
 It reports, per condition (STIM / CTRL):
@@ -28,6 +32,7 @@ It reports, per condition (STIM / CTRL):
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import warnings
 from typing import TYPE_CHECKING
@@ -59,12 +64,21 @@ ISGS = (
 CROP = 512
 
 
+NONCODING = re.compile(
+    r"^(RP\d+-|RP[LS]\d+[A-Z]?\d*P\d+|A[CLPF]\d{6}|CT[ABCD]-|CTC-|CTD-|KB-|XX|LL\d|LINC\d|MIR\d|SNOR[AD]|LOC\d)"
+    r"|\.\d+$|-AS\d|-IT\d|-OT\d"
+)
+"""Names that are not protein-coding gene symbols: clone-based names, lncRNAs, microRNAs, snoRNAs, antisense."""
+
+
 def gene_space(var_names: pd.Index, rule: str) -> list[str]:
-    """The stand-in gene list: Kang genes (``rule="coding"``: with an MGI mouse ortholog, or ``MT-``), sorted by symbol."""
+    """The stand-in gene list (see the module docstring), sorted by symbol."""
     import scsig as sg
 
     names = [str(g) for g in var_names]
-    if rule == "coding":
+    if rule == "symbols":
+        names = [g for g in names if not NONCODING.search(g)]
+    elif rule == "orthologs":
         human = set(sg.models.orthologs("human", "mouse")["source"].astype(str))
         names = [g for g in names if g in human or g.startswith("MT-")]
     return sorted(set(names))
@@ -172,7 +186,7 @@ def attribution_report(adata, dropped: sparse.csr_matrix, genes: list[str], args
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--genes", choices=["coding", "all"], default="coding")
+    parser.add_argument("--genes", choices=["symbols", "orthologs", "all"], default="symbols")
     parser.add_argument("--cells", type=int, default=40, help="cells attributed (half STIM, half CTRL)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=50, help="integrated gradients' steps")
