@@ -270,8 +270,8 @@ def attribute(
     engine
         ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation: the
         only engine they run on, see :doc:`/token_models`; cells with more expressed genes than the
-        model takes keep their most expressed, and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts
-        the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
+        model takes keep their most expressed (scFoundation with ``crop="first_512"``: their first 512 in
+        the gene list's order), and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
         (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
@@ -294,7 +294,8 @@ def attribute(
     store
         Write the layer to this new ``.h5ad`` file batch by batch instead of holding it in memory
         (for data larger than memory, e.g. ``adata`` opened with ``backed="r"``). The file holds
-        ``obs``, ``var``, ``layers[key_added]`` and ``uns["scsig"]``, and is written under a temporary
+        ``obs`` (with the genes dropped per cell of a token model), ``var``, ``layers[key_added]`` and
+        ``uns["scsig"]``, and is written under a temporary
         name and renamed when complete, so an interrupted run leaves no partial file.
         ``adata.layers[key_added]`` then reads from that file (a backed sparse dataset).
     completeness_key
