@@ -75,3 +75,31 @@ def test_bad_input(ranked):
     with pytest.raises(ValueError, match="n_labels must be a non-negative integer"):
         sg.pl.rank_genes_groups_vs_expression(ranked, "b", n_labels=-1, show=False)
     assert isinstance(ranked.uns["rank_genes_groups_scsig"]["pts"], pd.DataFrame)
+
+
+def test_genes_without_attributions_left_out(ranked):
+    # genes with no attribution in any cell (e.g. not in the model) tie at score 0; their order is arbitrary, so
+    # they are not drawn, and ranks count the genes drawn
+    adata = ranked.copy()
+    dead = list(adata.var_names[[1, 4, 7]])
+    x = adata.layers["attr_ig"].toarray()
+    x[:, [1, 4, 7]] = 0
+    adata.layers["attr_ig"] = type(ranked.layers["attr_ig"])(x)
+    sg.tl.rank_genes_groups(adata, "group")
+    ax = sg.pl.rank_genes_groups_vs_expression(adata, "b", show=False)
+    attr = [g for g in sc.get.rank_genes_groups_df(adata, "b", key="rank_genes_groups_scsig")["names"] if g not in dead]
+    tmp = adata.copy()
+    sc.tl.rank_genes_groups(tmp, "group", method="wilcoxon", use_raw=False)
+    expr = [g for g in sc.get.rank_genes_groups_df(tmp, "b")["names"] if g not in dead]
+    assert _points(ax) == {(expr.index(g) + 1.0, attr.index(g) + 1.0) for g in attr}
+    assert f"{adata.n_vars - len(dead)} genes" in ax.get_title()
+    plt.close("all")
+
+
+def test_log_axes_by_default(ranked):
+    ax = sg.pl.rank_genes_groups_vs_expression(ranked, "b", show=False)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # rank 1 at the top
+    ax = sg.pl.rank_genes_groups_vs_expression(ranked, "b", log=False, show=False)
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    plt.close("all")

@@ -135,7 +135,9 @@ def test_donor_aware_equals_pandas_scipy(method):
         ref = st.ttest_ind(a, b, axis=0, equal_var=False)
         expected_scores = ref.statistic
     else:
-        ref = st.mannwhitneyu(a, b, axis=0)
+        ref = st.mannwhitneyu(a, b, axis=0, method="exact")  # 2 vs 4 donors: exact, gene by gene
+        tied = np.array([len(set(np.r_[a[g], b[g]])) < len(a) + len(b) for g in a.columns])
+        ref.pvalue[tied] = [_exact_mwu(a[g].to_numpy(), b[g].to_numpy()) for g in a.columns[tied]]
         expected_scores = np.sign(a.mean() - b.mean()).to_numpy() * st.norm.isf(ref.pvalue / 2)
     df = frame(adata, "B")
     np.testing.assert_allclose(df["pvals"], ref.pvalue, rtol=1e-6)
@@ -143,6 +145,46 @@ def test_donor_aware_equals_pandas_scipy(method):
     pc = adata.uns[KEY]["params"]["scsig"]["pseudocount"]
     np.testing.assert_allclose(df["logfoldchanges"], np.log2((a.mean() + pc) / (b.mean() + pc)), rtol=1e-5)
     assert adata.uns[KEY]["params"]["scsig"]["sample_key"] == "donor"
+
+
+def _exact_mwu(x, y):
+    """Two-sided Mann-Whitney p-value by enumerating every split of the pooled values (mid-ranks for ties)."""
+    from itertools import combinations
+
+    pooled = np.r_[x, y]
+    if np.ptp(pooled) == 0:
+        return 1.0
+    r = st.rankdata(pooled)
+    u_obs = r[: len(x)].sum()
+    u = np.array([r[list(c)].sum() for c in combinations(range(len(pooled)), len(x))])
+    return min(1.0, 2 * min(np.mean(u >= u_obs - 1e-9), np.mean(u <= u_obs + 1e-9)))
+
+
+def test_donor_aware_wilcoxon_exact_whatever_the_other_genes():
+    # 2 against 2 samples: the exact two-sided p-value is at least 1/3; a tie in another gene must not change it
+    # (scipy's method="auto" switches the whole array to the normal approximation, p = 0.245 here)
+    obs = pd.DataFrame(
+        {"stim": pd.Categorical(["S", "S", "C", "C"] * 3), "sample": [f"s{i % 4}" for i in range(12)]},
+        index=[f"c{i}" for i in range(12)],
+    )
+    x = np.zeros((12, 3), dtype=np.float32)
+    x[:, 0] = [4, 3, 1, 2] * 3  # perfectly separated samples
+    x[:, 1] = [1, 0, 1, 0] * 3  # ties between samples
+    x[:, 2] = [5, 6, 5, 6] * 3
+    adata = ad.AnnData(X=sparse.csr_matrix(x), obs=obs)
+    adata.var_names = ["sep", "tied", "mixed"]
+    adata.layers["attr_ig"] = sparse.csr_matrix(x)
+    adata.uns["scsig"] = {"layers": {"attr_ig": {"method": "ig", "target": "self_similarity", "model": {"name": "m"}}}}
+    sg.tl.rank_genes_groups(adata, "stim", groups=["S"], reference="C", sample_key="sample", method="wilcoxon")
+    df = frame(adata, "S")
+    np.testing.assert_allclose(df.loc["sep", "pvals"], 1 / 3)
+    for g in ["tied", "mixed"]:
+        s_means = x[[0, 1], adata.var_names.get_loc(g)]
+        c_means = x[[2, 3], adata.var_names.get_loc(g)]
+        np.testing.assert_allclose(df.loc[g, "pvals"], _exact_mwu(s_means, c_means))
+    alone = adata[:, ["sep"]].copy()
+    sg.tl.rank_genes_groups(alone, "stim", groups=["S"], reference="C", sample_key="sample", method="wilcoxon")
+    assert frame(alone, "S").loc["sep", "pvals"] == df.loc["sep", "pvals"]
 
 
 def test_donor_aware_paired_between_conditions():
@@ -156,6 +198,93 @@ def test_donor_aware_paired_between_conditions():
     df = frame(adata, "STIM")
     np.testing.assert_allclose(df["pvals"], ref.pvalue, rtol=1e-6)
     np.testing.assert_allclose(df["scores"], ref.statistic, rtol=1e-4)
+
+
+def _conditions(n_obs=120):
+    """Conditions STIM, CTRL and a third one (OTHER, in neither side); donor d5 has STIM cells only."""
+    adata = synthetic(n_obs=n_obs)
+    i = np.arange(n_obs)
+    stim = np.where((i // 6) % 2 == 0, "STIM", "CTRL")
+    stim[(adata.obs["donor"] == "d5").to_numpy()] = "STIM"
+    stim[i % 7 == 3] = "OTHER"
+    adata.obs["stim"] = pd.Categorical(stim)
+    x = adata.layers["attr_ig"].toarray()
+    x[np.flatnonzero(stim == "STIM")[:40], :3] *= 4  # genes 0-2 differ by condition
+    x[(adata.obs["donor"] == "d0").to_numpy(), 24] = 0  # a zero difference (paired) and a tie (unpaired)
+    adata.layers["attr_ig"] = sparse.csr_matrix(x)
+    return adata
+
+
+def test_t_test_against_one_reference_group_equals_scipy_welch(small_blocks):
+    adata = _conditions()
+    sg.tl.rank_genes_groups(adata, "stim", groups=["STIM"], reference="CTRL", method="t-test")
+    x = dense(adata)
+    s, c = (adata.obs["stim"] == "STIM").to_numpy(), (adata.obs["stim"] == "CTRL").to_numpy()
+    ref = st.ttest_ind(x[s], x[c], axis=0, equal_var=False)  # the OTHER cells are in neither side
+    df = frame(adata, "STIM")
+    np.testing.assert_allclose(df["scores"], ref.statistic, rtol=1e-4)
+    np.testing.assert_allclose(df["pvals"], ref.pvalue, rtol=1e-5)
+    np.testing.assert_allclose(df["pvals_adj"], st.false_discovery_control(ref.pvalue), rtol=1e-5)
+    pc = adata.uns[KEY]["params"]["scsig"]["pseudocount"]
+    np.testing.assert_allclose(pc, x[s | c].mean() / 10, rtol=1e-6)  # over the tested cells
+    m1, m2 = x[s].mean(0), x[c].mean(0)
+    np.testing.assert_allclose(df["logfoldchanges"], np.log2((m1 + pc) / (m2 + pc)), rtol=1e-5)
+    np.testing.assert_allclose(df["pct_nz_reference"], (x[c] != 0).mean(0))
+    np.testing.assert_allclose(adata.uns[KEY]["means_rest"]["STIM"], m2, rtol=1e-6)
+    assert set(adata.uns[KEY]["names"]["STIM"][:3]) == {"g0", "g1", "g2"}
+
+
+def _per_gene(test, a, b):
+    """One scipy call per gene (columns); NaN results (no variation) become score 0, p-value 1, as in scsig."""
+    out = np.array([[test(a[:, j], b[:, j])[0], test(a[:, j], b[:, j])[1]] for j in range(a.shape[1])])
+    bad = ~np.isfinite(out).all(axis=1)
+    out[bad] = [0.0, 1.0]
+    return out[:, 0], out[:, 1]
+
+
+def _exact_or_normal(d):
+    ties = np.unique(np.abs(d)).size < d.size
+    return "asymptotic" if ties or (d == 0).any() else "exact"
+
+
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("method", ["t-test", "wilcoxon"])
+def test_donor_aware_against_one_reference_group_equals_scipy(method, paired):
+    """Per-donor means with pandas; paired over the donors on both sides (d5 has no CTRL cells), or not."""
+    adata = _conditions()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy on genes without variation
+        sg.tl.rank_genes_groups(
+            adata, "stim", groups=["STIM"], reference="CTRL", sample_key="donor", paired=paired, method=method
+        )
+        a = _sample_means(adata, (adata.obs["stim"] == "STIM").to_numpy())
+        b = _sample_means(adata, (adata.obs["stim"] == "CTRL").to_numpy())
+        assert list(a.index) == [f"d{i}" for i in range(6)]
+        assert "d5" not in b.index
+        if paired:
+            a = a.loc[b.index]  # d5 has nothing to pair with
+        a, b = a.to_numpy(), b.to_numpy()
+        if method == "t-test":
+            stat, p = _per_gene(st.ttest_rel if paired else lambda u, v: st.ttest_ind(u, v, equal_var=False), a, b)
+        elif paired:  # exact without zero or tied differences, else the normal approximation (as R's wilcox.test)
+            _, p = _per_gene(lambda u, v: st.wilcoxon(u, v, zero_method="zsplit", method=_exact_or_normal(u - v)), a, b)
+            stat = np.sign(np.median(a - b, axis=0)) * st.norm.isf(p / 2)
+        else:  # exact, ties included: scipy's permutation distribution over every split of the samples
+            exact = st.PermutationMethod(n_resamples=np.inf)
+            _, p = _per_gene(lambda u, v: st.mannwhitneyu(u, v, alternative="two-sided", method=exact), a, b)
+            stat = np.sign(a.mean(0) - b.mean(0)) * st.norm.isf(p / 2)
+        if method == "wilcoxon":  # genes of both kinds occur: exact, and with ties or zeros
+            cols = (a - b).T if paired else np.concatenate([a, b]).T
+            kinds = {_exact_or_normal(c) if paired else np.unique(c).size < c.size for c in cols}
+            assert len(kinds) == 2
+    df = frame(adata, "STIM")
+    np.testing.assert_allclose(df["pvals"], p, rtol=1e-6)
+    np.testing.assert_allclose(df["scores"], stat, rtol=1e-4, atol=1e-8)
+    pc = adata.uns[KEY]["params"]["scsig"]["pseudocount"]
+    np.testing.assert_allclose(df["logfoldchanges"], np.log2((a.mean(0) + pc) / (b.mean(0) + pc)), rtol=1e-5)
+    x, s = dense(adata), (adata.obs["stim"] == "STIM").to_numpy()
+    np.testing.assert_allclose(adata.uns[KEY]["means"]["STIM"], x[s].mean(0), rtol=1e-6)  # means over cells
+    assert adata.uns[KEY]["params"]["scsig"]["paired"] is paired
 
 
 def test_scanpy_reads_the_result(tmp_path):

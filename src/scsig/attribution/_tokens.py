@@ -58,7 +58,7 @@ def token_engine_applies(model: FoundationModel, engine: str) -> bool:
         msg = f"engine={engine!r} cannot attribute the token transformer {type(model.encoder).__name__}; use engine='auto' or 'tokens'."
         raise ValueError(msg)
     if engine == "tokens":
-        msg = f"engine='tokens' needs a token-transformer model (scGPT, scFoundation), not {type(model.encoder).__name__}."
+        msg = f"engine='tokens' needs a token-transformer model (scGPT, scFoundation, BMFM-RNA), not {type(model.encoder).__name__}."
         raise ValueError(msg)
     return False
 

@@ -50,6 +50,10 @@ def _read_folder(path: Path, *, name: str | None, allow_pickle: bool) -> Foundat
         return load_scimilarity(path, name=name, allow_pickle=allow_pickle)
     if (path / SAFETENSORS_FILE).is_file():
         return load_safetensors_folder(path, name=name)
+    if (path / "tokenizers").is_dir() and any(path.glob("*.ckpt")):  # BMFM-RNA
+        from ._bmfm import load_bmfm
+
+        return load_bmfm(path, name=name, allow_pickle=allow_pickle)
     if (path / "models.ckpt").is_file():  # scFoundation
         from ._scfoundation import load_scfoundation
 
@@ -87,7 +91,8 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
           ``feature_name``, and a checkpoint named ``classifier`` or one ``*.ckpt``): an MLP of the
           checkpoint's first five Linear layers with SELU between, on log1p counts per 10,000;
         - an scGPT model folder as published (``args.json``, ``vocab.json``, ``best_model.pt``) or an
-          scFoundation folder (``models.ckpt`` and ``OS_scRNA_gene_index.19264.tsv``): token
+          scFoundation folder (``models.ckpt`` and ``OS_scRNA_gene_index.19264.tsv``) or a BMFM-RNA
+          folder (one ``*.ckpt`` and ``tokenizers/``): token
           transformers, attributed by the token engine;
         - the name of a model bundled with scsig, see :func:`scsig.models.registry` (e.g.
           ``"pbmc-demo"``). An existing folder of the same name takes precedence.

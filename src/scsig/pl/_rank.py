@@ -21,10 +21,21 @@ if TYPE_CHECKING:
 __all__ = ["rank_genes_groups_vs_expression"]
 
 
-def _ranks(res: dict, group: str) -> pd.Series:
-    """Rank (1 = first) of each stored gene of ``group`` in a rank_genes_groups result."""
+def _ranks(res: dict, group: str, keep: pd.Index | None = None) -> pd.Series:
+    """Rank (1 = first) of each stored gene of ``group`` in a rank_genes_groups result, among the genes in ``keep``."""
     names = np.asarray(res["names"][group]).astype(str)
+    if keep is not None:
+        names = names[pd.Index(names).isin(keep)]
     return pd.Series(np.arange(1, names.size + 1, dtype=np.float64), index=pd.Index(names))
+
+
+def _attributed(res: dict, group: str) -> pd.Index | None:
+    """Genes with a non-zero attribution in some cell of the group or its reference (``None``: not recorded)."""
+    pts, rest = res.get("pts"), res.get("pts_rest")
+    if not isinstance(pts, pd.DataFrame) or not isinstance(rest, pd.DataFrame) or group not in pts or group not in rest:
+        return None
+    some = (pts[group].to_numpy() > 0) | (rest[group].to_numpy() > 0)
+    return pd.Index(pts.index[some].astype(str))
 
 
 def _attribution_result(data: AnnData, key: str, group: str) -> dict:
@@ -82,14 +93,16 @@ def _frame(
         msg = f"expression_layer={expression_layer!r} is not in adata.layers (available: {list(data.layers)})."
         raise KeyError(msg)
     expr, source = _expression_result(data, res["params"], group, expression_key, expression_layer)
-    frame = pd.concat({"attribution": _ranks(res, group), "expression": _ranks(expr, group)}, axis=1, join="inner")
+    keep = _attributed(res, group)
+    ranks = {"attribution": _ranks(res, group, keep), "expression": _ranks(expr, group, keep)}
+    frame = pd.concat(ranks, axis=1, join="inner")
     if frame.empty:
-        msg = f"No gene of group {group!r} is ranked in both results; rank again with n_genes=None."
+        msg = f"No gene of group {group!r} with attributions is ranked in both results; rank again with n_genes=None."
         raise ValueError(msg)
     return frame, source, res["params"]
 
 
-def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: dict, source: str) -> None:
+def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: dict, source: str, log: bool) -> None:
     from scipy.stats import spearmanr
 
     top = frame.nsmallest(n_labels, "attribution")
@@ -101,10 +114,16 @@ def _draw(ax: Axes, frame: pd.DataFrame, *, n_labels: int, group: str, params: d
         )
     n = float(frame.to_numpy().max())
     ax.plot([1, n], [1, n], color="0.5", linestyle="--", linewidth=0.8, zorder=1)
-    ax.set_xlim(n + 0.5, 0.5)  # rank 1 (top) at the right and the top: the genes that matter sit up and right
-    ax.set_ylim(n + 0.5, 0.5)
+    if log:  # spreads out the top genes, which otherwise pile up in a corner when thousands of genes are drawn
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        lo, hi = 0.8, n * 1.25
+    else:
+        lo, hi = 0.5, n + 0.5
+    ax.set_xlim(hi, lo)  # rank 1 (top) at the right and the top: the genes that matter sit up and right
+    ax.set_ylim(hi, lo)
     rho = spearmanr(frame["expression"], frame["attribution"]).statistic if len(frame) > 2 else np.nan
-    ax.set_xlabel(f"expression rank ({source})")
+    ax.set_xlabel(f"expression rank\n({source})")
     ax.set_ylabel(f"attribution rank ({params.get('layer', 'attribution')})")
     ax.set_title(f"{group} vs {params.get('reference', 'rest')}: Spearman {rho:.2f}, {len(frame)} genes")
 
@@ -118,6 +137,7 @@ def rank_genes_groups_vs_expression(
     expression_key: str = SCANPY_RANK_KEY,
     expression_layer: str | None = None,
     n_labels: int = 10,
+    log: bool = True,
     figsize: tuple[float, float] = (4.5, 4.5),
     mod: str = "rna",
     ax: Axes | None = None,
@@ -129,16 +149,19 @@ def rank_genes_groups_vs_expression(
 
     Each point is a gene, at its rank in the group by attribution (y) and by differential
     expression (x), both against the same reference; rank 1 (the top gene) sits at the top and the
-    right. The ``n_labels`` top genes by attribution are labelled. Genes above the diagonal matter
-    more to the model than their differential expression suggests; genes below it are
-    differentially expressed but carry little of the model's attribution. The title gives the
-    Spearman correlation of the two ranks.
+    right, on log-scaled axes by default. The ``n_labels`` top genes by attribution are labelled.
+    Genes above the diagonal matter more to the model than their differential expression
+    suggests; genes below it are differentially expressed but carry little of the model's
+    attribution. The title gives the Spearman correlation of the two ranks.
 
     The expression ranking is :func:`scanpy.tl.rank_genes_groups`' result in
     ``adata.uns[expression_key]`` when it has the same ``groupby`` and ``reference`` and holds
     ``group``; otherwise it is computed (Wilcoxon, on ``adata.X`` or ``expression_layer``, which
     should hold log-normalized expression) without writing into ``adata``. Only genes ranked in
-    both results are drawn.
+    both results are drawn, and only genes with a non-zero attribution in some cell of the group or
+    its reference: the others (genes the model does not have, or that none of these cells
+    expresses) all tie at a score of 0, so their attribution ranks would be an arbitrary order.
+    Ranks are counted among the genes drawn, on both axes.
 
     Parameters
     ----------
@@ -154,6 +177,9 @@ def rank_genes_groups_vs_expression(
         Layer with log-normalized expression when the expression ranking is computed; ``None`` reads ``adata.X``.
     n_labels
         Top genes by attribution to label.
+    log
+        Log-scaled rank axes, which spread out the top genes when thousands of genes are drawn;
+        ``False``: linear axes.
     figsize
         Figure size in inches when no ``ax`` is given.
     mod
@@ -181,7 +207,7 @@ def rank_genes_groups_vs_expression(
     _, data = resolve_adata(adata, mod=mod, read_only=True)
     frame, source, params = _frame(data, group, key, expression_key, expression_layer)
     fig, ax_ = new_axes(ax, figsize)
-    _draw(ax_, frame, n_labels=int(n_labels), group=str(group), params=params, source=source)
+    _draw(ax_, frame, n_labels=int(n_labels), group=str(group), params=params, source=source, log=bool(log))
     return finish(
         fig,
         ax_,

@@ -268,11 +268,11 @@ def attribute(
     check_counts
         Refuse input that is not raw counts (negative, NaN/inf or non-integer values).
     engine
-        ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation: the
+        ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation, BMFM-RNA: the
         only engine they run on, see :doc:`/token_models`; cells with more expressed genes than the
         model takes keep their most expressed (scFoundation with ``crop="first_512"``: their first 512 in
-        the gene list's order), and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
-        (integrated gradients with any target; input x gradient and DeepLIFT with a target other
+        the gene list's order), and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts the rest), the
+        exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
         affine layer). The fast path computes the same quantity as captum -- integrated gradients

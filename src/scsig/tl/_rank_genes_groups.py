@@ -275,8 +275,11 @@ def rank_genes_groups(
     sample means (a pseudobulk comparison; with few samples a rank test cannot reach small
     p-values: 3 against 3 samples give at least p = 0.1), or paired (:func:`scipy.stats.ttest_rel`)
     over the samples with cells on both sides when ``paired=True``; ``"wilcoxon"`` is the
-    Mann-Whitney U (paired: Wilcoxon signed-rank) test on the sample means, its score the signed
-    normal quantile of its p-value.
+    Mann-Whitney U (paired: Wilcoxon signed-rank, zero differences split) test on the sample means,
+    its score the signed normal quantile of its p-value. The Mann-Whitney p-value is exact, ties
+    included, up to 20,000 ways to split the samples (7 against 7), so 2 against 2 samples give at
+    least p = 1/3; the signed-rank p-value is exact for a gene without ties or zeros among its
+    differences, and the tie-corrected normal approximation otherwise.
 
     ``logfoldchanges`` are the effect size: :math:`\log_2((m_g + c) / (m_r + c))`, with :math:`m_g`
     and :math:`m_r` the mean attribution of the gene in the group and the reference (donor-aware:
