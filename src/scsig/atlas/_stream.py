@@ -162,7 +162,7 @@ def attribute_dataset(
     added: ``{"name", "n_obs", "nnz"}``.
     """
     from ..pp._validate import warn_empty_cells
-    from ..tl._attribute import _provenance, warn_dropped
+    from ..tl._attribute import _provenance
 
     with pinned_threads(n_jobs), opened(source) as adata:
         run, obs, _ = _prepare(
@@ -183,9 +183,6 @@ def attribute_dataset(
                 row_stats=row_stats,
             )
     warn_empty_cells(run.totals, obs.index, what=f"in the model's genes of dataset {name!r}")
-    warn_dropped(
-        record.get("genes_dropped"), len(obs), where=f"Dataset {name!r}: ", obs="the shard's obs", stacklevel=2
-    )
     return added
 
 

@@ -154,19 +154,17 @@ def _warn_view(data: AnnData) -> None:
         )
 
 
-def warn_dropped(
-    dropped: dict | None, n_obs: int, *, where: str = "", obs: str = "adata.obs", stacklevel: int = 3
-) -> None:
-    """Once per run: how many cells had more expressed genes than a token model takes (``where``: a prefix naming the data)."""
+def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
+    """Once per run: how many cells had more expressed genes than a token model takes, and which genes they kept."""
     if not dropped or not dropped["n_cells"]:
         return
     kept = "first genes in the model's gene order" if dropped.get("kept") == "first" else "most expressed genes"
     warnings.warn(
-        f"{where}{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept} "
+        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept} "
         f"were kept and up to {dropped['max']} per cell dropped (attribution 0). "
-        f"{obs}[{dropped['obs_key']!r}] has the count per cell.",
+        f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
         UserWarning,
-        stacklevel=stacklevel,
+        stacklevel=3,
     )
 
 
@@ -381,7 +379,7 @@ def attribute(
         record = _provenance(run)
         if "completeness_gap" in record:
             _warn_gap(record["completeness_gap"], run.n_steps)
-        warn_dropped(record.get("genes_dropped"), data.n_obs)
+        _warn_dropped(record.get("genes_dropped"), data.n_obs)
         extra_obs = {dropped_key(run.key): run.dropped} if run.dropped is not None else {}
         layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model, obs_columns=extra_obs)
     except BaseException:

@@ -87,8 +87,9 @@ def test_atlas_attribute_equals_in_memory_path_with_the_dropped_counts(tmp_path,
     options = {"n_steps": 48, "batch_size": 4}
     want = _atlas_from_memory(tmp_path / "ref", parts, ["part0", "part1"], token_model, **options)
     atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=token_model.gene_order)
-    with pytest.warns(UserWarning, match="express more of the model's genes than it takes"):
+    with pytest.warns(UserWarning, match="express more of the model's genes than it takes in 2 dataset") as caught:
         report = atlas.attribute(paths, token_model, progress=False, **options)
+    assert sum("express more" in str(w.message) for w in caught) == 1  # one warning per call, naming both
     assert report["status"].tolist() == ["added", "added"]
     got, ref = atlas.to_anndata(), want.to_anndata()
     assert (got.layers["attr_ig"] != ref.layers["attr_ig"]).nnz == 0  # the same values
@@ -112,10 +113,10 @@ def test_atlas_attribute_in_blocks_on_a_cluster_merges_the_dropped_counts(tmp_pa
     with (
         distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
-        warnings.catch_warnings(),
+        pytest.warns(UserWarning, match=r"in 1 dataset\(s\) \('all': \d+ of 14 cells") as caught,
     ):
-        warnings.simplefilter("ignore", UserWarning)
         report = atlas.attribute([path], token_model, client=client, cells_per_task=6, progress=False, **options)
+    assert sum("express more" in str(w.message) for w in caught) == 1  # once, in this process
     assert report["status"].tolist() == ["added"]
     got, ref = atlas.to_anndata(), want.to_anndata()
     assert (got.layers["attr_ig"] != ref.layers["attr_ig"]).nnz == 0
