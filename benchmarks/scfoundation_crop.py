@@ -97,14 +97,16 @@ def first_512_dropped(x: sparse.csr_matrix) -> sparse.csr_matrix:
     return sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=x.shape)
 
 
-def model(genes: list[str], *, dim: int, depth: int, heads: int, seed: int):
+def model(genes: list[str], *, dim: int, depth: int, heads: int, seed: int, crop: str = "most_expressed"):
     """A random-weight scFoundation encoder (the published architecture) over ``genes``; every expressed gene a token."""
     from scsig.models import FoundationModel, Preprocessing
     from scsig.models._scfoundation import ScFoundationEncoder
 
     torch.manual_seed(seed)
     n = len(genes)
-    enc = ScFoundationEncoder(n_genes=n, dim=dim, depth=depth, heads=heads, bin_num=100, bin_alpha=1.0, seq_len=n + 2)
+    enc = ScFoundationEncoder(
+        n_genes=n, dim=dim, depth=depth, heads=heads, bin_num=100, bin_alpha=1.0, seq_len=n + 2, crop=crop
+    )
     with torch.no_grad():
         for name, p in enc.named_parameters():
             if "norm" in name:
@@ -205,6 +207,13 @@ def main() -> None:
     adata = kang[:, genes].copy()  # columns in list order
     adata.X = sparse.csr_matrix(adata.X)
     dropped = first_512_dropped(adata.X)
+    # the same genes as scsig's own crop="first_512" (what load_scfoundation(..., crop="first_512") runs)
+    kept, _, _, n_dropped = model(genes, dim=8, depth=1, heads=2, seed=0, crop="first_512").encoder.tokenize(adata.X)
+    if not np.array_equal(n_dropped, np.asarray(dropped.sum(axis=1)).ravel()) or any(
+        np.intersect1d(k, dropped[i].indices).size for i, k in enumerate(kept)
+    ):
+        msg = "first_512_dropped disagrees with ScFoundationEncoder(crop='first_512')"
+        raise AssertionError(msg)
     counts_report(adata, dropped, genes, args.top)
     if args.cells > 0:
         attribution_report(adata, dropped, genes, args)
