@@ -189,7 +189,9 @@ class AtlasWrites:
             least 2,000 cells each, so the workers finish together. Pass a number above the largest
             dataset for one task per dataset.
         obs_columns
-            Columns of each source's ``obs`` to keep (all by default).
+            Columns of each source's ``obs`` to keep (all by default). With a token-transformer model
+            (scGPT, scFoundation) the shard's ``obs`` also gets ``f"{{key_added}}_n_genes_dropped"``, the
+            genes each cell had beyond the model's length, as :func:`scsig.tl.attribute` writes it.
         on_error
             When a dataset fails: ``"raise"`` a :class:`RuntimeError` naming the failed datasets
             once all the others are done, or ``"warn"`` and return the report.
@@ -235,6 +237,7 @@ class AtlasWrites:
         self._refresh()
         report = _attribute_report(labels, have, results, listed={s["name"]: s for s in self._manifest["shards"]})
         logg.info(f"    finished: {int((report['status'] == 'added').sum())} datasets added", time=start)
+        _warn_dropped_genes(report, self._manifest["shards"])
         _raise_or_warn(report, len(todo), on_error)
         return report
 
@@ -347,6 +350,30 @@ def _raise_or_warn(report: pd.DataFrame, n_todo: int, on_error: str) -> None:
     if on_error == "raise":
         raise RuntimeError(msg)
     warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _warn_dropped_genes(report: pd.DataFrame, shards: Sequence[Mapping]) -> None:
+    """Once per :meth:`Atlas.attribute` call: the added datasets whose cells had more genes than a token model takes.
+
+    Read from the shards' provenance, so datasets attributed on a cluster are reported too.
+    """
+    added = set(report.index[report["status"] == "added"])
+    found = []
+    for shard in shards:
+        dropped = (shard.get("provenance") or {}).get("genes_dropped")
+        if shard["name"] in added and dropped and dropped.get("n_cells"):
+            found.append((shard, dropped))
+    if not found:
+        return
+    kept = "first genes in the model's gene order" if found[0][1].get("kept") == "first" else "most expressed genes"
+    listed = "; ".join(f"{s['name']!r}: {d['n_cells']} of {s['n_obs']} cells, up to {d['max']}" for s, d in found[:10])
+    warnings.warn(
+        f"Cells express more of the model's genes than it takes in {len(found)} dataset(s) ({listed}{' ...' if len(found) > 10 else ''} "
+        f"genes dropped per cell); each cell kept its {kept}, the dropped genes' attribution is 0. Each shard's "
+        f"obs[{found[0][1]['obs_key']!r}] has the count per cell.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _attribute_report(

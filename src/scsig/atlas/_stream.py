@@ -170,19 +170,30 @@ def attribute_dataset(
         )
         with staging(Path(root)) as staged:
             spill, row_stats = _spill_cells(run, (0, len(obs)), staged / "scratch" / "part-00000", name, on_cells)
+            record = _provenance(run)
             added = _merge_and_commit(
                 Path(root),
                 staged,
                 [spill],
                 name=name,
                 key=run.key,
-                record=_provenance(run),
-                obs=obs,
+                record=record,
+                obs=_with_dropped(obs, run.key, run.dropped),
                 genes=genes,
                 row_stats=row_stats,
             )
     warn_empty_cells(run.totals, obs.index, what=f"in the model's genes of dataset {name!r}")
     return added
+
+
+def _with_dropped(obs: pd.DataFrame, key: str, dropped: np.ndarray | None) -> pd.DataFrame:
+    """The shard's ``obs`` with a token model's genes dropped per cell (the column ``sg.tl.attribute`` writes)."""
+    if dropped is None:
+        return obs
+    from ..tl._attribute import dropped_key
+
+    # as sg.tl.attribute does, the column of this run replaces one of the same name (e.g. from an earlier run)
+    return obs.assign(**{dropped_key(key): np.asarray(dropped, dtype=np.int64)})
 
 
 # ---------------------------------------------------------------------- one dataset in blocks of cells, on a cluster
@@ -246,6 +257,7 @@ def attribute_block(
     return {
         "spill": spill,
         "gaps": run.gaps[lo:hi].copy(),
+        "dropped": None if run.dropped is None else run.dropped[lo:hi].copy(),
         "row_stats": row_stats,
         "record": record,
         "key": run.key,
@@ -268,11 +280,15 @@ def merge_blocks(
 
     The blocks' per-cell row stats, joined in cell order, are stored with the shard before it is sealed.
     """
+    from ..tl._attribute import dropped_summary
     from ..tl._completeness import _gap_summary
 
     parts = sorted(parts, key=lambda p: p["rows"][0])
     first = parts[0]
     record = dict(first["record"])
+    dropped = None if first.get("dropped") is None else np.concatenate([p["dropped"] for p in parts])
+    if dropped is not None:  # of the whole dataset: each block's record counts only its own cells
+        record["genes_dropped"] = dropped_summary(dropped, first["key"], record["genes_dropped"].get("kept"))
     if record.get("method") == "ig":
         gaps = np.concatenate([p["gaps"] for p in parts])
         completeness = {"completeness_gap": _gap_summary(gaps)}
@@ -281,7 +297,7 @@ def merge_blocks(
         record |= {k: first["record"][k] for k in auto if k in first["record"]}
     with pinned_threads(n_jobs):
         with opened(source) as adata:
-            obs = shard_obs_frame(adata.obs, obs_columns, name)
+            obs = _with_dropped(shard_obs_frame(adata.obs, obs_columns, name), first["key"], dropped)
         return _merge_and_commit(
             Path(root),
             Path(staged),

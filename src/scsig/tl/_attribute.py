@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    import numpy as np
     from anndata import AnnData
 
     from ..models import FoundationModel
@@ -86,12 +87,7 @@ def _provenance(run: _Run) -> dict[str, Any]:
     if run.no_signal.size:
         record["n_cells_without_attribution"] = int((run.no_signal & (run.totals > 0)).sum())
     if run.dropped is not None:
-        record["genes_dropped"] = {
-            "n_cells": int((run.dropped > 0).sum()),
-            "total": int(run.dropped.sum()),
-            "max": int(run.dropped.max(initial=0)),
-            "obs_key": f"{run.key}_n_genes_dropped",
-        }
+        record["genes_dropped"] = dropped_summary(run.dropped, run.key, getattr(run.model.encoder, "crop", None))
     if run.method == "ig":
         record["completeness_gap"] = _gap_summary(run.gaps)
         record["n_steps_auto"] = run.auto_gaps is not None
@@ -99,6 +95,22 @@ def _provenance(run: _Run) -> dict[str, Any]:
             record["auto_median_gaps"] = list(run.auto_gaps["median"])
             record["auto_fraction_above_1pct"] = list(run.auto_gaps["fraction_above_1pct"])
     return record
+
+
+def dropped_summary(dropped: np.ndarray, key: str, crop: str | None) -> dict[str, Any]:
+    """The provenance of a token model's genes dropped per cell (``genes_dropped``): counts, ``obs`` column, what was kept."""
+    return {
+        "n_cells": int((dropped > 0).sum()),
+        "total": int(dropped.sum()),
+        "max": int(dropped.max(initial=0)),
+        "obs_key": dropped_key(key),
+        "kept": "first" if crop == "first" else "most_expressed",
+    }
+
+
+def dropped_key(key: str) -> str:
+    """The ``obs`` column of a layer's genes dropped per cell (token models)."""
+    return f"{key}_n_genes_dropped"
 
 
 def _ours(data: AnnData) -> tuple[dict, set[str]]:
@@ -143,12 +155,13 @@ def _warn_view(data: AnnData) -> None:
 
 
 def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
-    """Once per run: how many cells had more expressed genes than a token model takes."""
+    """Once per run: how many cells had more expressed genes than a token model takes, and which genes they kept."""
     if not dropped or not dropped["n_cells"]:
         return
+    kept = "first genes in the model's gene order" if dropped.get("kept") == "first" else "most expressed genes"
     warnings.warn(
-        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their most "
-        f"expressed genes were kept and up to {dropped['max']} per cell dropped (attribution 0). "
+        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept} "
+        f"were kept and up to {dropped['max']} per cell dropped (attribution 0). "
         f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
         UserWarning,
         stacklevel=3,
@@ -173,7 +186,7 @@ def _write_results(data: AnnData, run: _Run, layer: Any, record: dict, completen
         data.obs[completeness_key] = run.gaps
         record = {**record, "completeness_key": completeness_key}
     if run.dropped is not None:
-        data.obs[f"{run.key}_n_genes_dropped"] = run.dropped
+        data.obs[dropped_key(run.key)] = run.dropped
     data.var[f"{run.key}{IN_MODEL_SUFFIX}"] = run.alignment.var_in_model
     data.uns.setdefault(UNS_KEY, {}).setdefault("layers", {})[run.key] = record
 
@@ -255,9 +268,9 @@ def attribute(
     engine
         ``"auto"`` takes the token engine for token-transformer models (scGPT, scFoundation, BMFM-RNA: the
         only engine they run on, see :doc:`/token_models`; cells with more expressed genes than the
-        model takes keep their most expressed, and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts
-        the rest), the exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU
-        (integrated gradients with any target; input x gradient and DeepLIFT with a target other
+        model takes keep their most expressed (scFoundation with ``crop="first_512"``: their first 512 in
+        the gene list's order), and ``adata.obs[f"{{key}}_n_genes_dropped"]`` counts the rest), the
+        exact fast path for SCimilarity-architecture and scvi-tools encoders on the CPU (integrated gradients with any target; input x gradient and DeepLIFT with a target other
         than self-similarity) and captum otherwise; ``"captum"`` forces captum; ``"fast"`` requires
         the fast path (it also covers plain :class:`torch.nn.Sequential` encoders that start with an
         affine layer). The fast path computes the same quantity as captum -- integrated gradients
@@ -279,7 +292,8 @@ def attribute(
     store
         Write the layer to this new ``.h5ad`` file batch by batch instead of holding it in memory
         (for data larger than memory, e.g. ``adata`` opened with ``backed="r"``). The file holds
-        ``obs``, ``var``, ``layers[key_added]`` and ``uns["scsig"]``, and is written under a temporary
+        ``obs`` (with the genes dropped per cell of a token model), ``var``, ``layers[key_added]`` and
+        ``uns["scsig"]``, and is written under a temporary
         name and renamed when complete, so an interrupted run leaves no partial file.
         ``adata.layers[key_added]`` then reads from that file (a backed sparse dataset).
     completeness_key
@@ -366,7 +380,8 @@ def attribute(
         if "completeness_gap" in record:
             _warn_gap(record["completeness_gap"], run.n_steps)
         _warn_dropped(record.get("genes_dropped"), data.n_obs)
-        layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model)
+        extra_obs = {dropped_key(run.key): run.dropped} if run.dropped is not None else {}
+        layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model, obs_columns=extra_obs)
     except BaseException:
         sink.abort()
         raise

@@ -55,13 +55,13 @@ class LayerWriter:
         self.path = _check_path(path)
         self.key = key
         self._var = var
+        self._obs = obs
         self._n_vars = int(n_vars)
         self._n_obs = int(len(obs))
         self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
         self._file = h5py.File(self._tmp, "w")
         try:
             self._file.attrs.update({"encoding-type": "anndata", "encoding-version": ENCODING_VERSION})
-            write_elem(self._file, "obs", obs)
             write_elem(self._file, "layers", {})
             group = self._file["layers"].create_group(key)
             self._group = group
@@ -98,8 +98,8 @@ class LayerWriter:
         self._nnz += int(block.nnz)
         self._rows += int(block.shape[0])
 
-    def finish(self, *, record: dict, in_model: np.ndarray) -> Any:
-        """Write ``var`` and ``uns``, close and rename the file into place; return the layer, backed."""
+    def finish(self, *, record: dict, in_model: np.ndarray, obs_columns: dict[str, np.ndarray] | None = None) -> Any:
+        """Write ``obs`` (with ``obs_columns`` added), ``var`` and ``uns``, close and rename the file into place; return the layer, backed."""
         import h5py
         from anndata.io import sparse_dataset, write_elem
 
@@ -111,6 +111,10 @@ class LayerWriter:
         self._group.attrs.update(
             {"encoding-type": "csr_matrix", "encoding-version": ENCODING_VERSION, "shape": (self._rows, self._n_vars)}
         )
+        obs = self._obs.copy() if obs_columns else self._obs
+        for column, values in (obs_columns or {}).items():
+            obs[column] = values
+        write_elem(self._file, "obs", obs)
         var = self._var.copy()
         var[f"{self.key}{IN_MODEL_SUFFIX}"] = np.asarray(in_model, dtype=bool)
         write_elem(self._file, "var", var)
