@@ -15,6 +15,9 @@ from ._scvi import from_scvi
 from ._train import train_encoder
 
 if TYPE_CHECKING:
+    from ._bmfm import load_bmfm
+    from ._scfoundation import load_scfoundation
+    from ._scgpt import load_scgpt
     from ._scimilarity import SCimilarityEncoder
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "from_scvi",
     "gene_order_hash",
     "load",
+    "load_bmfm",
+    "load_scfoundation",
+    "load_scgpt",
     "orthologs",
     "registry",
     "save_safetensors",
@@ -35,11 +41,18 @@ __all__ = [
 ]
 
 
+_TOKEN_LOADERS = {"load_bmfm": "._bmfm", "load_scfoundation": "._scfoundation", "load_scgpt": "._scgpt"}
+
+
 def __getattr__(name: str) -> Any:
-    # the encoder class subclasses torch.nn.Module: importing it imports torch, so only on first use
+    # the encoder classes subclass torch.nn.Module: importing them imports torch, so only on first use
     if name == "SCimilarityEncoder":
         from ._scimilarity import SCimilarityEncoder
 
         return SCimilarityEncoder
+    if name in _TOKEN_LOADERS:
+        from importlib import import_module
+
+        return getattr(import_module(_TOKEN_LOADERS[name], __name__), name)
     msg = f"module 'scsig.models' has no attribute {name!r}"
     raise AttributeError(msg)
