@@ -138,7 +138,7 @@ def scores(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> ax = sg.pl.scores(adata, "score", groupby="group", show=False)
     """
