@@ -57,7 +57,11 @@ class NamedWarnings:
             text = str(w.message)
             if repr(self.name) not in text:
                 text = f"dataset {self.name!r}: {text}"
-            warnings.warn(text, w.category, stacklevel=user_stacklevel())
+            try:
+                message = w.category(text)
+            except TypeError:  # a category whose constructor takes more than a message: its message as it was
+                message = w.message
+            warnings.warn(message, stacklevel=user_stacklevel())
 
 
 def pinned_threads(n_jobs: int | None) -> contextlib.AbstractContextManager:
