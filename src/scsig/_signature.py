@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._utils._choices import check_choice
+from ._utils._warn import user_stacklevel
 
 __all__ = ["Aggregate", "Signature", "parse_signatures", "resolve_signatures"]
 
@@ -127,7 +128,6 @@ def resolve_signatures(
     aggregate: Aggregate = "mean",
     where: str = "adata.var_names and known to the model",
     missing_text: str = "not in adata.var or unknown to the model",
-    stacklevel: int = 3,
 ) -> tuple[list[Signature], bool]:
     """Parse ``genes`` and match every signature to ``index`` (and the ``known`` mask over it).
 
@@ -157,7 +157,7 @@ def resolve_signatures(
                 f"{len(missing)} of {len(gl)} genes of {label} are {missing_text} and are left out: "
                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}",
                 UserWarning,
-                stacklevel=stacklevel,
+                stacklevel=user_stacklevel(),
             )
         wv = None if w is None else w[usable]
         if wv is not None and wv.sum() == 0:

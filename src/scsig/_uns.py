@@ -18,6 +18,7 @@ import warnings
 from typing import Any
 
 from ._constants import UNS_KEY
+from ._utils._warn import user_stacklevel
 
 __all__ = [
     "check_key_added",
@@ -138,7 +139,7 @@ def scsig_columns(data: Any) -> set[str]:
     return cols
 
 
-def check_key_added(data: Any, columns: list[str], *, reads: dict[str, str], stacklevel: int = 3) -> None:
+def check_key_added(data: Any, columns: list[str], *, reads: dict[str, str]) -> None:
     """Refuse an output column the call reads; warn before replacing a column scsig did not write.
 
     ``reads`` maps each ``obs`` column the call reads to what it is (for the message).
@@ -157,7 +158,7 @@ def check_key_added(data: Any, columns: list[str], *, reads: dict[str, str], sta
             "such column names (and write_h5ad will refuse '/'). Pass a key_added (and signature names) without them "
             "to save the object.",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=user_stacklevel(),
         )
     existing = [c for c in columns if c in data.obs.columns]
     if existing:
@@ -168,5 +169,5 @@ def check_key_added(data: Any, columns: list[str], *, reads: dict[str, str], sta
                 f"adata.obs column(s) {foreign} exist and were not written by scsig; they are replaced. "
                 "Pass another key_added to keep them.",
                 UserWarning,
-                stacklevel=stacklevel,
+                stacklevel=user_stacklevel(),
             )

@@ -120,3 +120,31 @@ def test_scores_works_with_scanpy_scores(scored):
     ax = sg.pl.scores(scored, "sc_score", groupby="group", show=False)
     assert ax.get_ylabel() == "sc_score"  # not an scsig score: its name alone
     assert isinstance(scored.obs["sc_score"], pd.Series)
+
+
+def _clip_floor(ax, artist) -> float:
+    """The lowest y (data units) the artist is drawn at: its clip box's bottom."""
+    box = artist.get_clip_box()
+    return float(ax.transData.inverted().transform(box.get_points())[0, 1])
+
+
+def test_violins_taper_past_the_extreme_cells_and_not_below_zero(scored):
+    """Cut flat at a group's highest cell, a wide violin end reads as a ceiling of the score (issue 26)."""
+    from matplotlib.collections import PolyCollection
+
+    adata = scored.copy()
+    ax = sg.pl.scores(adata, "score", groupby="group", points=False, show=False)
+    bodies = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bodies) == 2
+    for body, (_, values) in zip(bodies, adata.obs.groupby("group", observed=True)["score"], strict=True):
+        y = np.concatenate([p.vertices[:, 1] for p in body.get_paths()])
+        assert y.max() > values.max()  # the density tapers past the highest cell
+        assert y.min() < values.min()  # and past the lowest, where it may go (no clip above zero)
+        assert _clip_floor(ax, body) < values.min()
+    adata.obs["zeros"] = np.where(np.arange(adata.n_obs) % 3 == 0, 0.0, adata.obs["score"])
+    ax = sg.pl.scores(adata, "zeros", groupby="group", points=False, show=False)
+    bodies = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert bodies
+    for body in bodies:  # a score that is never negative: nothing drawn below 0
+        assert _clip_floor(ax, body) == pytest.approx(0.0, abs=1e-9)
+    plt.close("all")

@@ -417,3 +417,13 @@ def test_detected_counts_ignore_stored_zeros():
     np.testing.assert_array_equal(detected_counts(x), expected)
     np.testing.assert_array_equal(detected_counts(x.tocsc()), expected)
     np.testing.assert_array_equal(detected_counts(x.toarray()), expected)
+
+
+@pytest.mark.parametrize("n_bins", [10**6, 40])
+def test_too_many_control_bins_is_a_clear_error(attributed, n_bins):
+    """More bins than genes used to end in "the signature covers every eligible gene", which was not the problem."""
+    before = attributed.obs.copy()
+    with pytest.raises(ValueError, match=rf"mode_kwds\['n_bins'\]={n_bins} is too many bins for the \d+ genes"):
+        sg.tl.score(attributed, GENES, mode="control_diff", mode_kwds={"n_bins": n_bins})
+    assert attributed.obs.equals(before)
+    sg.tl.score(attributed, GENES, mode="control_diff", mode_kwds={"n_bins": 4})  # a sensible value still works

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from ._warn import user_stacklevel
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -109,5 +111,5 @@ def warn_empty_cells(totals: np.ndarray, obs_names: Sequence[str], *, what: str)
             f"{empty.size} cells have zero counts {what} (e.g. {names}); their attributions and scores are 0. "
             "Filter them first (e.g. `sc.pp.filter_cells(adata, min_counts=1)`) if that is not intended.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )

@@ -47,7 +47,7 @@ class Atlas(AtlasWrites, AtlasQueries, AtlasImportance):
     --------
     >>> import tempfile, scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
     >>> atlas.add(adata, name="toy", progress=False)
     >>> atlas.score(["g0", "g1", "g2"], progress=False).shape
@@ -255,7 +255,7 @@ class Atlas(AtlasWrites, AtlasQueries, AtlasImportance):
         --------
         >>> import tempfile, scsig as sg
         >>> adata, model = sg.datasets.toy()
-        >>> sg.tl.attribute(adata, model, progress=False)
+        >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
         >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
         >>> atlas.add(adata, name="toy", progress=False)
         >>> atlas.verify(progress=False)

@@ -51,7 +51,6 @@ class AtlasQueries:
             aggregate=aggregate,
             where="the atlas gene order",
             missing_text="not in the atlas gene order",
-            stacklevel=4,
         )
         positions = [sig.cols for sig in sigs]
         coefs = [sig.coef for sig in sigs]

@@ -22,6 +22,7 @@ from .._docs import doc_params, doc_progress
 from .._settings import settings
 from .._utils import check_choice, get_matrix
 from .._utils._progress import tqdm
+from .._utils._warn import user_stacklevel
 from ..tl._score_modes import DEFAULT_TOP_K
 from . import _manifest as mf
 from ._build import build_from_layer, reorder, shard_obs_frame, var_lookup, write_dataset
@@ -317,7 +318,7 @@ class AtlasWrites:
                         f"Dataset {name!r} has {key}={provenance[key]!r} but dataset {s['name']!r} has {prov[key]!r}; "
                         "scores across these datasets are not comparable.",
                         UserWarning,
-                        stacklevel=4,
+                        stacklevel=user_stacklevel(),
                     )
                     return
 
@@ -349,7 +350,7 @@ def _raise_or_warn(report: pd.DataFrame, n_todo: int, on_error: str) -> None:
     )
     if on_error == "raise":
         raise RuntimeError(msg)
-    warnings.warn(msg, UserWarning, stacklevel=3)
+    warnings.warn(msg, UserWarning, stacklevel=user_stacklevel())
 
 
 def _warn_dropped_genes(report: pd.DataFrame, shards: Sequence[Mapping]) -> None:

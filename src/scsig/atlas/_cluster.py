@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._staging import staging
-from ._stream import attribute_block, attribute_dataset, merge_blocks
+from ._stream import NamedWarnings, attribute_block, attribute_dataset, merge_blocks
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -32,6 +32,11 @@ def _worker_threads() -> int | None:
         return None
 
 
+def _named(name: str, n_threads: int | None) -> contextlib.AbstractContextManager:
+    """:class:`NamedWarnings` on a worker that runs one task at a time (catching warnings is process-wide)."""
+    return NamedWarnings(name) if n_threads == 1 else contextlib.nullcontext()
+
+
 def dask_task(
     root: str, source: Any, name: str, model: Any, options: Mapping[str, Any], queue: str | None, **kwargs: Any
 ) -> dict[str, Any]:
@@ -39,7 +44,9 @@ def dask_task(
     from distributed import Queue
 
     report = Queue(queue).put if queue is not None else None
-    return attribute_dataset(root, source, name, model, options, on_cells=report, n_jobs=_worker_threads(), **kwargs)
+    n_jobs = _worker_threads()
+    with _named(name, n_jobs):
+        return attribute_dataset(root, source, name, model, options, on_cells=report, n_jobs=n_jobs, **kwargs)
 
 
 def dask_block(
@@ -49,8 +56,10 @@ def dask_block(
     from distributed import Queue
 
     report = Queue(queue).put if queue is not None else None
-    return attribute_block(root, source=source, name=name, model=model, options=options, on_cells=report,
-                           n_jobs=_worker_threads(), **kwargs)  # fmt: skip
+    n_jobs = _worker_threads()
+    with _named(name, n_jobs):
+        return attribute_block(root, source=source, name=name, model=model, options=options, on_cells=report,
+                               n_jobs=n_jobs, **kwargs)  # fmt: skip
 
 
 def dask_merge(root: str, staged: str, source: Any, name: str, parts: Sequence[Any], **kwargs: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from scipy import sparse
 
 from .._settings import settings
 from .._utils import import_optional
+from .._utils._warn import user_stacklevel
 from ._checks import damaged
 from ._integrity import check_chunk_files, check_small_files, load_frames
 from ._reader import ShardReader
@@ -213,7 +214,7 @@ def top_factors(spec: ShardSpec, top_k: int) -> np.ndarray:
                 "computing them from its values (every gene is read once; kept for this session). Remove and "
                 "re-add the dataset to store them, or pass mode='classic'.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         totals, tops = compute_row_stats(_reader(spec), spec.n_obs, int(top_k))
     factors = np.divide(totals, tops, out=np.zeros_like(tops), where=tops > 0)
@@ -388,7 +389,7 @@ def warn_no_cells(obs_filter: Any, n_cells: int) -> None:
             f"obs_filter {obs_filter!r} selects no cells; check its values against atlas.obs() "
             "(values are compared exactly, e.g. case-sensitive).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

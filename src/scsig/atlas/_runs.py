@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _manifest as mf
 from ._staging import NameTakenError, claim
-from ._stream import attribute_dataset
+from ._stream import NamedWarnings, attribute_dataset
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,7 +32,8 @@ def run_local(jobs: list[dict[str, Any]], *, common: dict[str, Any], bar: Any) -
     for job in jobs:
         job = {k: v for k, v in job.items() if k != "n_obs"}
         try:
-            results[job["name"]] = attribute_dataset(**job, **common, on_cells=bar.update)
+            with NamedWarnings(job["name"]):
+                results[job["name"]] = attribute_dataset(**job, **common, on_cells=bar.update)
         except Exception as err:  # noqa: BLE001 - one dataset's failure is reported, the others go on
             results[job["name"]] = err
     return results

@@ -9,12 +9,14 @@ staging folder) merged by :func:`merge_blocks`. These are plain functions of pic
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from .._utils._warn import user_stacklevel
 from ._build import _grouped, _shard_contents, finish_staged, shard_obs_frame
 from ._rowstats import RowStats
 from ._sources import attribute_defaults, check_options, check_source, opened
@@ -27,7 +29,39 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-__all__ = ["attribute_block", "attribute_dataset", "block_bounds", "merge_blocks", "pinned_threads"]
+__all__ = ["NamedWarnings", "attribute_block", "attribute_dataset", "block_bounds", "merge_blocks", "pinned_threads"]
+
+
+class NamedWarnings:
+    """Re-issue the warnings raised inside the block so that each names the dataset ``name`` they concern.
+
+    A warning whose message already names the dataset is re-issued as it is, the others start with
+    ``dataset 'name':``; each points at the user's line. :func:`warnings.catch_warnings` holds
+    process-wide state: use this where one dataset runs at a time in the process (in this process
+    one after the other, or on a dask worker with one thread).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> NamedWarnings:
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            text = str(w.message)
+            if repr(self.name) not in text:
+                text = f"dataset {self.name!r}: {text}"
+            try:
+                message = w.category(text)
+            except TypeError:  # a category whose constructor takes more than a message: its message as it was
+                message = w.message
+            warnings.warn(message, stacklevel=user_stacklevel())
 
 
 def pinned_threads(n_jobs: int | None) -> contextlib.AbstractContextManager:

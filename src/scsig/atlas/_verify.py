@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._utils._warn import user_stacklevel
 from ._checks import DamagedDatasetError, check_rows, damaged, repair_hint, shown
 from ._integrity import (
     FRAMES,
@@ -148,7 +149,7 @@ def verify_shards(
             f"{len(unsealed)} datasets were added before scsig recorded checksums ({_names(unsealed)}): their structure was checked and every chunk decoded, "
             "but changed values cannot be detected. Remove and re-add them to get checksums.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if weak["crc32c"]:
         listed = _names(weak["crc32c"])
@@ -159,7 +160,7 @@ def verify_shards(
             "taken from another build of the same dataset is not, and queries cannot tell either. "
             "Remove and re-add them to get checksums of the content.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if weak["crc32"]:
         warnings.warn(
@@ -167,8 +168,12 @@ def verify_shards(
             f"({_names(weak['crc32'])}): verify() checks their content, but queries cannot tell a value or "
             "row-index file taken from another build. Remove and re-add them to get checksums that queries check.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     for name, problems in damaged_sets.items():
-        warnings.warn(f"Dataset {name!r} is damaged: {shown(problems)}. {repair_hint(name)}", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Dataset {name!r} is damaged: {shown(problems)}. {repair_hint(name)}",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     return damaged_sets

@@ -27,6 +27,7 @@ import torch
 from scipy import sparse
 
 from .._settings import settings
+from .._utils._warn import user_stacklevel
 from ._targets import resolve_target
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def token_attributions(
             f"({enc.max_genes}); each keeps its {'first genes in the model order' if enc.crop == 'first' else 'most expressed genes'} "
             f"(up to {int(dropped.max())} genes dropped per cell; their attribution is 0).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     alphas, weights = gauss_legendre(n_steps) if method == "ig" else (np.ones(1), np.ones(1))
     fn, target = resolve_target(module.target), module.target

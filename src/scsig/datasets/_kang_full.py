@@ -13,6 +13,7 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._docs import doc_params, doc_progress
+from .._utils._warn import user_stacklevel
 from ._fetch import REGISTRY, fetch
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def _match_barcodes(meta: pd.DataFrame, barcodes: pd.Index, condition: str) -> p
         msg = (
             f"{unmatched} {condition} barcodes of the GSE96583 metadata are not in the count matrix; they are left out."
         )
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        warnings.warn(msg, UserWarning, stacklevel=user_stacklevel())
     return rows.loc[barcodes]
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from .._constants import UNS_KEY
 from .._uns import get_record
 from .._utils import resolve_adata
+from .._utils._warn import user_stacklevel
 
 HIT_RULE = ("key", "mode", "cut", "above", "reference")
 """What a hits record says about how the hits were called (kept with a fractions table for its plot's label)."""
@@ -213,7 +214,9 @@ def _fraction_table(obs: pd.DataFrame, hit: pd.Series, keys: list[str], *, min_c
     n_unlabeled = int(work[ks].isna().any(axis=1).sum())
     if n_unlabeled:
         warnings.warn(
-            f"{n_unlabeled} cells have a missing value in {keys} and are left out.", UserWarning, stacklevel=3
+            f"{n_unlabeled} cells have a missing value in {keys} and are left out.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     grouped = work.dropna(subset=ks).groupby(ks, observed=True, sort=False)["hit"]
     frame = pd.DataFrame({"n_cells": grouped.size(), "n_hits": grouped.sum()}).reset_index()
@@ -312,7 +315,8 @@ def hit_fractions(
     ...         "condition": np.repeat(["ctrl", "stim"], 60),
     ...         "sample": np.repeat(["c1", "c2", "c3", "s1", "s2", "s3"], 20),
     ...         "score_hit": np.r_[np.arange(60) % 10 == 0, np.arange(60) % 2 == 0],
-    ...     }
+    ...     },
+    ...     index=[f"cell{i}" for i in range(120)],
     ... )
     >>> adata = ad.AnnData(obs=obs)
     >>> fractions, tests = sg.get.hit_fractions(
@@ -373,7 +377,7 @@ def hit_thresholds(adata: Any, key: str, *, mod: str = "rna") -> pd.DataFrame:
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> sg.tl.hits(adata, "score", reference={"group": "a"})
     >>> sg.get.hit_thresholds(adata, "score_hit").columns.tolist()

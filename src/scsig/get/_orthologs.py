@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._warn import user_stacklevel
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -218,4 +220,4 @@ def _warn_mapping(frame: pd.DataFrame, table: OrthologTable) -> None:
 
 def _warn(what: str, names: list[str]) -> None:
     more = " ..." if len(names) > 10 else ""
-    warnings.warn(f"{what}: {names[:10]}{more}.", UserWarning, stacklevel=4)
+    warnings.warn(f"{what}: {names[:10]}{more}.", UserWarning, stacklevel=user_stacklevel())

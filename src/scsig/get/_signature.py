@@ -11,6 +11,7 @@ import pandas as pd
 from .._constants import RANK_KEY
 from .._docs import doc_mod, doc_params
 from .._utils import resolve_adata
+from .._utils._warn import user_stacklevel
 
 __all__ = ["signature"]
 
@@ -78,7 +79,7 @@ def signature(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.rank_genes_groups(adata, "group")
     >>> sig = sg.get.signature(adata, "b", n_genes=5)
     >>> sg.tl.score(adata, sig, key_added="b_signature")
@@ -106,7 +107,7 @@ def signature(
             f"The ranking stores {names.size} genes per group, fewer than n_genes={n_genes}; rank again with "
             "a larger n_genes (or None) for more.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     genes = names[keep][:n_genes]
     if not weighted:

@@ -16,6 +16,7 @@ from scipy import sparse
 
 from .._utils._numbers import check_number
 from .._utils._validate import check_counts, check_unique
+from .._utils._warn import user_stacklevel
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -172,7 +173,7 @@ def align_genes(
             "all genes: if adata was subset (e.g. to highly variable genes), attribute the full counts instead (e.g. "
             "layer='counts' of the object before subsetting).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return alignment
 

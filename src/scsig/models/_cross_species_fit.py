@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._docs import doc_params, doc_progress
+from .._utils._warn import user_stacklevel
 from ._base import FoundationModel
 from ._conversion import conversion_matrix
 from ._cross_species import CrossSpeciesModel
@@ -110,7 +111,7 @@ def cross_species(
             f"Only {n_reached} of the model's {model.n_genes} genes have a {species} ortholog in the table "
             f"{table.name!r}; the other genes are zeros for every {species} cell.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return CrossSpeciesModel(model, conv, genes, table, rule=rule, name=name)
 

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .._utils._locks import try_lock
+from .._utils._warn import user_stacklevel
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -307,7 +308,7 @@ class SaveFolder:
                 "are no longer the files it wrote (changed since, or links), so they are not removed. Remove them if "
                 "they are not yours.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     # ---- cleaning up ---------------------------------------------------------------------------

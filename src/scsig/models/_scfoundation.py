@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._utils._warn import user_stacklevel
 from ._base import FoundationModel, Preprocessing
 from ._tokens import TokenEncoder, block_forward
 
@@ -290,7 +291,7 @@ def load_scfoundation(
         warnings.warn(
             f"The gene list has {len(genes)} genes but the checkpoint's seq_len is {config['seq_len']} (genes + 2 depth tokens).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     recipe = Preprocessing(target_sum=None, log1p=False, requires_counts=True)
     return FoundationModel(encoder, genes, preprocessing=recipe, name=name or folder.name, source=str(ckpt))

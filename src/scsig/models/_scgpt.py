@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._utils._warn import user_stacklevel
 from ._base import FoundationModel, Preprocessing
 from ._tokens import TokenEncoder, block_forward
 
@@ -243,7 +244,7 @@ def _check_folder(folder: Path) -> None:
         warnings.warn(
             f"{str(folder)!r} holds files an scGPT folder does not: {extra[:5]}; they are ignored.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -14,6 +14,7 @@ from .._constants import IN_MODEL_SUFFIX
 from .._docs import doc_mod, doc_params, doc_plot_common
 from .._uns import score_columns, score_record
 from .._utils import check_choice, resolve_adata
+from .._utils._warn import user_stacklevel
 from ..pp._validate import check_unique_var_names
 from ..tl._score import attribution_layer
 from ._utils import check_kind, finish, group_labels, new_axes
@@ -74,7 +75,7 @@ def _resolve_genes(adata: AnnData, genes: str | Sequence[str], layer: str) -> li
             f"{len(dropped)} of {len(gene_list)} genes are not in adata.var or unknown to the layer's model and are "
             f"left out: {dropped[:10]}{' ...' if len(dropped) > 10 else ''}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return [g for g in gene_list if g not in set(dropped)]
 
@@ -228,7 +229,7 @@ def gene_attributions(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> ax = sg.pl.gene_attributions(adata, "score", groupby="group", kind="dotplot", show=False)
     """

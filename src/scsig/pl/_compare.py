@@ -97,7 +97,7 @@ def compare_scores(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> res = sg.tl.compare_scores(adata, ["g0", "g1", "g2"], contrast="group", positive="b", methods=["attribution", "score_genes"])
     >>> axes = sg.pl.compare_scores(res, show=False)
     """

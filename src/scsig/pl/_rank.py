@@ -195,7 +195,7 @@ def rank_genes_groups_vs_expression(
     >>> import scanpy as sc
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sg.tl.rank_genes_groups(adata, "group")

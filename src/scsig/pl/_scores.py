@@ -88,7 +88,10 @@ def scores(
     """Plot signature scores per group of cells, optionally split by a condition.
 
     Draws the distribution of ``adata.obs[key]`` in each group of ``groupby`` as violins
-    (width-normalized, cut at the data range), boxes, or a strip of one dot per cell; with
+    (width-normalized, the quartiles as dashed lines), boxes, or a strip of one dot per cell.
+    A violin's density tapers for half a bandwidth past its group's lowest and highest cells
+    (``cut=0.5``; cut at them, a wide end would read as a ceiling of the score), and never below
+    zero when no score is negative. With
     ``split`` the groups are further divided by a second column (e.g. the condition), as split
     violins when it has two levels and side-by-side shapes otherwise. Colours come from
     ``adata.uns[f"{{split}}_colors"]`` (or ``groupby``'s) when scanpy has set them, and from
@@ -138,7 +141,7 @@ def scores(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> ax = sg.pl.scores(adata, "score", groupby="group", show=False)
     """
@@ -281,15 +284,31 @@ def _draw_distribution(
         "palette": spec.palette,
     }
     if kind == "violin":
-        opts = {"inner": None, "cut": 0, "density_norm": "width", "linewidth": 0.6, "saturation": 1.0}
+        # A density estimate tapers past the extreme cells; cut at them (cut=0) a violin ends flat there and a wide
+        # end reads as a ceiling. Half a bandwidth of taper, never below zero for a score that cannot be negative.
+        opts = {"inner": "quart", "cut": 0.5, "density_norm": "width", "linewidth": 0.6, "saturation": 1.0}
         opts["split"] = spec.n_hue == 2
+        before = len(a.collections)
         sns.violinplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
+        if spec.frame["value"].min() >= 0:
+            _clip_below_zero(a, a.collections[before:])
     elif kind == "box":
         opts = {"showfliers": not draw_points, "fliersize": 1.0, "linewidth": 0.6, "width": 0.7, "saturation": 1.0}
         quiet_boxplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
     else:
         opts = {"size": 3.0 if size is None else size, "jitter": 0.25, "dodge": spec.split}
         sns.stripplot(data=spec.frame, y="value", ax=a, legend=legend, **common, **(opts | kwargs))
+
+
+def _clip_below_zero(a: Axes, artists: Sequence[Any]) -> None:
+    """Clip ``artists`` (the violins' bodies) to y >= 0: a non-negative score's density has nothing below zero."""
+    from matplotlib.patches import Rectangle
+
+    (x0, x1), (_, y1) = a.get_xlim(), a.get_ylim()
+    span = max(abs(x1 - x0), 1.0)
+    keep = Rectangle((x0 - span, 0.0), 3 * span, 2 * max(abs(y1), 1.0), transform=a.transData)
+    for artist in artists:
+        artist.set_clip_path(keep)
 
 
 def _overlay_cells(a: Axes, spec: _PanelSpec, *, size: float | None) -> None:

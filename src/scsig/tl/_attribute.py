@@ -14,6 +14,7 @@ from .._constants import IN_MODEL_SUFFIX, METHODS, UNS_KEY
 from .._docs import doc_adata, doc_copy, doc_layer_counts, doc_mod, doc_params, doc_progress
 from .._settings import settings
 from .._utils import check_choice, check_number, resolve_adata, wrap_return
+from .._utils._warn import user_stacklevel
 from .._version import __version__
 from ..pp._validate import warn_empty_cells
 from ._attribute_batches import _batches, _open_sink, _to_var_csr
@@ -150,7 +151,7 @@ def _warn_view(data: AnnData) -> None:
             "copy of its cells; the AnnData it views is not changed, and a view made inline (sg.tl.attribute("
             "adata[mask], model)) is lost. Keep the subset first: sub = adata[mask].copy(); sg.tl.attribute(sub, model).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -164,7 +165,7 @@ def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
         f"were kept and up to {dropped['max']} per cell dropped (attribution 0). "
         f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -335,7 +336,7 @@ def attribute(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> adata.layers["attr_ig"].sum(axis=1)[:2].round().tolist()
     [[1000.0], [1000.0]]
     """

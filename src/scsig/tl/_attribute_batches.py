@@ -12,6 +12,7 @@ from .._settings import settings
 from .._utils import CSRBuilder as _CSRBuilder
 from .._utils import threads as _threads
 from .._utils import to_memory
+from .._utils._warn import user_stacklevel
 from ..pp._prepare import model_input
 from ..pp._validate import check_counts as _check_counts
 from ._completeness import DegenerateAttributionError, _check_degenerate, _completeness_gap, check_rows
@@ -101,7 +102,7 @@ def _handle_degenerate(run: _Run, raw: Any, t_in: np.ndarray, t_base: np.ndarray
     if run.on_degenerate == "raise":
         raise DegenerateAttributionError(problem)
     # the caller of sg.tl.attribute: here <- _attribute_batch <- _batches <- attribute's _fill <- attribute <- caller
-    warnings.warn(problem, UserWarning, stacklevel=6)
+    warnings.warn(problem, UserWarning, stacklevel=user_stacklevel())
 
 
 def _to_var_csr(mat: sparse.csr_matrix, model_to_var: np.ndarray, n_vars: int) -> sparse.csr_matrix:

@@ -19,6 +19,7 @@ from .._docs import doc_mod, doc_params
 from .._signature import parse_signatures, resolve_signatures
 from .._uns import check_key_added, put_record
 from .._utils import check_installed, get_matrix, resolve_adata, to_memory
+from .._utils._warn import user_stacklevel
 from ..pp._validate import check_counts as _check_counts
 from ..pp._validate import check_unique_var_names
 from ._score import attribution_layer, score_signature
@@ -210,7 +211,7 @@ def _score_method(
             warnings.simplefilter("ignore")  # genes not in var were reported above
             (sig,), _ = resolve_signatures(genes, index=pd.Index(data.var_names), known=known)
     except ValueError as err:  # no signature gene is known to the model
-        warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=3)
+        warnings.warn(f"attribution score not computed: {err}", UserWarning, stacklevel=user_stacklevel())
         return np.full(data.n_obs, np.nan)
     values, _ = score_signature(data.layers[key], sig, mode=mode, pool=known)
     return values
@@ -345,7 +346,7 @@ def compare_scores(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> res = sg.tl.compare_scores(
     ...     adata, ["g0", "g1", "g2", "g3", "g4"], contrast="group", positive="b", methods=["attribution", "score_genes"]
     ... )
@@ -368,7 +369,7 @@ def compare_scores(
     totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
     start = logg.info(f"comparing {len(methods)} scoring methods on {int(keep.sum())} cells")
     results: dict[str, np.ndarray] = {}
-    for m in methods:  # a loop, not a comprehension: the warning's stacklevel counts frames
+    for m in methods:
         results[m] = _score_method(data, m, genes, counts, layer=layer, seed=seed, mode=mode)
     table = _compare_table(data, results, labels, is_pos, is_neg, totals, groupby=groupby, min_cells=min_cells)
     _, data = resolve_adata(adata, mod=mod)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._utils._warn import user_stacklevel
+
 __all__ = [
     "DEGENERATE_RATIO",
     "GAP_TOLERANCE",
@@ -87,7 +89,7 @@ def warn_no_signal(no_signal: np.ndarray, has_counts: np.ndarray, cells: Any) ->
         f"{dead.size} cells with counts have no attribution at all (e.g. {names}): {what}; their rows are zero and "
         "their scores will be 0. adata.uns['scsig']['layers'][key]['n_cells_without_attribution'] records the number.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -142,5 +144,5 @@ def _warn_gap(summary: dict, n_steps: int) -> None:
             f"not converged for those cells. Raise n_steps (e.g. n_steps={4 * n_steps}) or pass n_steps='auto'; "
             "adata.uns['scsig']['layers'][key]['completeness_gap'] records the numbers.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )

@@ -14,6 +14,7 @@ from .._constants import SCORE_KEY
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._uns import check_key_added, put_record, score_columns
 from .._utils import check_choice, check_number, literal_values, resolve_adata, wrap_return
+from .._utils._warn import user_stacklevel
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -114,7 +115,7 @@ def _check_hits_args(mode: str, cut: float | None, *, above: bool) -> float:
             f"cut={cut:g} with mode='percentile' is the {cut:g}th percentile, so about {share:.4g} % of cells are "
             f"hits. If you meant the fraction {cut:g}, pass mode='quantile' (or cut={100 * cut:g}).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if mode == "quantile" and not 0 <= cut <= 1:
         msg = f"With mode='quantile', cut is a quantile in [0, 1]; got {cut:g}. For percentiles use mode='percentile'."
@@ -164,7 +165,11 @@ def _hit_groups(obs: pd.DataFrame, groupby: str | None, n_obs: int) -> dict[str,
     groups = {str(c): np.flatnonzero(codes.codes == i) for i, c in enumerate(codes.categories)}
     n_missing = int((codes.codes < 0).sum())
     if n_missing:
-        warnings.warn(f"{n_missing} cells have no {groupby!r} label; they are not hits.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{n_missing} cells have no {groupby!r} label; they are not hits.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     return groups
 
 
@@ -199,13 +204,13 @@ def _call_hits(
         ):
             table[k].append(v)
     if ties:
-        warnings.warn(_tie_message(ties, above=above), UserWarning, stacklevel=3)
+        warnings.warn(_tie_message(ties, above=above), UserWarning, stacklevel=user_stacklevel())
     if no_reference:
         warnings.warn(
             f"{len(no_reference)} group(s) of {groupby!r} have no reference cells ({no_reference[:5]}); they have no "
             "threshold and no hits.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return is_hit, table
 
@@ -299,7 +304,7 @@ def hits(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> sg.tl.hits(adata, "score", mode="percentile", cut=90)
     >>> int(adata.obs["score_hit"].sum())

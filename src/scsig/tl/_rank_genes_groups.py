@@ -342,7 +342,7 @@ def rank_genes_groups(
     >>> import scanpy as sc
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.rank_genes_groups(adata, "group")
     >>> df = sc.get.rank_genes_groups_df(adata, "b", key="rank_genes_groups_scsig")
     >>> list(df.columns)

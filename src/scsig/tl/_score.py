@@ -16,6 +16,7 @@ from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._signature import Aggregate, Signature, parse_signatures, resolve_signatures
 from .._uns import check_key_added, encode_key, put_record
 from .._utils import resolve_adata, wrap_return
+from .._utils._warn import user_stacklevel
 from ..pp._validate import check_unique_var_names
 from ._score_modes import DEFAULT_MODE, DEFAULT_TOP_K, ScoreMode, check_mode, mode_scores, top_k_problem
 
@@ -39,7 +40,7 @@ def attribution_layer(adata: AnnData, layer: str | None) -> str:
                 "sg.tl.attribute (or its record was dropped); its values are used as attributions as they are. "
                 "If it holds counts or expression, run sg.tl.attribute and pass the layer it writes.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return layer
     recorded = [k for k in adata.uns.get(UNS_KEY, {}).get("layers", {}) if k in adata.layers]
@@ -247,7 +248,7 @@ def score(
     --------
     >>> import scsig as sg
     >>> adata, model = sg.datasets.toy()
-    >>> sg.tl.attribute(adata, model, progress=False)
+    >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
     >>> sg.tl.score(adata, ["g0", "g1", "g2"])
     >>> bool((adata.obs["score"] >= 0).all())
     True
@@ -276,7 +277,7 @@ def score(
     used: dict[str, dict] = {}
     mode_cache: dict = {}
     if mode == "top" and (problem := top_k_problem(x, mode_kwds.get("top_k", DEFAULT_TOP_K))):
-        warnings.warn(problem, UserWarning, stacklevel=2)
+        warnings.warn(problem, UserWarning, stacklevel=user_stacklevel())
     for sig in sigs:
         scores[sig.name], used[sig.name] = score_signature(x, sig, mode=mode, pool=known, cache=mode_cache, **mode_kwds)
     record: dict[str, Any] = {

@@ -348,6 +348,18 @@ def control_genes(
     return np.array(sorted(chosen), dtype=np.int64)
 
 
+def _check_n_bins(n_bins: int, n_eligible: int) -> None:
+    """Refuse as many bins as eligible genes or more: every bin would hold one gene, and no gene a control."""
+    if n_bins >= n_eligible:
+        msg = (
+            f"mode_kwds['n_bins']={n_bins} is too many bins for the {n_eligible} genes that can serve as controls: "
+            "a bin of one gene holds no control for it, so n_bins must be below the number of genes, and well below "
+            f"for every signature gene to find controls. Pass a smaller n_bins (at most {max(n_eligible - 1, 1)}; "
+            "the default, 25, is sc.tl.score_genes' default)."
+        )
+        raise ValueError(msg)
+
+
 def mode_scores(
     x: np.ndarray | sparse.spmatrix,
     cols: np.ndarray,
@@ -396,6 +408,7 @@ def mode_scores(
         if "gene_means" not in cache:
             cache["gene_means"] = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
         pool = np.ones(x.shape[1], dtype=bool) if pool is None else pool
+        _check_n_bins(n_bins, int(np.count_nonzero(pool)))
         ctrl = control_genes(cache["gene_means"], cols, pool=pool, n_bins=n_bins, ctrl_size=ctrl_size, seed=seed)
         if ctrl.size == 0:
             msg = "No control genes are left (the signature covers every eligible gene); use another mode."
