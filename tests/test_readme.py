@@ -69,8 +69,7 @@ def test_readme_links_resolve():
     links = re.findall(r"\]\(([^)#]+)\)", text)
     assert "docs/benchmarks.md" in links
     missing = [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
-    # docs/which_model.md is written in a parallel branch; every other link must resolve here
-    assert set(missing) <= {"docs/which_model.md"}, f"README links to missing files: {missing}"
+    assert not missing, f"README links to missing files: {missing}"
 
 
 def test_readme_is_a_users_page():
