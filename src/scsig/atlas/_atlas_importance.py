@@ -163,7 +163,7 @@ class AtlasImportance:
         --------
         >>> import tempfile, scsig as sg
         >>> adata, model = sg.datasets.toy()
-        >>> sg.tl.attribute(adata, model, progress=False)
+        >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
         >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
         >>> atlas.add(adata[::2].copy(), name="even", progress=False)
         >>> atlas.add(adata[1::2].copy(), name="odd", progress=False)
@@ -257,7 +257,7 @@ class AtlasImportance:
         --------
         >>> import tempfile, scsig as sg
         >>> adata, model = sg.datasets.toy()
-        >>> sg.tl.attribute(adata, model, progress=False)
+        >>> sg.tl.attribute(adata, model, n_steps="auto", progress=False)
         >>> atlas = sg.Atlas.create(tempfile.mkdtemp() + "/atlas", gene_order=model.gene_order)
         >>> atlas.add(adata[::2].copy(), name="even", progress=False)
         >>> atlas.add(adata[1::2].copy(), name="odd", progress=False)
