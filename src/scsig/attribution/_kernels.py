@@ -318,14 +318,21 @@ def distance_grad(out, ref, per_cell, n_points, normalize, grad):  # pragma: no 
         o = np.empty(d, np.float64)
         for k in range(d):
             o[k] = out[i, k]
-        norm = _norm(o, normalize)
-        gy = np.empty(d, np.float64)
-        dist = 0.0
-        for k in range(d):
-            diff = o[k] / norm - rr[k]
-            gy[k] = diff
-            dist += diff * diff
-        dist = np.sqrt(dist)
-        for k in range(d):
-            gy[k] = gy[k] / dist if dist > 0 else 0.0
-        _through_normalization(o, norm, gy, normalize, grad[i])
+        _distance_row(o, rr, normalize, grad[i])
+
+
+@njit(cache=True)
+def _distance_row(o, rr, normalize, grad_row):  # pragma: no cover - numba
+    """Gradient of ``||y - rr||`` (``y`` the possibly normalized ``o``) with respect to ``o``."""
+    d = o.shape[0]
+    norm = _norm(o, normalize)
+    gy = np.empty(d, np.float64)
+    dist = 0.0
+    for k in range(d):
+        diff = o[k] / norm - rr[k]
+        gy[k] = diff
+        dist += diff * diff
+    dist = np.sqrt(dist)
+    for k in range(d):
+        gy[k] = gy[k] / dist if dist > 0 else 0.0
+    _through_normalization(o, norm, gy, normalize, grad_row)
