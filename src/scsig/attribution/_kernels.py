@@ -80,19 +80,20 @@ def sparse_times_dense(colptr, rows, pos, data, wt, out, chunk):  # pragma: no c
 
 @njit(parallel=True, fastmath=True, cache=True)
 def sampled_rows_dot(colptr, rows, pos, data, wt, g, out):  # pragma: no cover - numba
-    """``out[p] = data[p] * (wt[j] . g[r])`` for every stored entry ``p = (r, j)``."""
+    """``out[p] = data[p] * (wt[j] . g[r])`` for every stored entry ``p = (r, j)``.
+
+    The dot products are float32 sums in vectorized (reordered) partial sums: 8 lanes times a few
+    accumulators, so each partial sum has tens of terms; twice the float64 sum's speed.
+    """
     n_cols, h = wt.shape
     for j in prange(n_cols):
         p0 = colptr[j]
         p1 = colptr[j + 1]
-        if p0 == p1:
-            continue
-        w = wt[j]
         for q in range(p0, p1):
-            gr = g[rows[q]]
-            acc = 0.0
-            for k in range(h):
-                acc += w[k] * gr[k]
+            r = rows[q]
+            acc = np.float32(0.0)
+            for k in range(h):  # 2-d indexing: no row views (reference counting) per entry
+                acc += wt[j, k] * g[r, k]
             out[pos[q]] = data[pos[q]] * acc
 
 
