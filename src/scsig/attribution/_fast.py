@@ -147,13 +147,53 @@ def bytes_per_cell(model: FoundationModel, method: str, n_steps: int) -> int:
 
 
 def _path(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Path points and weights: captum's Gauss-Legendre rule for IG, the input itself otherwise."""
+    """Path points and weights: captum's Gauss-Legendre rule for IG, the input itself otherwise.
+
+    The same arithmetic as captum's ``approximation_parameters("gausslegendre")`` (numpy's nodes and
+    weights on [-1, 1], mapped to [0, 1]) without importing captum, whose import takes over a second.
+    """
     if method != "ig":
         return np.ones(1), np.ones(1)
-    from captum.attr._utils.approximation_methods import approximation_parameters
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return 0.5 * (1 + nodes), 0.5 * weights
 
-    step_sizes, alphas = approximation_parameters("gausslegendre")
-    return np.asarray(alphas(n_steps), dtype=np.float64), np.asarray(step_sizes(n_steps), dtype=np.float64)
+
+_KERNELS_READY = False
+
+
+def _load_kernels() -> None:
+    """Load the compiled kernels (numba's cache, or compile them on a first run) once per process, logged at info.
+
+    A batch of two cells through a tiny SCimilarity-shaped plan calls the kernels of SCimilarity's path with
+    the argument types of a real batch, so their loading is timed here rather than inside the first batch.
+    """
+    global _KERNELS_READY
+    if _KERNELS_READY:
+        return
+    _KERNELS_READY = True
+    import time
+
+    from .. import _logging as logg
+
+    start = time.perf_counter()
+    from numba.core.registry import CPUDispatcher
+
+    from ..models import SCimilarityEncoder
+    from . import _kernels, _kernels_closed
+    from ._fast_targets import SelfSimilarityTarget
+    from ._plan import build_plan
+    from ._targets import resolve_target
+
+    with torch.random.fork_rng(devices=[]):  # the user's random state is left as it was
+        torch.manual_seed(0)
+        encoder = SCimilarityEncoder(6, (4, 4), 3).eval()
+    x = sparse.csr_matrix(np.arange(12, dtype=np.float32).reshape(2, 6) % 3)
+    attributions_from_plan(build_plan(encoder), SelfSimilarityTarget(resolve_target("self_similarity")), x)
+    kernels = [f for mod in (_kernels, _kernels_closed) for f in vars(mod).values() if isinstance(f, CPUDispatcher)]
+    hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
+    misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
+    how = "compiled (cached for later runs)" if misses else "loaded from numba's cache"
+    logg.info(f"fast engine: {hits + misses} kernel signatures {how}", time=start)
 
 
 def _first_layer_input(
@@ -224,6 +264,7 @@ def attributions_from_plan(
     """
     from . import _kernels as K
 
+    _load_kernels()
     x = sparse.csr_matrix(x, dtype=np.float32)
     x.sum_duplicates()
     n, n_genes = x.shape
