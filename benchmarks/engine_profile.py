@@ -56,16 +56,19 @@ def instrument() -> None:
     import scsig.attribution._fast_grad as fg
     import scsig.attribution._fast_targets as ft
     import scsig.attribution._kernels as kernels
+    import scsig.attribution._kernels_closed as closed
 
     for name in kernels.__all__:
         setattr(kernels, name, timed("kernel " + name, getattr(kernels, name)))
+    closed.events_closed = timed("  kernel events_closed (forward, targets, backward)", closed.events_closed)
+    fg._closed_between_kinks = timed("  tail between the kinks (kernel + 3 products)", fg._closed_between_kinks)
     fast._first_layer_input = timed("first map (csc + sparse x W, float64)", fast._first_layer_input)
     fast._targets_at_ends = timed("targets at input and baseline", fast._targets_at_ends)
     fg._reference_state = timed("reference state (a0 = slope0 v W2^T, float64)", fg._reference_state)
-    fg._grad_at_hidden = timed("tail: W3 forward, target grad, W3^T backward", fg._grad_at_hidden)
+    fg._grad_at_hidden = timed("  per-point tail: W3, target grad, W3^T", fg._grad_at_hidden)
     for cls in (ft.SelfSimilarityTarget, ft.DistanceTarget):
         cls.gradient = timed("  of which target gradient", cls.gradient)
-    fg.first_layer_grad_events = timed("events total", fg.first_layer_grad_events)
+    fg.first_layer_grad_events = timed("events and tail, total", fg.first_layer_grad_events)
     fast.first_layer_grad_events = fg.first_layer_grad_events
 
 
@@ -127,22 +130,33 @@ def event_counts(model, x) -> tuple[float, float, float]:
     return float(ev1), float(flips), float(differ.sum() / v.shape[0] / 50)
 
 
-def flops(n_genes: float, ev1: float, s: int = 50, h1: int = HIDDEN[0], h2: int = HIDDEN[1], d: int = LATENT):
-    """Multiply-adds x 2 per cell of the engine's computation (events algorithm) and of the plain one."""
-    rows = {
+def flops(
+    n_genes: float, ev1: float, diff: float, s: int = 50, h1: int = HIDDEN[0], h2: int = HIDDEN[1], d: int = LATENT
+):
+    """Floating-point operations per cell (a multiply-add counts 2) of the engine's exact computation.
+
+    ``ev1`` first-layer events per cell, ``diff`` second-layer units per step whose slope differs from
+    alpha -> 0. Also returns the per-point tail's count (the engine before the tail was integrated between the
+    kinks) and a plain per-step computation's (captum's, the first layer sparse).
+    """
+    common = {
         "first map (expressed genes x h1)": 2 * n_genes * h1,
         "W1^T at the expressed genes": 2 * n_genes * h1,
         "reference state a0 (h1 x h2, float64)": 2 * h1 * h2,
-        "events forward (two h2 axpys per event)": 4 * ev1 * h2,
-        "per-step second pre-activation + PReLU": 3 * s * h2,
-        "tail forward W3 (s x h2 x d)": 2 * s * h2 * d,
-        "tail backward W3^T (s x d x h2)": 2 * s * h2 * d,
-        "suffix sums (s x h2)": 3 * s * h2,
-        "events backward (one h2 dot per event)": 2 * ev1 * h2,
-        "final r W2 (h2 x h1)": 2 * h1 * h2,
+        "events forward (two h2 + two d axpys each)": ev1 * (4 * h2 + 4 * d),
+        "second pre-activation's signs (s x h2)": 3 * s * h2,
+        "final W2^T and M0^T products (h2 + d) x h1": 2 * (h2 + d) * h1,
     }
+    between = {
+        "P0 = a0 D2_0 W3^T (h2 x d)": 2 * h2 * d,
+        "slope differences, forward (s x diff x d)": 2 * s * diff * d,
+        "targets through the L2 norm (s x ~10 d)": 10 * s * d,
+        "slope differences, backward (s x diff x d)": 2 * s * diff * d,
+        "events backward (one d + one h2 dot each)": ev1 * 2 * (d + h2),
+    }
+    per_point = 2 * (2 * s * h2 * d) + 10 * s * d + 2 * ev1 * h2 + 3 * s * h2
     plain = 2 * n_genes * h1 * 2 + s * (2 * h1 * h2 * 2 + 2 * h2 * d * 2)
-    return rows, plain
+    return {**common, **between}, sum(common.values()) + per_point, plain
 
 
 def gemm_rate(m: int, k: int, n: int, repeats: int = 5) -> tuple[float, float]:
@@ -210,12 +224,12 @@ def main() -> int:
     ev1, flips, differ = event_counts(model, x)
     print(f"\nper cell: {ev1:.0f} first-layer events; second layer: {flips:.0f} sign changes between steps, "
           f"{differ:.0f} units per step with a sign other than at alpha -> 0")  # fmt: skip
-    rows, plain = flops(n_genes, ev1)
+    rows, per_point, plain = flops(n_genes, ev1, differ)
     engine_flops = sum(rows.values())
     for name, f in rows.items():
         print(f"  {name:45s} {f / 1e6:8.2f} MFLOP")
-    print(f"  {'total (events algorithm)':45s} {engine_flops / 1e6:8.2f} MFLOP; plain per-step computation "
-          f"{plain / 1e6:.0f} MFLOP")  # fmt: skip
+    print(f"  {'total (between the kinks)':45s} {engine_flops / 1e6:8.2f} MFLOP; with the per-point tail "
+          f"{per_point / 1e6:.1f}; plain per-step computation {plain / 1e6:.0f} MFLOP")  # fmt: skip
     print("\nfloat32 matrix multiply (GFLOP/s, numpy / torch):")
     peak = 0.0
     for m, k, nn in ((2500, 1024, 128), (2500, 128, 1024), (500, 1024, 1024), (4096, 1024, 1024)):

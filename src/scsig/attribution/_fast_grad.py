@@ -273,7 +273,8 @@ def _closed_between_kinks(
     n, h1 = v.shape
     tail = _closed_tail(plan, up, b0)
     w2, w3 = up.second, up.top
-    p0 = a0 @ tail.d2w3t
+    # the dense products in torch (its BLAS does not depend on OPENBLAS_CORETYPE, numpy's does)
+    p0 = torch.from_numpy(a0).mm(torch.from_numpy(tail.d2w3t)).numpy()
     g1 = ws.get("g1", (n, h1), np.float64)
     g1.fill(0.0)
     y_sum = ws.get("y_sum", (n, w3.width), np.float64)
@@ -284,8 +285,9 @@ def _closed_between_kinks(
         tail.pos2_0, w3.weight_t64, tail.m0t, p0, tail.q0, w3.bias64, ref64, ref64.shape[0] == n,
         isinstance(target, DistanceTarget), plan.normalize, g1, y_sum, c_sum,
     )  # fmt: skip
-    dense = y_sum @ tail.m0t.T
-    dense += c_sum @ w2.weight_np64
+    dense = torch.from_numpy(y_sum).mm(torch.from_numpy(tail.m0t).T)
+    dense.addmm_(torch.from_numpy(c_sum), w2.weight64)
+    dense = dense.numpy()
     dense *= slope0
     dense += g1
     return dense.astype(np.float32)

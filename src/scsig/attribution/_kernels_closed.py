@@ -123,12 +123,7 @@ def events_closed(
         )
         nd = start[n_steps]
         order = _by_unit(diff_unit, nd, h2)
-        for t in range(nd):  # each unit's row of W3^T is read once for all its steps
-            q = order[t]
-            h = diff_unit[q]
-            k = _step_of(start, q)
-            for j in range(d):
-                out[k, j] += diff_val[q] * w3t[h, j]
+        _add_differences(order, diff_unit, diff_val, start, w3t, out)
         rr = ref[c] if per_cell else ref[0]
         ys = np.empty((n_steps, d), np.float64)
         for k in range(n_steps):
@@ -158,6 +153,24 @@ def _difference_terms(order, diff_unit, diff_slope, start, w3t, ys, diff_val):  
         for j in range(d):
             acc += w3t[h, j] * ys[k, j]
         diff_val[q] = diff_slope[q] * acc
+
+
+@njit(cache=True)
+def _add_differences(order, diff_unit, diff_val, start, w3t, out):  # pragma: no cover - numba
+    """``out[k] += (D2_k - D2_0) p_k W3^T`` over the differences, unit by unit (each row of ``w3t`` read once)."""
+    d = w3t.shape[1]
+    last = -1
+    wr = w3t[0]
+    for t in range(order.size):
+        q = order[t]
+        h = diff_unit[q]
+        if h != last:
+            wr = w3t[h]
+            last = h
+        ok = out[_step_of(start, q)]
+        val = diff_val[q]
+        for j in range(d):
+            ok[j] += val * wr[j]
 
 
 @njit(cache=True)
@@ -217,12 +230,14 @@ def _forward_steps(
             ev_slope[e] = dd
             dv = dd * v[c, i]
             dc = dd * c1[i]
+            row = w2t[i]  # row views: 2-d indexing here would not vectorize (possible aliasing)
             for h in range(h2):
-                a[h] += dv * w2t[i, h]
-                b[h] += dc * w2t[i, h]
+                a[h] += dv * row[h]
+                b[h] += dc * row[h]
+            mrow = m0t[i]
             for j in range(d):
-                p[j] += dv * m0t[i, j]
-                q[j] += dc * m0t[i, j]
+                p[j] += dv * mrow[j]
+                q[j] += dc * mrow[j]
             e += 1
         for j in range(d):
             out[k, j] = al * p[j] + q[j] + c3[j]
