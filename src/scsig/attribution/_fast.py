@@ -23,10 +23,12 @@ activations' slopes; a sum that lands within rounding of zero could flip one and
 attributions by ~1e-3. Both pre-activations are therefore accumulated in float64 here (captum's
 float32 sums occasionally do flip one, which is the main source of the remaining differences), and
 the first layer uses the module's own float32 weight with the following BatchNorm's scale applied in
-float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). The last
-layer is a float32 product, but under the self-similarity target the signs of its entries matter:
-every entry within that product's rounding bound of zero is recomputed in float64 before the target's
-gradient is taken (a few per thousand entries; no measurable cost, ``benchmarks/precision.py``).
+float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). On
+SCimilarity's shape the rest (second activation, last layer, target) is integrated between the
+activations' kinks in float64 (:mod:`scsig.attribution._kernels_closed`). Where the last layer is a
+float32 product per path point instead (covariates, custom targets), the signs of its entries matter
+under the self-similarity target: every entry within that product's rounding bound of zero is
+recomputed in float64 before the target's gradient is taken (``benchmarks/precision.py``).
 Where layers run with autograd (activations without a closed form here, such as SELU, or more than two
 hidden layers), the same holds per path point: a point where an activation with a kink at zero gets an
 input entry within float32 rounding of zero, or (self-similarity) an output entry is near zero, is
