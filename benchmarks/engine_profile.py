@@ -217,9 +217,10 @@ def main() -> int:
     print(f"engine: best {n / min(walls):.0f} cells/s wall, {n / min(cpus):.0f} cells/s of process CPU "
           f"({1e3 * min(cpus) / n:.3f} ms CPU per cell)")  # fmt: skip
     total = sum(cpus)
-    print(f"{'stage':52s} {'ms CPU/cell':>11s} {'share':>6s}")
-    for name, (_, cpu) in sorted(STAGES.items(), key=lambda kv: -kv[1][1]):
-        print(f"{name:52s} {1e3 * cpu / (n * args.repeats):11.3f} {cpu / total:6.1%}")
+    print(f"{'stage':52s} {'ms CPU/cell':>11s} {'share':>6s} {'ms wall/cell':>12s}")
+    for name, (wall, cpu) in sorted(STAGES.items(), key=lambda kv: -kv[1][1]):
+        per = n * args.repeats
+        print(f"{name:52s} {1e3 * cpu / per:11.3f} {cpu / total:6.1%} {1e3 * wall / per:12.3f}")
 
     ev1, flips, differ = event_counts(model, x)
     print(f"\nper cell: {ev1:.0f} first-layer events; second layer: {flips:.0f} sign changes between steps, "
