@@ -288,6 +288,13 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="also print where scsig's time goes")
     parser.add_argument("--workdir", default=None, help="where to write the model and data (default: a temp dir)")
     parser.add_argument("--scvi-layers", type=int, nargs="*", default=[1, 2], help="--mode backends: scVI depths")
+    parser.add_argument(
+        "--captum-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[50, 100, 200, 500],
+        help="--mode backends: cells per captum call to sweep (the ratio is against the fastest)",
+    )
     args = parser.parse_args()
     if args.mode == "backends":  # scvi-tools and scTab-SSL models: fast path vs captum (attribution_backends.py)
         from attribution_backends import run

@@ -365,3 +365,41 @@ def test_selu_mlp_matches_float64_at_kinks():
 
     diff = np.abs(rescaled(got.toarray()) - rescaled(ref.numpy())).sum(axis=1)
     assert diff.max() < 1e-5, (int(diff.argmax()), float(diff.max()))
+
+
+def test_path_is_captums_gauss_legendre_rule():
+    """The path points and weights are captum's, computed without importing captum."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    from scsig.attribution._fast import _path
+
+    step_sizes, alphas = approximation_parameters("gausslegendre")
+    for n in (1, 7, 50):
+        got_alphas, got_weights = _path("ig", n)
+        np.testing.assert_array_equal(got_alphas, alphas(n))
+        np.testing.assert_array_equal(got_weights, step_sizes(n))
+
+
+def test_kernel_loading_is_logged_at_info(helpers, monkeypatch, capsys):
+    """The first fast-engine call of a process loads (or compiles) the kernels and says so at info level,
+    without touching torch's random state."""
+    import scsig.attribution._fast as fast
+    from scsig import _logging as logg
+
+    before = sg.settings._verbosity
+    monkeypatch.setattr(fast, "_KERNELS_READY", False)
+    try:
+        sg.settings.verbosity = "info"
+        model = helpers.scimilarity_model(300, (32, 24), 8, seed=2)
+        module = TargetModule(model.encoder, "self_similarity")
+        state = torch.random.get_rng_state()
+        fast_attributions(module, model, helpers.sparse_input(3, 300, seed=1))
+        assert torch.equal(torch.random.get_rng_state(), state)
+        err = capsys.readouterr().err
+        assert "fast engine: " in err
+        assert "kernel signatures" in err
+        fast_attributions(module, model, helpers.sparse_input(3, 300, seed=1))  # once per process
+        assert "kernel signatures" not in capsys.readouterr().err
+    finally:
+        sg.settings._verbosity = before
+        logg.configure(sg.settings.verbosity)

@@ -149,3 +149,29 @@ def test_self_similarity_exact_recomputes_entries_near_zero():
     plain = np.empty_like(out)
     K.self_similarity_grad(out, ref, False, 3, False, plain)
     assert plain[1, 2] == -1.0
+
+
+@pytest.mark.parametrize("target", ["self_similarity", "embedding_distance"])
+@pytest.mark.parametrize("hidden", [(40, 6), (64, 48)])
+def test_closed_tail_between_kinks_equals_per_point(helpers, monkeypatch, target, hidden):
+    """The closed tail integrated between the kinks gives the per-point tail's attributions.
+
+    With 6 units in the second layer the per-cell list of slope differences outgrows its first size.
+    """
+    import scsig.attribution._fast_grad as fast_grad
+    from scsig.attribution import TargetModule
+    from scsig.attribution._fast import _plan, attributions_from_plan
+    from scsig.attribution._fast_targets import fast_target
+
+    model = helpers.scimilarity_model(300, hidden, 8, seed=3, per_unit_prelu=True)
+    plan = _plan(model.encoder)
+    assert plan.tail == "closed"
+    x = helpers.sparse_input(20, 300, density=0.2, seed=5)
+    fn = fast_target(TargetModule(model.encoder, target))
+    got = {}
+    for flag in (False, True):
+        monkeypatch.setattr(fast_grad, "BETWEEN_KINKS", flag)
+        got[flag] = attributions_from_plan(plan, fn, x, n_steps=50)[0].toarray().astype(np.float64)
+    scale = np.abs(got[False]).max(axis=1)
+    assert (scale > 0).all()
+    np.testing.assert_array_less(np.abs(got[True] - got[False]).max(axis=1) / scale, 1e-5)

@@ -23,10 +23,12 @@ activations' slopes; a sum that lands within rounding of zero could flip one and
 attributions by ~1e-3. Both pre-activations are therefore accumulated in float64 here (captum's
 float32 sums occasionally do flip one, which is the main source of the remaining differences), and
 the first layer uses the module's own float32 weight with the following BatchNorm's scale applied in
-float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). The last
-layer is a float32 product, but under the self-similarity target the signs of its entries matter:
-every entry within that product's rounding bound of zero is recomputed in float64 before the target's
-gradient is taken (a few per thousand entries; no measurable cost, ``benchmarks/precision.py``).
+float64 (a scale folded into a float32 weight would move the pre-activation by ~1e-8). On
+SCimilarity's shape the rest (second activation, last layer, target) is integrated between the
+activations' kinks in float64 (:mod:`scsig.attribution._kernels_closed`). Where the last layer is a
+float32 product per path point instead (covariates, custom targets), the signs of its entries matter
+under the self-similarity target: every entry within that product's rounding bound of zero is
+recomputed in float64 before the target's gradient is taken (``benchmarks/precision.py``).
 Where layers run with autograd (activations without a closed form here, such as SELU, or more than two
 hidden layers), the same holds per path point: a point where an activation with a kink at zero gets an
 input entry within float32 rounding of zero, or (self-similarity) an output entry is near zero, is
@@ -147,13 +149,53 @@ def bytes_per_cell(model: FoundationModel, method: str, n_steps: int) -> int:
 
 
 def _path(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Path points and weights: captum's Gauss-Legendre rule for IG, the input itself otherwise."""
+    """Path points and weights: captum's Gauss-Legendre rule for IG, the input itself otherwise.
+
+    The same arithmetic as captum's ``approximation_parameters("gausslegendre")`` (numpy's nodes and
+    weights on [-1, 1], mapped to [0, 1]) without importing captum, whose import takes over a second.
+    """
     if method != "ig":
         return np.ones(1), np.ones(1)
-    from captum.attr._utils.approximation_methods import approximation_parameters
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return 0.5 * (1 + nodes), 0.5 * weights
 
-    step_sizes, alphas = approximation_parameters("gausslegendre")
-    return np.asarray(alphas(n_steps), dtype=np.float64), np.asarray(step_sizes(n_steps), dtype=np.float64)
+
+_KERNELS_READY = False
+
+
+def _load_kernels() -> None:
+    """Load the compiled kernels (numba's cache, or compile them on a first run) once per process, logged at info.
+
+    A batch of two cells through a tiny SCimilarity-shaped plan calls the kernels of SCimilarity's path with
+    the argument types of a real batch, so their loading is timed here rather than inside the first batch.
+    """
+    global _KERNELS_READY
+    if _KERNELS_READY:
+        return
+    _KERNELS_READY = True
+    import time
+
+    from .. import _logging as logg
+
+    start = time.perf_counter()
+    from numba.core.registry import CPUDispatcher
+
+    from ..models import SCimilarityEncoder
+    from . import _kernels, _kernels_closed
+    from ._fast_targets import SelfSimilarityTarget
+    from ._plan import build_plan
+    from ._targets import resolve_target
+
+    with torch.random.fork_rng(devices=[]):  # the user's random state is left as it was
+        torch.manual_seed(0)
+        encoder = SCimilarityEncoder(6, (4, 4), 3).eval()
+    x = sparse.csr_matrix(np.arange(12, dtype=np.float32).reshape(2, 6) % 3)
+    attributions_from_plan(build_plan(encoder), SelfSimilarityTarget(resolve_target("self_similarity")), x)
+    kernels = [f for mod in (_kernels, _kernels_closed) for f in vars(mod).values() if isinstance(f, CPUDispatcher)]
+    hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
+    misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
+    how = "compiled (cached for later runs)" if misses else "loaded from numba's cache"
+    logg.info(f"fast engine: {hits + misses} kernel signatures {how}", time=start)
 
 
 def _first_layer_input(
@@ -224,6 +266,7 @@ def attributions_from_plan(
     """
     from . import _kernels as K
 
+    _load_kernels()
     x = sparse.csr_matrix(x, dtype=np.float32)
     x.sum_duplicates()
     n, n_genes = x.shape

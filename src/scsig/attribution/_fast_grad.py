@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fast_targets import SelfSimilarityTarget, per_point
+from ._fast_targets import DistanceTarget, SelfSimilarityTarget, per_point
 
 if TYPE_CHECKING:
     from ._fast_targets import AutogradTarget
@@ -40,6 +40,10 @@ _NEAR_ZERO_TOL = 2.0**-16
 zero"; such a point is recomputed in float64 (:func:`grad_autograd`). On scTab-SSL's shape (random weights,
 the Kang cells) the float32 error of the SELU inputs and of the output was at most ~11 float32 ulps of the
 row's maximum; this is 128 ulps, and flags ~6 % of the path points there."""
+
+BETWEEN_KINKS = True
+"""Whether a closed tail with one first-layer bias and a kernel target runs integrated between the kinks
+(:mod:`scsig.attribution._kernels_closed`); ``False`` runs the per-point tail (kept to compare the two)."""
 
 _KINKED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SELU, nn.ELU)
 """Activations whose slope jumps at zero: the sign of their input at a path point decides the gradient."""
@@ -214,6 +218,81 @@ def _grad_at_hidden(
     return g
 
 
+@dataclass(frozen=True)
+class _ClosedTail:
+    """What :func:`~scsig.attribution._kernels_closed.events_closed` takes that is the same for all cells."""
+
+    pos2_0: np.ndarray
+    """The second activation's signs at alpha -> 0 (h2,)."""
+    d2w3t: np.ndarray
+    """``D2_0 W3^T`` (h2, d) float64, ``D2_0`` the second activation's slopes at alpha -> 0."""
+    m0t: np.ndarray
+    """``W2^T D2_0 W3^T`` (h1, d) float64."""
+    q0: np.ndarray
+    """``(b0 + c2) D2_0 W3^T`` (d,) float64."""
+    neg2: np.ndarray
+    """The second activation's negative slopes (h2,) float64."""
+
+
+_CLOSED: weakref.WeakKeyDictionary[Plan, _ClosedTail] = weakref.WeakKeyDictionary()
+
+
+def _closed_tail(plan: Plan, up: _UpperLayers, b0: np.ndarray) -> _ClosedTail:
+    """The plan's :class:`_ClosedTail` (cached; one first-layer bias for all cells, so ``b0`` is the plan's)."""
+    hit = _CLOSED.get(plan)
+    if hit is not None:
+        return hit
+    w2, w3 = up.second, up.top
+    neg2 = plan.layers[1].negative_slope(w2.width)
+    pre2_0 = b0.ravel() + w2.bias64
+    pos2_0 = pre2_0 > 0.0
+    d2w3t = np.where(pos2_0, 1.0, neg2)[:, None] * w3.weight_t64
+    tail = _ClosedTail(pos2_0, d2w3t, np.ascontiguousarray(w2.weight_t64 @ d2w3t), pre2_0 @ d2w3t, neg2)
+    _CLOSED[plan] = tail
+    return tail
+
+
+def _closed_between_kinks(
+    plan: Plan,
+    target: AutogradTarget,
+    up: _UpperLayers,
+    v: np.ndarray,
+    bias: np.ndarray,
+    ref: torch.Tensor,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+    pos0: np.ndarray,
+    slope0: np.ndarray,
+    a0: np.ndarray,
+    b0: np.ndarray,
+    ws: Workspace,
+) -> np.ndarray:
+    """sum_k w_k dt/dp_k for a closed tail with one first-layer bias and a kernel target (:mod:`._kernels_closed`)."""
+    from ._kernels_closed import events_closed
+
+    n, h1 = v.shape
+    tail = _closed_tail(plan, up, b0)
+    w2, w3 = up.second, up.top
+    # the dense products in torch (its BLAS does not depend on OPENBLAS_CORETYPE, numpy's does)
+    p0 = torch.from_numpy(a0).mm(torch.from_numpy(tail.d2w3t)).numpy()
+    g1 = ws.get("g1", (n, h1), np.float64)
+    g1.fill(0.0)
+    y_sum = ws.get("y_sum", (n, w3.width), np.float64)
+    c_sum = ws.get("c_sum", (n, w2.width), np.float64)
+    ref64 = np.ascontiguousarray(ref.double().numpy())
+    events_closed(
+        v, bias[0], up.neg1, pos0[0], alphas, weights, w2.weight_t64, w2.weight_t32, a0, b0[0], w2.bias64, tail.neg2,
+        tail.pos2_0, w3.weight_t64, tail.m0t, p0, tail.q0, w3.bias64, ref64, ref64.shape[0] == n,
+        isinstance(target, DistanceTarget), plan.normalize, g1, y_sum, c_sum,
+    )  # fmt: skip
+    dense = torch.from_numpy(y_sum).mm(torch.from_numpy(tail.m0t).T)
+    dense.addmm_(torch.from_numpy(c_sum), w2.weight64)
+    dense = dense.numpy()
+    dense *= slope0
+    dense += g1
+    return dense.astype(np.float32)
+
+
 def first_layer_grad_events(
     plan: Plan,
     target: AutogradTarget,
@@ -237,6 +316,9 @@ def first_layer_grad_events(
     w2 = up.second
     h2 = w2.width
     pos0, slope0, a0, b0 = _reference_state(v, bias, alphas, up.neg1, w2, ws)
+    kernel_target = isinstance(target, (SelfSimilarityTarget, DistanceTarget))
+    if BETWEEN_KINKS and up.closed and s > 1 and bias.shape[0] == 1 and kernel_target:
+        return _closed_between_kinks(plan, target, up, v, bias, ref, alphas, weights, pos0, slope0, a0, b0, ws)
     g1 = ws.get("g1", (n, h1), np.float64)
     g1.fill(0.0)
     r = ws.get("r", (n, h2), np.float32)

@@ -80,19 +80,20 @@ def sparse_times_dense(colptr, rows, pos, data, wt, out, chunk):  # pragma: no c
 
 @njit(parallel=True, fastmath=True, cache=True)
 def sampled_rows_dot(colptr, rows, pos, data, wt, g, out):  # pragma: no cover - numba
-    """``out[p] = data[p] * (wt[j] . g[r])`` for every stored entry ``p = (r, j)``."""
+    """``out[p] = data[p] * (wt[j] . g[r])`` for every stored entry ``p = (r, j)``.
+
+    The dot products are float32 sums in vectorized (reordered) partial sums: 8 lanes times a few
+    accumulators, so each partial sum has tens of terms; twice the float64 sum's speed.
+    """
     n_cols, h = wt.shape
     for j in prange(n_cols):
         p0 = colptr[j]
         p1 = colptr[j + 1]
-        if p0 == p1:
-            continue
-        w = wt[j]
         for q in range(p0, p1):
-            gr = g[rows[q]]
-            acc = 0.0
-            for k in range(h):
-                acc += w[k] * gr[k]
+            r = rows[q]
+            acc = np.float32(0.0)
+            for k in range(h):  # 2-d indexing: no row views (reference counting) per entry
+                acc += wt[j, k] * g[r, k]
             out[pos[q]] = data[pos[q]] * acc
 
 
@@ -318,14 +319,21 @@ def distance_grad(out, ref, per_cell, n_points, normalize, grad):  # pragma: no 
         o = np.empty(d, np.float64)
         for k in range(d):
             o[k] = out[i, k]
-        norm = _norm(o, normalize)
-        gy = np.empty(d, np.float64)
-        dist = 0.0
-        for k in range(d):
-            diff = o[k] / norm - rr[k]
-            gy[k] = diff
-            dist += diff * diff
-        dist = np.sqrt(dist)
-        for k in range(d):
-            gy[k] = gy[k] / dist if dist > 0 else 0.0
-        _through_normalization(o, norm, gy, normalize, grad[i])
+        _distance_row(o, rr, normalize, grad[i])
+
+
+@njit(cache=True)
+def _distance_row(o, rr, normalize, grad_row):  # pragma: no cover - numba
+    """Gradient of ``||y - rr||`` (``y`` the possibly normalized ``o``) with respect to ``o``."""
+    d = o.shape[0]
+    norm = _norm(o, normalize)
+    gy = np.empty(d, np.float64)
+    dist = 0.0
+    for k in range(d):
+        diff = o[k] / norm - rr[k]
+        gy[k] = diff
+        dist += diff * diff
+    dist = np.sqrt(dist)
+    for k in range(d):
+        gy[k] = gy[k] / dist if dist > 0 else 0.0
+    _through_normalization(o, norm, gy, normalize, grad_row)
