@@ -85,13 +85,25 @@ def test_auto_n_steps(toy):
     assert rec["n_steps_auto"] is True
     assert len(rec["auto_median_gaps"]) == len(fractions)
     assert chosen == AUTO_STEPS[len(fractions) - 1]
-    assert fractions[-1] <= WARN_FRACTION  # most cells converged, not just the median cell
-    assert all(f > WARN_FRACTION for f in fractions[:-1])
+    # most sampled cells converged, with a margin below the warning's fraction (or the largest step count tried)
+    assert fractions[-1] <= WARN_FRACTION / 2 or chosen == AUTO_STEPS[-1]
+    assert fractions[-1] <= WARN_FRACTION
+    assert all(f > WARN_FRACTION / 2 for f in fractions[:-1])
     assert chosen > AUTO_STEPS[0]  # the toy model needs more than 20 steps
     assert rec["completeness_gap"]["fraction_above_1pct"] <= WARN_FRACTION
     assert rec["completeness_gap"]["fraction_above_1pct"] == pytest.approx(np.mean(adata.obs["gap"] > GAP_TOLERANCE))
     again = sg.tl.attribute(adata, model, n_steps=chosen, key_added="fixed", copy=True)
     np.testing.assert_allclose(again.layers["fixed"].toarray(), adata.layers["attr_ig"].toarray(), rtol=1e-5)
+
+
+def test_auto_n_steps_that_still_warns_says_what_auto_chose(toy, monkeypatch):
+    import scsig.tl._attribute_run as attribute_run
+
+    monkeypatch.setattr(attribute_run, "AUTO_STEPS", (5,))  # too few for the toy model: the run still warns
+    adata, model = toy
+    with pytest.warns(UserWarning, match=r"n_steps='auto' chose 5 on a sample of the cells; pass a larger n_steps"):
+        sg.tl.attribute(adata, model, n_steps="auto")
+    assert adata.uns["scsig"]["layers"]["attr_ig"]["n_steps"] == 5
 
 
 def test_bad_completeness_options(toy):

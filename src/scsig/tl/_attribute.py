@@ -250,11 +250,12 @@ def attribute(
         Integration points for ``"ig"``. Integrated gradients are complete -- a cell's raw
         attributions sum to :math:`t(x) - t(0)` -- up to the integration error; the relative gap
         :math:`|\sum_g a_g - (t(x) - t(0))| / |t(x) - t(0)|` is computed for every cell and
-        summarized in ``uns``, with a warning when its median exceeds 1 % (on the bundled Kang cells
-        with the demo model: a median of 1.8 % at 20 steps, 0.8 % at 50, 0.2 % at 200;
-        ``benchmarks/everyday.py``).
+        summarized in ``uns``, with a warning when more than 10 % of the cells have a gap above 1 %
+        (on the bundled Kang cells with the demo model: a median of 1.8 % at 20 steps, 0.8 % at 50,
+        0.2 % at 200; ``benchmarks/everyday.py``).
         ``"auto"`` measures the gap on up to 128 cells at 20, 50, 100, 200, 400, 800 steps and
-        uses the first count whose median gap is at most 1 %.
+        uses the first count at which at most 5 % of them are above 1 %: half the warning's
+        fraction, so that the whole data, not only the sample, stays clear of the warning.
     batch_size
         Cells per batch. ``None`` uses :attr:`scsig.settings.batch_size`, or derives it from
         :attr:`scsig.settings.memory_budget_gb` (the working memory of one batch).
@@ -379,7 +380,7 @@ def attribute(
         warn_no_signal(run.no_signal, run.totals > 0, data.obs_names)
         record = _provenance(run)
         if "completeness_gap" in record:
-            _warn_gap(record["completeness_gap"], run.n_steps)
+            _warn_gap(record["completeness_gap"], run.n_steps, auto=run.auto_gaps is not None)
         _warn_dropped(record.get("genes_dropped"), data.n_obs)
         extra_obs = {dropped_key(run.key): run.dropped} if run.dropped is not None else {}
         layer_out = sink.finish(record=record, in_model=run.alignment.var_in_model, obs_columns=extra_obs)

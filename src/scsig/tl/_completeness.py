@@ -97,8 +97,8 @@ GAP_TOLERANCE = 0.01
 """A cell's integrated gradients are converged when its completeness gap is at most this (1 %)."""
 
 WARN_FRACTION = 0.1
-"""``attribute`` warns when more than this fraction of the cells is above :data:`GAP_TOLERANCE`, and
-``n_steps="auto"`` takes the fewest steps that bring at most this fraction above it."""
+"""``attribute`` warns when more than this fraction of the cells is above :data:`GAP_TOLERANCE`;
+``n_steps="auto"`` takes the fewest steps that bring at most half this fraction of its sample above it."""
 
 
 def _completeness_gap(raw: Any, t_in: np.ndarray, t_base: np.ndarray) -> np.ndarray:
@@ -134,14 +134,19 @@ def fraction_above(gaps: np.ndarray) -> float:
     return float((ok > GAP_TOLERANCE).mean()) if ok.size else 0.0
 
 
-def _warn_gap(summary: dict, n_steps: int) -> None:
+def _warn_gap(summary: dict, n_steps: int, *, auto: bool = False) -> None:
     """Warn when more than :data:`WARN_FRACTION` of the cells are not converged (the median alone hides a long tail)."""
     if summary["n_cells"] and summary["n_above_1pct"] > WARN_FRACTION * summary["n_cells"]:
+        advice = (
+            f"n_steps='auto' chose {n_steps} on a sample of the cells; pass a larger n_steps (e.g. n_steps={4 * n_steps})"
+            if auto
+            else f"Raise n_steps (e.g. n_steps={4 * n_steps}) or pass n_steps='auto'"
+        )
         warnings.warn(
             f"Integrated gradients' completeness gap |sum of attributions - (t(x) - t(0))| / |t(x) - t(0)| is above "
             f"1 % for {summary['n_above_1pct']} of {summary['n_cells']} cells at n_steps={n_steps} (median "
             f"{100 * summary['median']:.2g} %, 90th percentile {100 * summary['p90']:.2g} %): the path integral is "
-            f"not converged for those cells. Raise n_steps (e.g. n_steps={4 * n_steps}) or pass n_steps='auto'; "
+            f"not converged for those cells. {advice}; "
             "adata.uns['scsig']['layers'][key]['completeness_gap'] records the numbers.",
             UserWarning,
             stacklevel=user_stacklevel(),
