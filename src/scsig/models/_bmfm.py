@@ -353,7 +353,7 @@ def load_bmfm(
     max_length
         Most tokens per cell, ``[CLS]`` and ``[SEP]`` included (BMFM's inference default: 1,024).
     pool
-        The cell embedding, see :class:`BmfmEncoder`.
+        The cell embedding, see ``BmfmEncoder``.
     allow_pickle
         Read a checkpoint that names globals outside scsig's allow-list (runs the file's pickled code).
 

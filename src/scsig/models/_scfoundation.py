@@ -259,7 +259,7 @@ def load_scfoundation(
     gene_list
         The gene list (tab-separated, column ``gene_name``) when it is not next to the checkpoint.
     max_genes, crop, resolution, pool
-        See :class:`ScFoundationEncoder`.
+        See ``ScFoundationEncoder``.
     strict_config
         Refuse encoder config fields scsig does not know.
     allow_pickle

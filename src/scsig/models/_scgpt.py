@@ -285,7 +285,7 @@ def load_scgpt(
 
     Returns
     -------
-    A model whose encoder is a :class:`ScGPTEncoder`; its gene order is the vocabulary without
+    A model whose encoder is a ``ScGPTEncoder``; its gene order is the vocabulary without
     ``<pad>``, ``<cls>``, ``<eoc>``, in vocabulary-id order; the token engine attributes it.
     """
     folder = Path(folder)
