@@ -1,4 +1,4 @@
-"""The token engine against captum on the same token-transformer module (scGPT architecture, random weights).
+"""The token engine against captum on the same token-transformer module (scGPT or BMFM-RNA architecture, random weights).
 
 For each of ``--cells`` synthetic cells (``--expressed`` expressed genes out of ``--genes``), times
 
@@ -13,6 +13,11 @@ engine against a float64 run of itself).
 
     python benchmarks/tokens.py                                        # small config
     python benchmarks/tokens.py --size real --cells 2 --expressed 300   # scGPT's sizes (d 512, 12 layers)
+    python benchmarks/tokens.py --arch bmfm                             # BMFM-RNA's scBERT, small config
+    python benchmarks/tokens.py --arch bmfm --size real --cells 2 --expressed 100  # its sizes (768, 12 layers)
+
+scGPT's cells are log1p values (what its value encoder takes after binning is replaced by the expected bin);
+BMFM-RNA's are raw counts, which its loader's recipe turns into log1p counts per 10,000.
 """
 
 from __future__ import annotations
@@ -26,24 +31,42 @@ import torch
 from scipy import sparse
 
 SIZES = {
-    "small": {"d_model": 64, "n_heads": 4, "d_hid": 128, "n_layers": 2},
-    "real": {"d_model": 512, "n_heads": 8, "d_hid": 512, "n_layers": 12},
+    "scgpt": {
+        "small": {"d_model": 64, "n_heads": 4, "d_hid": 128, "n_layers": 2},
+        "real": {"d_model": 512, "n_heads": 8, "d_hid": 512, "n_layers": 12},
+    },
+    "bmfm": {
+        "small": {"d_model": 64, "n_heads": 4, "d_ff": 256, "n_layers": 2},
+        "real": {"d_model": 768, "n_heads": 12, "d_ff": 3072, "n_layers": 12},
+    },
 }
 
 
-def _model(size: str, n_genes: int):
-    from scsig.models import FoundationModel, Preprocessing
+def _encoder(arch: str, size: str, n_genes: int) -> torch.nn.Module:
+    if arch == "bmfm":
+        from scsig.models._bmfm import BmfmEncoder
+
+        return BmfmEncoder(
+            n_tokens=n_genes + 5, gene_token_ids=np.arange(5, n_genes + 5), cls_id=2, sep_id=3, pad_id=0,
+            cls_row=2, sep_row=3, pad_row=0, n_special=6, **SIZES[arch][size],
+        )  # fmt: skip
     from scsig.models._scgpt import ScGPTEncoder
 
-    torch.manual_seed(0)
-    enc = ScGPTEncoder(
+    return ScGPTEncoder(
         n_tokens=n_genes + 3,
         gene_token_ids=np.arange(n_genes),
         cls_id=n_genes + 1,
         pad_id=n_genes,
         max_seq_len=1200,
-        **SIZES[size],
+        **SIZES[arch][size],
     )
+
+
+def _model(arch: str, size: str, n_genes: int):
+    from scsig.models import FoundationModel, Preprocessing
+
+    torch.manual_seed(0)
+    enc = _encoder(arch, size, n_genes)
     with torch.no_grad():
         for p in enc.parameters():
             p.normal_(0, 0.5 / max(p.shape[-1], 1) ** 0.5)
@@ -51,18 +74,20 @@ def _model(size: str, n_genes: int):
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.fill_(1.0)
     genes = [f"g{i}" for i in range(n_genes)]
-    return FoundationModel(enc.eval(), genes, preprocessing=Preprocessing(target_sum=1e4, log1p=True))
+    if arch == "bmfm":
+        recipe = Preprocessing(target_sum=None, log1p=False, requires_counts=True)
+    else:
+        recipe = Preprocessing(target_sum=1e4, log1p=True)
+    return FoundationModel(enc.eval(), genes, preprocessing=recipe)
 
 
-def _cells(n_cells: int, n_genes: int, expressed: int, seed: int = 0) -> sparse.csr_matrix:
+def _cells(n_cells: int, n_genes: int, expressed: int, *, log1p: bool, seed: int = 0) -> sparse.csr_matrix:
     rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_cells):
+    rows = np.zeros((n_cells, n_genes))
+    for row in rows:
         k = int(rng.integers(expressed // 2, expressed + 1))
-        row = np.zeros(n_genes)
         row[rng.choice(n_genes, size=k, replace=False)] = rng.poisson(2.0, size=k) + 1
-        rows.append(row)
-    return sparse.csr_matrix(np.log1p(np.array(rows)))
+    return sparse.csr_matrix(np.log1p(rows) if log1p else rows)
 
 
 def _captum(model, x: sparse.csr_matrix, n_steps: int) -> np.ndarray:
@@ -108,7 +133,8 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--arch", choices=sorted(SIZES), default="scgpt")
+    parser.add_argument("--size", choices=["real", "small"], default="small")
     parser.add_argument("--cells", type=int, default=100)
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--expressed", type=int, default=200)
@@ -119,8 +145,8 @@ def main() -> None:
     from scsig.attribution import TargetModule
     from scsig.attribution._tokens import token_attributions
 
-    model = _model(args.size, args.genes)
-    x = _cells(args.cells, args.genes, args.expressed)
+    model = _model(args.arch, args.size, args.genes)
+    x = _cells(args.cells, args.genes, args.expressed, log1p=args.arch == "scgpt")
     module = TargetModule(model.encoder, "self_similarity")
     start = time.perf_counter()
     ours = token_attributions(module, model, x, n_steps=args.steps)[0].toarray()
@@ -133,7 +159,7 @@ def main() -> None:
     ours64 = token_attributions(TargetModule(model64.encoder), model64, x, n_steps=args.steps)[0].toarray()
     per = 1000 / args.cells
     print(
-        f"{args.size} config, {args.cells} cells, {np.diff(x.indptr).mean():.0f} expressed genes per cell, {args.steps} steps, {args.threads} threads"
+        f"{args.arch} {args.size} config, {args.cells} cells, {np.diff(x.indptr).mean():.0f} expressed genes per cell, {args.steps} steps, {args.threads} threads"
     )
     print(f"token engine: {t_ours * per:.1f} s per 1,000 cells")
     print(f"captum      : {t_captum * per:.1f} s per 1,000 cells ({t_captum / t_ours:.1f}x the engine's time)")
