@@ -102,33 +102,18 @@ def _pickle_module(*, permissive: bool) -> Any:
 
     With ``permissive`` (``allow_pickle=True``) any other global is imported, which runs the file's code.
     """
-    import importlib
-    import pickle
-    import types
+    from ._pickle import allow_list_pickle
 
-    import torch
-
-    dtypes = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
-    allow = set(_PLAIN_GLOBALS) | _torch_weights_only_globals()
     records: dict[str, type] = {}
 
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
-            key = f"{module}.{name}"
-            if module.split(".")[0] in _RECORD_PACKAGES:
-                return records.setdefault(key, _record_class(module, name))
-            allowed = key in allow or (module == "torch" and name in dtypes)
-            allowed = allowed or (module == "numpy.dtypes" and name.endswith("DType"))
-            if allowed or permissive:
-                return getattr(importlib.import_module(module), name)
-            msg = f"the file names the global {key!r}, which is not one of the types a BMFM-RNA checkpoint needs"
-            raise pickle.UnpicklingError(msg)
+    def record(module: str, name: str) -> type | None:
+        if module.split(".")[0] not in _RECORD_PACKAGES:
+            return None
+        key = f"{module}.{name}"
+        return records.setdefault(key, _record_class(module, name))
 
-    def load(file: Any, **kwargs: Any) -> Any:
-        return Unpickler(file, **kwargs).load()
-
-    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="scsig_bmfm_pickle")
+    allowed = set(_PLAIN_GLOBALS) | _torch_weights_only_globals()
+    return allow_list_pickle(allowed, "a BMFM-RNA checkpoint", hook=record, permissive=permissive)
 
 
 def _torch_weights_only_globals() -> set[str]:

@@ -71,33 +71,9 @@ def _restricted_pickle_module() -> Any:
     file names must be a tensor rebuild function, a dtype, or one of the numpy/pandas/builtin
     containers above; anything else is an :class:`pickle.UnpicklingError`.
     """
-    import importlib
-    import pickle
-    import types
+    from ._pickle import allow_list_pickle
 
-    allowed = set(_REGISTRY_GLOBALS) | set(_TORCH_GLOBALS)
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol 2 names
-            key = f"{module}.{name}"
-            is_dtype = module == "numpy.dtypes" and name.endswith("DType")
-            is_torch_dtype = module == "torch" and name in _torch_dtype_names()
-            if key in allowed or is_dtype or is_torch_dtype:
-                return getattr(importlib.import_module(module), name)
-            msg = f"the file names the global {key!r}, which is not one of the types an scvi-tools model.pt needs"
-            raise pickle.UnpicklingError(msg)
-
-    def load(file: Any, **kwargs: Any) -> Any:
-        return Unpickler(file, **kwargs).load()
-
-    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="scsig_restricted_pickle")
-
-
-def _torch_dtype_names() -> set[str]:
-    import torch
-
-    return {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+    return allow_list_pickle(set(_REGISTRY_GLOBALS) | set(_TORCH_GLOBALS), "an scvi-tools model.pt")
 
 
 def _read_model_pt(path: Path, *, allow_pickle: bool) -> dict:

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     monkeypatch.setattr(sg.settings, "n_jobs", 1)
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)  # later tests run with the threads they would have had
 
 
 @pytest.fixture
