@@ -208,11 +208,13 @@ def _first_layer_input(
 
     n, n_genes = x.shape
     data = np.ascontiguousarray(x.data, dtype=np.float32)
-    csc = K.csr_to_csc(n, n_genes, x.indptr.astype(np.int64), x.indices.astype(np.int32))
-    # one column chunk of the first layer per thread
+    indptr, indices = x.indptr.astype(np.int64), x.indices.astype(np.int32)
+    csc = K.csr_to_csc(n, n_genes, indptr, indices)
+    # one column chunk of the first layer per thread; genes in blocks of 2 MB of weights per chunk
     chunk = max(64, -(-first.width // get_num_threads()))
+    gene_block = max(16, (2 << 20) // (chunk * first.weight_t.itemsize))
     v = ws.get("v", (n, first.width), np.float64)
-    K.sparse_times_dense(*csc, data, first.weight_t, v, chunk)
+    K.sparse_times_dense(indptr, indices, data, first.weight_t, v, chunk, gene_block)
     v *= first.scale  # the first BatchNorm's scale, applied in float64 (see FirstAffine)
     return data, csc, v
 

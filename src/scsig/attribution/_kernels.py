@@ -49,33 +49,54 @@ def csr_to_csc(n_rows, n_cols, indptr, indices):  # pragma: no cover - numba
     return colptr, rows, pos
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def sparse_times_dense(colptr, rows, pos, data, wt, out, chunk):  # pragma: no cover - numba
-    """``X @ wt`` with X (n_rows, n_cols) given column-major; wt (n_cols, h) C-contiguous.
+@njit(parallel=True, fastmath={"contract"}, cache=True)
+def sparse_times_dense(indptr, indices, data, wt, out, chunk, gene_block):  # pragma: no cover - numba
+    """``X @ wt`` with X (n_rows, n_cols) in CSR (sorted indices); wt (n_cols, h) C-contiguous.
 
-    Gene-major order reads each used row of ``wt`` once per batch; threads own column chunks of
-    the output, so no two threads write the same memory. Sums are kept in float64: the signs of
-    the first pre-activation along the path (which decide the activation's slope) then do not
-    depend on the order of summation.
+    Threads own column chunks of the output, so no two threads write the same memory. Within a chunk,
+    genes are taken in blocks of ``gene_block`` (a few MB of ``wt``, which stay in cache) and, per
+    block, each cell's genes four at a time into its output row: one read and write of the row per four
+    weight rows, where gene after gene across all cells the rows (4 MB for 500 cells) came from far
+    caches once per weight row. Sums are float64, each cell's genes in ascending order, one multiply-add
+    per gene (``contract`` only: no reassociation), so the result is the same to the bit whatever the
+    chunks and blocks: the signs of the first pre-activation along the path (which decide the activation's
+    slope) do not depend on how the batch is split. Unsorted indices are summed too, in their order.
     """
     n_cols, h = wt.shape
+    n = out.shape[0]
     n_chunks = (h + chunk - 1) // chunk
     for b in prange(n_chunks):
         lo = b * chunk
         hi = min(h, lo + chunk)
-        for r in range(out.shape[0]):
+        m = hi - lo
+        cur = indptr[:-1].copy()
+        for r in range(n):
             out[r, lo:hi] = 0.0
-        for j in range(n_cols):
-            p0 = colptr[j]
-            p1 = colptr[j + 1]
-            if p0 == p1:
-                continue
-            w = wt[j, lo:hi]
-            for q in range(p0, p1):
-                o = out[rows[q], lo:hi]
-                val = np.float64(data[pos[q]])
-                for k in range(hi - lo):
-                    o[k] += val * w[k]
+        for g0 in range(0, n_cols, gene_block):
+            g1 = n_cols if g0 + gene_block >= n_cols else g0 + gene_block
+            for r in range(n):
+                p = cur[r]
+                pe = indptr[r + 1]
+                o = out[r, lo:hi]
+                while p + 3 < pe and indices[p + 3] < g1:
+                    w1 = wt[indices[p], lo:hi]
+                    w2 = wt[indices[p + 1], lo:hi]
+                    w3 = wt[indices[p + 2], lo:hi]
+                    w4 = wt[indices[p + 3], lo:hi]
+                    v1 = np.float64(data[p])
+                    v2 = np.float64(data[p + 1])
+                    v3 = np.float64(data[p + 2])
+                    v4 = np.float64(data[p + 3])
+                    for k in range(m):
+                        o[k] = (((o[k] + v1 * w1[k]) + v2 * w2[k]) + v3 * w3[k]) + v4 * w4[k]
+                    p += 4
+                while p < pe and indices[p] < g1:  # the last block takes the rest (g1 = n_cols)
+                    w1 = wt[indices[p], lo:hi]
+                    v1 = np.float64(data[p])
+                    for k in range(m):
+                        o[k] += v1 * w1[k]
+                    p += 1
+                cur[r] = p
 
 
 @njit(parallel=True, fastmath=True, cache=True)
