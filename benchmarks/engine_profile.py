@@ -62,7 +62,7 @@ def instrument() -> None:
         setattr(kernels, name, timed("kernel " + name, getattr(kernels, name)))
     closed.events_closed = timed("  kernel events_closed (forward, targets, backward)", closed.events_closed)
     fg._closed_between_kinks = timed("  tail between the kinks (kernel + 3 products)", fg._closed_between_kinks)
-    fast._first_layer_input = timed("first map (csc + sparse x W, float64)", fast._first_layer_input)
+    fast._first_layer_input = timed("first map (sparse x W, float64)", fast._first_layer_input)
     fast._targets_at_ends = timed("targets at input and baseline", fast._targets_at_ends)
     fg._reference_state = timed("reference state (a0 = slope0 v W2^T, float64)", fg._reference_state)
     fg._grad_at_hidden = timed("  per-point tail: W3, target grad, W3^T", fg._grad_at_hidden)

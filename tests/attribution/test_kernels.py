@@ -18,42 +18,59 @@ def csr():
     return x
 
 
-def _csc_parts(x):
-    return K.csr_to_csc(x.shape[0], x.shape[1], x.indptr.astype(np.int64), x.indices.astype(np.int32))
-
-
-def test_csr_to_csc_equals_scipy(csr):
-    colptr, rows, pos = _csc_parts(csr)
-    csc = csr.tocsc()
-    csc.sort_indices()
-    np.testing.assert_array_equal(colptr, csc.indptr)
-    np.testing.assert_array_equal(rows, csc.indices)
-    np.testing.assert_array_equal(csr.data[pos], csc.data)
-
-
-def test_csr_to_csc_empty_rows_and_columns():
-    x = sparse.csr_matrix((4, 6), dtype=np.float32)
-    colptr, rows, pos = _csc_parts(x)
-    np.testing.assert_array_equal(colptr, np.zeros(7))
-    assert rows.size == pos.size == 0
-
-
-@pytest.mark.parametrize("chunk", [3, 64])
-def test_sparse_times_dense_equals_numpy(csr, chunk):
-    colptr, rows, pos = _csc_parts(csr)
+@pytest.mark.parametrize(("chunk", "gene_block"), [(3, 5), (64, 7), (4, 1000)])
+def test_sparse_times_dense_equals_numpy(csr, chunk, gene_block):
     wt = np.random.default_rng(1).standard_normal((41, 10)).astype(np.float32)
     out = np.full((23, 10), np.nan)
-    K.sparse_times_dense(colptr, rows, pos, csr.data, wt, out, chunk)
+    K.sparse_times_dense(
+        csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data, wt, out, chunk, gene_block
+    )
     np.testing.assert_allclose(out, csr.toarray().astype(np.float64) @ wt.astype(np.float64), rtol=1e-12, atol=1e-12)
 
 
-def test_sampled_rows_dot_equals_numpy(csr):
-    colptr, rows, pos = _csc_parts(csr)
+def _sequential_rows(x, wt):
+    """Each row's float64 sum of its genes' weight rows in ascending gene order, one term at a time."""
+    out = np.zeros((x.shape[0], wt.shape[1]))
+    for r in range(x.shape[0]):
+        for p in range(x.indptr[r], x.indptr[r + 1]):
+            out[r] = np.float64(x.data[p]) * wt[x.indices[p]].astype(np.float64) + out[r]
+    return out
+
+
+def test_sparse_times_dense_same_bits_whatever_the_split():
+    rng = np.random.default_rng(3)
+    x = sparse.random(17, 300, density=0.4, format="csr", random_state=rng, dtype=np.float32)
+    x.data = rng.lognormal(size=x.nnz).astype(np.float32)
+    wt = rng.standard_normal((300, 70)).astype(np.float32)
+    args = (x.indptr.astype(np.int64), x.indices.astype(np.int32), x.data, wt)
+    outs = []
+    for chunk, gene_block in [(70, 300), (16, 7), (5, 64), (64, 1)]:
+        out = np.full((17, 70), np.nan)
+        K.sparse_times_dense(*args, out, chunk, gene_block)
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    np.testing.assert_allclose(outs[0], _sequential_rows(x, wt), rtol=1e-13, atol=1e-13)
+
+
+def test_sparse_times_dense_unsorted_indices(csr):
+    wt = np.random.default_rng(4).standard_normal((41, 6)).astype(np.float32)
+    order = np.concatenate([np.arange(a, b)[::-1] for a, b in zip(csr.indptr[:-1], csr.indptr[1:], strict=True)])
+    indices, data = csr.indices[order].astype(np.int32), csr.data[order]
+    out = np.full((23, 6), np.nan)
+    K.sparse_times_dense(csr.indptr.astype(np.int64), indices, data, wt, out, 4, 3)
+    np.testing.assert_allclose(out, csr.toarray().astype(np.float64) @ wt.astype(np.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("gene_block", "n_groups"), [(5, 1), (7, 3), (1000, 2)])
+def test_sampled_rows_dot_equals_numpy(csr, gene_block, n_groups):
     rng = np.random.default_rng(2)
     wt = rng.standard_normal((41, 10)).astype(np.float32)
     g = rng.standard_normal((23, 10)).astype(np.float32)
-    out = np.empty_like(csr.data)
-    K.sampled_rows_dot(colptr, rows, pos, csr.data, wt, g, out)
+    out = np.full_like(csr.data, np.nan)
+    K.sampled_rows_dot(
+        csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data, wt, g, gene_block, n_groups, out
+    )
     r, c = np.repeat(np.arange(23), np.diff(csr.indptr)), csr.indices
     expected = csr.data * np.einsum("ph,ph->p", wt[c].astype(np.float64), g[r].astype(np.float64))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

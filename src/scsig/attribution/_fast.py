@@ -200,21 +200,26 @@ def _load_kernels() -> None:
 
 def _first_layer_input(
     first: FirstAffine, x: sparse.csr_matrix, ws: Workspace
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """The input's values, its CSC structure ``(colptr, rows, pos)`` and ``v = scale * (x @ weight_t)`` (n, h1) float64."""
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The input's values, its CSR structure ``(indptr, indices)`` and ``v = scale * (x @ weight_t)`` (n, h1) float64."""
     from numba import get_num_threads
 
     from . import _kernels as K
 
-    n, n_genes = x.shape
+    n = x.shape[0]
     data = np.ascontiguousarray(x.data, dtype=np.float32)
-    csc = K.csr_to_csc(n, n_genes, x.indptr.astype(np.int64), x.indices.astype(np.int32))
-    # one column chunk of the first layer per thread
+    csr = x.indptr.astype(np.int64), x.indices.astype(np.int32)
+    # one column chunk of the first layer per thread; genes in blocks of 2 MB of weights per chunk
     chunk = max(64, -(-first.width // get_num_threads()))
     v = ws.get("v", (n, first.width), np.float64)
-    K.sparse_times_dense(*csc, data, first.weight_t, v, chunk)
+    K.sparse_times_dense(*csr, data, first.weight_t, v, chunk, _gene_block(chunk, first.weight_t.itemsize))
     v *= first.scale  # the first BatchNorm's scale, applied in float64 (see FirstAffine)
-    return data, csc, v
+    return data, csr, v
+
+
+def _gene_block(width: int, itemsize: int) -> int:
+    """Genes per block of the sparse kernels: 2 MB of weight rows ``width`` wide."""
+    return max(16, (2 << 20) // (width * itemsize))
 
 
 def _targets_at_ends(
@@ -264,6 +269,8 @@ def attributions_from_plan(
     workspace
         Buffers shared with the other batches of a run.
     """
+    from numba import get_num_threads
+
     from . import _kernels as K
 
     _load_kernels()
@@ -276,7 +283,7 @@ def attributions_from_plan(
         raise ValueError(msg)
     bias = first.cell_bias(covariates, n)
     ws = workspace if workspace is not None else Workspace()
-    data, csc, v = _first_layer_input(first, x, ws)
+    data, csr, v = _first_layer_input(first, x, ws)
     ref, t_in, t_base = _targets_at_ends(plan, target, v, bias)
     alphas, weights = _path(method, n_steps)
     with torch.no_grad():
@@ -286,7 +293,8 @@ def attributions_from_plan(
             g = first_layer_grad_autograd(plan, target, v, bias, ref, alphas, weights)
     g = np.ascontiguousarray(g * first.scale, dtype=np.float32)  # back through the first BatchNorm's scale
     out = np.empty_like(data)
-    K.sampled_rows_dot(*csc, data, first.weight_t, g, out)
+    block = _gene_block(first.width, first.weight_t.itemsize)
+    K.sampled_rows_dot(*csr, data, first.weight_t, g, block, get_num_threads(), out)
     attr = sparse.csr_matrix((out, x.indices.copy(), x.indptr.copy()), shape=x.shape)
     return attr, t_in, t_base
 
