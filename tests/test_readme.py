@@ -102,3 +102,15 @@ def test_every_benchmark_row_has_a_command_and_a_date():
             assert last_command, f"{what[:60]}: no command"
         for script in scripts:
             assert (ROOT / script).is_file(), f"{script} does not exist"
+
+
+def test_readme_speed_ratio_is_the_benchmarks_pages():
+    """The README's speed claim is the newest row of docs/benchmarks.md, against the reference's fastest setting."""
+    text = " ".join(README.read_text().split())
+    claim = re.search(r"([\d.]+)x faster than the reference at its fastest batch size", text)
+    assert claim, "the README states the speed ratio against the reference's fastest setting"
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    first = next(line for line in page.splitlines() if line.startswith("| IG attributions, SCimilarity shape"))
+    assert f"**{claim.group(1)}x the reference's fastest setting**" in first
+    default = re.search(r"([\d.]+)x against its default batch size", text)
+    assert default and f"{default.group(1)}x its default" in first
