@@ -46,14 +46,6 @@ _PLAIN_GLOBALS = (
     "numpy.core.multiarray.scalar",
     "numpy.ndarray",
     "numpy.dtype",
-    "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor",
-    "torch._utils._rebuild_parameter",
-    "torch._utils._rebuild_parameter_with_state",
-    "torch.Size",
-    "torch.device",
-    "torch.nn.parameter.Parameter",
-    "_codecs.encode",
     "functools.partial",
 )
 # the packages whose classes become inert records: bmfm_targets' configs, and the objects a
@@ -102,7 +94,7 @@ def _pickle_module(*, permissive: bool) -> Any:
 
     With ``permissive`` (``allow_pickle=True``) any other global is imported, which runs the file's code.
     """
-    from ._pickle import allow_list_pickle
+    from ._pickle import TENSOR_GLOBALS, allow_list_pickle
 
     records: dict[str, type] = {}
 
@@ -112,7 +104,7 @@ def _pickle_module(*, permissive: bool) -> Any:
         key = f"{module}.{name}"
         return records.setdefault(key, _record_class(module, name))
 
-    allowed = set(_PLAIN_GLOBALS) | _torch_weights_only_globals()
+    allowed = set(_PLAIN_GLOBALS) | set(TENSOR_GLOBALS) | _torch_weights_only_globals()
     return allow_list_pickle(allowed, "a BMFM-RNA checkpoint", hook=record, permissive=permissive)
 
 

@@ -7,7 +7,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["allow_list_pickle"]
+__all__ = ["TENSOR_GLOBALS", "allow_list_pickle"]
+
+TENSOR_GLOBALS = (
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch.Size",
+    "torch.device",
+    "torch.nn.parameter.Parameter",
+    "_codecs.encode",
+)
+"""The globals a pickled tensor names: torch's rebuild functions, sizes, devices (dtypes are always accepted)."""
 
 _PROTOCOL2_NAMES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 

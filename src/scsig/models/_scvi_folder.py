@@ -50,17 +50,6 @@ _REGISTRY_GLOBALS = (
     "pandas.core.arrays.categorical.Categorical",
     "pandas.core.dtypes.dtypes.CategoricalDtype",
 )
-# tensors themselves: torch's rebuild functions and dtypes
-_TORCH_GLOBALS = (
-    "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor",
-    "torch._utils._rebuild_parameter",
-    "torch._utils._rebuild_parameter_with_state",
-    "torch.Size",
-    "torch.device",
-    "torch.nn.parameter.Parameter",
-    "_codecs.encode",
-)
 
 
 def _restricted_pickle_module() -> Any:
@@ -71,9 +60,9 @@ def _restricted_pickle_module() -> Any:
     file names must be a tensor rebuild function, a dtype, or one of the numpy/pandas/builtin
     containers above; anything else is an :class:`pickle.UnpicklingError`.
     """
-    from ._pickle import allow_list_pickle
+    from ._pickle import TENSOR_GLOBALS, allow_list_pickle
 
-    return allow_list_pickle(set(_REGISTRY_GLOBALS) | set(_TORCH_GLOBALS), "an scvi-tools model.pt")
+    return allow_list_pickle(set(_REGISTRY_GLOBALS) | set(TENSOR_GLOBALS), "an scvi-tools model.pt")
 
 
 def _read_model_pt(path: Path, *, allow_pickle: bool) -> dict:
