@@ -122,3 +122,32 @@ def test_atlas_query_that_selects_no_cells(tmp_path, attributed):
     with pytest.warns(UserWarning, match="selects no cells") as record:
         atlas.score(["g0", "g1"], obs_filter={"group": ["no such group"]})
     _check(record, "selects no cells")
+
+
+def test_atlas_gene_importance_warnings(tmp_path, attributed):
+    adata, model = attributed
+    atlas = sg.Atlas.create(tmp_path / "atlas", gene_order=model.gene_order)
+    labelled = adata.copy()
+    labelled.obs["group"] = labelled.obs["group"].astype(object)
+    labelled.obs.iloc[:3, labelled.obs.columns.get_loc("group")] = np.nan
+    atlas.add(labelled, name="labelled", progress=False)
+    atlas.add(adata.copy(), name="other", obs_columns=[], progress=False)
+    with pytest.warns(UserWarning) as record:
+        atlas.gene_importance("group", progress=False)
+    _check(record, "no 'group' column")
+    _check(record, "without a 'group' label")
+
+
+def test_no_fixed_stacklevel_in_the_package():
+    """A fixed ``stacklevel`` points at the user's line only at one call depth: every warning takes user_stacklevel()."""
+    import re
+    from pathlib import Path
+
+    root = Path(sg.__file__).parent
+    fixed = [
+        f"{p.relative_to(root)}:{i}"
+        for p in root.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"stacklevel=\d", line) and "#" not in line.split("stacklevel")[0]
+    ]
+    assert not fixed, f"fixed stacklevels: {fixed}"

@@ -17,6 +17,7 @@ from .. import _logging as logg
 from .._constants import UNS_KEY
 from .._docs import doc_params, doc_progress
 from .._utils import check_choice
+from .._utils._warn import user_stacklevel
 from ._importance import (
     GENES_PER_TASK,
     DatasetGroups,
@@ -83,7 +84,7 @@ class AtlasImportance:
                 f"Datasets {lacking[:10]}{' ...' if len(lacking) > 10 else ''} have no {groupby!r} column and are "
                 "left out; pass datasets= to choose them yourself.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         check_filter(obs_filter, [f != "no filter column" for n, f in found.items() if n not in lacking])
         kept = {n: f for n, f in found.items() if isinstance(f, DatasetGroups)}

@@ -373,7 +373,7 @@ def _warn_dropped_genes(report: pd.DataFrame, shards: Sequence[Mapping]) -> None
         f"genes dropped per cell); each cell kept its {kept}, the dropped genes' attribution is 0. Each shard's "
         f"obs[{found[0][1]['obs_key']!r}] has the count per cell.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

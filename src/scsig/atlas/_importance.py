@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._warn import user_stacklevel
 from ._query import DATASET_KEY, FilterMissingColumnError, _filter_mask, _reader, shard_obs
 from ._store import release_memory
 
@@ -222,7 +223,7 @@ def warn_unlabelled(groupby: str, unlabelled: dict[str, int]) -> None:
         f"Cells without a {groupby!r} label (NaN) are left out: {text}. Label them before adding the dataset, "
         "or leave them out with obs_filter= to silence this.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
