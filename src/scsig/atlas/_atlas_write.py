@@ -366,7 +366,9 @@ def _warn_dropped_genes(report: pd.DataFrame, shards: Sequence[Mapping]) -> None
             found.append((shard, dropped))
     if not found:
         return
-    kept = "first genes in the model's gene order" if found[0][1].get("kept") == "first" else "most expressed genes"
+    from ..tl._attribute import kept_genes
+
+    kept = kept_genes(found[0][1])
     listed = "; ".join(f"{s['name']!r}: {d['n_cells']} of {s['n_obs']} cells, up to {d['max']}" for s, d in found[:10])
     warnings.warn(
         f"Cells express more of the model's genes than it takes in {len(found)} dataset(s) ({listed}{' ...' if len(found) > 10 else ''} "

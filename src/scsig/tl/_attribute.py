@@ -109,6 +109,11 @@ def dropped_summary(dropped: np.ndarray, key: str, crop: str | None) -> dict[str
     }
 
 
+def kept_genes(dropped: dict) -> str:
+    """Which genes a cell longer than a token model kept, in words, from its ``genes_dropped`` record."""
+    return "first genes in the model's gene order" if dropped.get("kept") == "first" else "most expressed genes"
+
+
 def dropped_key(key: str) -> str:
     """The ``obs`` column of a layer's genes dropped per cell (token models)."""
     return f"{key}_n_genes_dropped"
@@ -159,9 +164,8 @@ def _warn_dropped(dropped: dict | None, n_obs: int) -> None:
     """Once per run: how many cells had more expressed genes than a token model takes, and which genes they kept."""
     if not dropped or not dropped["n_cells"]:
         return
-    kept = "first genes in the model's gene order" if dropped.get("kept") == "first" else "most expressed genes"
     warnings.warn(
-        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept} "
+        f"{dropped['n_cells']} of {n_obs} cells express more of the model's genes than it takes; their {kept_genes(dropped)} "
         f"were kept and up to {dropped['max']} per cell dropped (attribution 0). "
         f"adata.obs[{dropped['obs_key']!r}] has the count per cell.",
         UserWarning,
