@@ -132,7 +132,7 @@ def test_atlas_gene_importance_warnings(tmp_path, attributed):
     labelled.obs.iloc[:3, labelled.obs.columns.get_loc("group")] = np.nan
     atlas.add(labelled, name="labelled", progress=False)
     atlas.add(adata.copy(), name="other", obs_columns=[], progress=False)
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="no .group. column") as record:
         atlas.gene_importance("group", progress=False)
     _check(record, "no 'group' column")
     _check(record, "without a 'group' label")

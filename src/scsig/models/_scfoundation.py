@@ -155,7 +155,7 @@ class ScFoundationEncoder(TokenEncoder):
         mask = torch.cat([torch.zeros((n, 2), dtype=torch.bool, device=pad.device), pad], dim=1)
         h = self.token_emb(vals) + self.pos_emb(ids)
         for layer in self.encoder.transformer_encoder:
-            h = block_forward(layer, h, mask, norm_first=False)
+            h = block_forward(layer, h, mask)
         h = self.encoder.norm(h)
         gene_h, keep = h[:, 2:], (~pad).unsqueeze(-1)
         if self.pool == "max":

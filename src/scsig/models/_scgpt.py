@@ -6,13 +6,17 @@ transformer encoder layers; the cell embedding is the ``<cls>`` token's output, 
 scGPT's ``embed_data`` does.
 
 Values (``input_style="binned"``, the published whole-human model): scGPT bins each cell's
-expressed values into ``n_bins - 1`` quantile bins of that cell and breaks ties at bin edges at
-random. scsig replaces the random draw by its expectation: a value that equals bin edges
-``right .. left - 1`` (``np.digitize`` with ``right=True`` / ``False``) gets
+expressed values into 50 quantile bins of that cell (its ``DataCollator`` calls ``binning`` with
+``n_bins=51`` whatever ``args.json`` says, in pretraining and in ``embed_data`` alike) and breaks
+ties at bin edges at random. scsig replaces the random draw by its expectation: a value that equals
+bin edges ``right .. left - 1`` (``np.digitize`` with ``right=True`` / ``False``) gets
 ``(left + right + 1) / 2``, the mean of the bins ``right + 1 .. left`` it falls in with equal
 probability; any other value gets its bin ``left``. This is deterministic and independent of the
 order of the genes. The bins only depend on the ranks of a cell's values, so the recipe
 (log1p of counts per 10,000) does not change them.
+
+Layers: scGPT's ``embed_data`` builds the model with ``pre_norm=False`` (and without flash-attention
+its layers are torch's post-norm layers whatever ``pre_norm`` says); the loader does the same.
 
 Length: scGPT's ``embed_data`` samples ``max_seq_len - 1`` of a longer cell's genes at random; scsig
 keeps the most expressed (highest expected bin; ties to the earlier gene in the vocabulary order).
@@ -48,6 +52,8 @@ __all__ = ["SCGPT_FILES", "ScGPTEncoder", "expected_bins", "load_scgpt"]
 
 SCGPT_FILES = ("args.json", "vocab.json", "best_model.pt")
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
+COLLATOR_BINS = 51
+"""Bins of scGPT's ``DataCollator`` (it calls ``binning(..., n_bins=51)``)."""
 _ARCH_FIELDS = {
     "embsize", "nheads", "nhead", "d_hid", "nlayers", "n_bins", "n_input_bins", "pad_token", "pad_value",
     "input_emb_style", "input_style", "max_seq_len", "pre_norm", "cell_emb_style",
@@ -134,7 +140,9 @@ class ScGPTEncoder(TokenEncoder):
     d_model, n_heads, d_hid, n_layers
         Transformer sizes (``embsize``, ``nheads``, ``d_hid``, ``nlayers``).
     n_bins
-        Bins of the value binning (``n_bins``); ``None`` when values are not binned.
+        Bins of the value binning (51 in scGPT's collator); ``None`` when values are not binned.
+    n_input_bins
+        Rows of the ``"category"`` value embedding (``args.json``'s ``n_bins + 2``); default ``n_bins + 2``.
     input_emb_style
         ``"continuous"``, ``"category"`` or ``"scaling"``.
     pad_value
@@ -142,7 +150,8 @@ class ScGPTEncoder(TokenEncoder):
     max_seq_len
         Most tokens per cell, ``<cls>`` included.
     pre_norm
-        Layer norm before attention / feed-forward.
+        scGPT's flash-attention layer with ``norm_scheme="pre"`` (each sublayer's input normalized,
+        the residual added to it); ``False``: torch's post-norm layer, as ``embed_data`` runs it.
     normalize
         L2-normalize the cell embedding (scGPT's ``embed_data``).
     """
@@ -161,6 +170,7 @@ class ScGPTEncoder(TokenEncoder):
         d_hid: int,
         n_layers: int,
         n_bins: int | None = 51,
+        n_input_bins: int | None = None,
         input_emb_style: str = "continuous",
         pad_value: float = -2.0,
         max_seq_len: int = 1200,
@@ -171,14 +181,15 @@ class ScGPTEncoder(TokenEncoder):
         if input_emb_style not in _STYLES:
             msg = f"scGPT input_emb_style={input_emb_style!r} is not known; scsig reads {list(_STYLES)}."
             raise ValueError(msg)
-        if input_emb_style == "category" and not 0 <= pad_value < (n_bins or 0) + 2:
-            msg = f"With input_emb_style='category' the <cls> value pad_value={pad_value} must be a bin index (0 to {(n_bins or 0) + 1})."
+        n_input_bins = (n_bins or 0) + 2 if n_input_bins is None else int(n_input_bins)
+        if input_emb_style == "category" and not 0 <= pad_value < n_input_bins:
+            msg = f"With input_emb_style='category' the <cls> value pad_value={pad_value} must be a bin index (0 to {n_input_bins - 1})."
             raise ValueError(msg)
         if max_seq_len < 2:
             msg = f"max_seq_len={max_seq_len} leaves no room for genes: scGPT's <cls> token takes one of the positions."
             raise ValueError(msg)
         self.encoder = _GeneEncoder(n_tokens, d_model)
-        self.value_encoder = _ValueEncoder(input_emb_style, d_model, (n_bins or 0) + 2)
+        self.value_encoder = _ValueEncoder(input_emb_style, d_model, n_input_bins)
         self.transformer_encoder = _Layers(d_model, n_heads, d_hid, n_layers)
         self.register_buffer(
             "gene_token_ids", torch.as_tensor(np.asarray(gene_token_ids), dtype=torch.long), persistent=False
@@ -213,7 +224,7 @@ class ScGPTEncoder(TokenEncoder):
         src = self.encoder(ids)
         h = src * vals.unsqueeze(-1) if self.style == "scaling" else src + self.value_encoder(vals)
         for layer in self.transformer_encoder.layers:
-            h = block_forward(layer, h, mask, norm_first=self.pre_norm)
+            h = block_forward(layer, h, mask, norm="pre_residual_normed" if self.pre_norm else "post")
         z = h[:, 0]
         return z / torch.linalg.vector_norm(z, dim=1, keepdim=True) if self.normalize else z
 
@@ -260,6 +271,70 @@ def _state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Te
     return out
 
 
+def _encoder(
+    args: dict[str, Any],
+    vocab: dict[str, int],
+    genes: list[str],
+    state: dict[str, torch.Tensor],
+    *,
+    normalize: bool,
+    where: Path,
+) -> ScGPTEncoder:
+    """The encoder ``args.json`` describes, with the checkpoint's weights (as scGPT's ``embed_data`` builds it)."""
+    binned = args.get("input_style", "binned") == "binned"
+    style = args.get("input_emb_style", "continuous")
+    n_bins = int(args.get("n_bins", args.get("n_input_bins", 51)))
+    if binned and style == "continuous" and n_bins != COLLATOR_BINS:
+        warnings.warn(
+            f"{where / 'args.json'} says n_bins={n_bins}, but scGPT's collator bins values into "
+            f"{COLLATOR_BINS} bins whatever n_bins says (in pretraining and in embed_data); scsig bins as the collator does.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    if args.get("pre_norm"):
+        warnings.warn(
+            f"{where / 'args.json'} says pre_norm=true; scGPT's embed_data builds the model with pre_norm=False "
+            "(and without flash-attention its layers are post-norm anyway); scsig embeds as embed_data does.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    emb = state.get("encoder.embedding.weight")
+    n_tokens = (
+        int(emb.shape[0]) if emb is not None else max(vocab.values()) + 1
+    )  # scGPT: len(vocab) + appended specials
+    if max(vocab.values()) >= n_tokens:
+        msg = f"{where / 'vocab.json'} has token ids up to {max(vocab.values())}, but best_model.pt embeds only {n_tokens} tokens."
+        raise ValueError(msg)
+    enc = ScGPTEncoder(
+        n_tokens=n_tokens,
+        gene_token_ids=np.array([vocab[g] for g in genes]),
+        cls_id=vocab["<cls>"],
+        pad_id=vocab[args.get("pad_token", "<pad>")],
+        d_model=int(args["embsize"]),
+        n_heads=int(args.get("nheads", args.get("nhead", 8))),
+        d_hid=int(args["d_hid"]),
+        n_layers=int(args["nlayers"]),
+        n_bins=COLLATOR_BINS if binned else None,
+        n_input_bins=n_bins + 2,
+        input_emb_style=style,
+        pad_value=float(args.get("pad_value", -2)),
+        max_seq_len=int(args.get("max_seq_len", 1200)),
+        normalize=normalize,
+    )
+    try:
+        result = enc.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        msg = f"{where / 'best_model.pt'} does not fit args.json ({str(err).splitlines()[-1].strip()})."
+        raise ValueError(msg) from None
+    if result.missing_keys or result.unexpected_keys:
+        msg = (
+            f"{where / 'best_model.pt'} does not fit args.json: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}."
+        )
+        raise ValueError(msg)
+    return enc
+
+
 def load_scgpt(
     folder: str | Path,
     *,
@@ -297,30 +372,8 @@ def load_scgpt(
             msg = f"{folder / 'vocab.json'} has no {tok!r} token."
             raise ValueError(msg)
     genes = sorted((g for g in vocab if g not in SPECIAL_TOKENS and g != args.get("pad_token")), key=vocab.__getitem__)
-    binned = args.get("input_style", "binned") == "binned"
-    enc = ScGPTEncoder(
-        n_tokens=max(vocab.values()) + 1,
-        gene_token_ids=np.array([vocab[g] for g in genes]),
-        cls_id=vocab["<cls>"],
-        pad_id=vocab[args.get("pad_token", "<pad>")],
-        d_model=int(args["embsize"]),
-        n_heads=int(args.get("nheads", args.get("nhead", 8))),
-        d_hid=int(args["d_hid"]),
-        n_layers=int(args["nlayers"]),
-        n_bins=int(args.get("n_bins", args.get("n_input_bins", 51))) if binned else None,
-        input_emb_style=args.get("input_emb_style", "continuous"),
-        pad_value=float(args.get("pad_value", -2)),
-        max_seq_len=int(args.get("max_seq_len", 1200)),
-        pre_norm=bool(args.get("pre_norm", False)),
-        normalize=normalize,
-    )
     state = _state_dict(folder / "best_model.pt", allow_pickle=allow_pickle)
-    result = enc.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        msg = (
-            f"{folder / 'best_model.pt'} does not fit args.json: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}."
-        )
-        raise ValueError(msg)
-    recipe = Preprocessing(target_sum=1e4, log1p=True, requires_counts=True)
+    enc = _encoder(args, vocab, genes, state, normalize=normalize, where=folder)
+    log1p = args.get("input_style", "binned") != "normed_raw"  # scGPT's Preprocessor: counts per 10,000, then log1p
+    recipe = Preprocessing(target_sum=1e4, log1p=log1p, requires_counts=True)
     return FoundationModel(enc, genes, preprocessing=recipe, name=name or folder.name, source=str(folder))

@@ -75,12 +75,19 @@ def select_tokens(
 
 
 def block_forward(
-    layer: nn.TransformerEncoderLayer, x: torch.Tensor, pad: torch.Tensor, *, norm_first: bool
+    layer: nn.TransformerEncoderLayer,
+    x: torch.Tensor,
+    pad: torch.Tensor,
+    *,
+    norm: Literal["post", "pre", "pre_residual_normed"] = "post",
 ) -> torch.Tensor:
     """One :class:`torch.nn.TransformerEncoderLayer` (eval mode), with padded keys masked explicitly.
 
     Computed from the layer's own parameters so that it is differentiable, runs in any dtype and
     never takes torch's nested-tensor fast path; a padded position never changes another's output.
+    ``norm`` places the layer norms: ``"post"`` (torch's default), ``"pre"`` (torch's
+    ``norm_first=True``) or ``"pre_residual_normed"`` (scGPT's flash-attention layer with
+    ``norm_scheme="pre"``: each sublayer's input is normalized and the residual adds to that normalized input).
     """
     attn = layer.self_attn
     n_heads = attn.num_heads
@@ -97,9 +104,14 @@ def block_forward(
     def feed_forward(h: torch.Tensor) -> torch.Tensor:
         return layer.linear2(layer.activation(layer.linear1(h)))
 
-    if norm_first:
+    if norm == "pre":
         x = x + self_attention(layer.norm1(x))
         return x + feed_forward(layer.norm2(x))
+    if norm == "pre_residual_normed":
+        x = layer.norm1(x)
+        x = x + self_attention(x)
+        x = layer.norm2(x)
+        return x + feed_forward(x)
     x = layer.norm1(x + self_attention(x))
     return layer.norm2(x + feed_forward(x))
 

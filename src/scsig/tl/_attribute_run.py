@@ -260,6 +260,7 @@ def _choose_n_steps(
             device=device,
             sparse_output=True,
             workspace=workspace,
+            stats={},  # genes a long cell drops are reported once by the main run, not here
         )
         return _completeness_gap(raw, t_in, t_base)
 

@@ -40,7 +40,7 @@ def write_scgpt_folder(
     d: int = 16,
     heads: int = 2,
     layers: int = 2,
-    n_bins: int = 11,
+    n_bins: int = 51,
     max_seq_len: int = 64,
     style: str = "continuous",
     flash: bool = False,

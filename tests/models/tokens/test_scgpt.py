@@ -124,7 +124,7 @@ def test_tiny_vocabulary_overlap_warns(tmp_path, scgpt_folder):
 
 def test_category_values_need_a_bin_index_for_cls(tmp_path, scgpt_folder):
     scgpt_folder(tmp_path / "m", n_genes=5, style="category", extra_args={"pad_value": -2})
-    with pytest.raises(ValueError, match=r"pad_value=-2.0 must be a bin index \(0 to 12\)"):
+    with pytest.raises(ValueError, match=r"pad_value=-2.0 must be a bin index \(0 to 52\)"):
         sg.models.load(tmp_path / "m")
 
 
@@ -135,3 +135,62 @@ def test_missing_architecture_field_is_named(tmp_path, scgpt_folder):
     (tmp_path / "m" / "args.json").write_text(json.dumps(args))
     with pytest.raises(ValueError, match=r"lacks the architecture field\(s\) \['d_hid'\]"):
         sg.models.load(tmp_path / "m")
+
+
+def test_weights_of_the_wrong_width_are_a_clear_error(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=5, d=16)
+    args = json.loads((tmp_path / "m" / "args.json").read_text())
+    (tmp_path / "m" / "args.json").write_text(json.dumps({**args, "embsize": 24, "d_hid": 48}))
+    with pytest.raises(ValueError, match=r"best_model.pt does not fit args.json \(size mismatch"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_vocabulary_without_appended_special_tokens(tmp_path, scgpt_folder):
+    """scGPT appends ``<eoc>`` (and any missing special token) to the vocabulary before sizing the embedding."""
+    scgpt_folder(tmp_path / "m", n_genes=8)
+    vocab = json.loads((tmp_path / "m" / "vocab.json").read_text())
+    del vocab["<eoc>"]  # the checkpoint still embeds 8 + 3 tokens
+    (tmp_path / "m" / "vocab.json").write_text(json.dumps(vocab))
+    model = sg.models.load(tmp_path / "m")
+    assert model.encoder.encoder.embedding.num_embeddings == 11
+    vocab["G0"] = 40
+    (tmp_path / "m" / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match=r"token ids up to 40, but best_model.pt embeds only 11 tokens"):
+        sg.models.load(tmp_path / "m")
+
+
+def test_values_are_binned_as_the_collator_does_whatever_n_bins_says(tmp_path, scgpt_folder):
+    """scGPT's DataCollator calls ``binning(..., n_bins=51)``: args.json's ``n_bins`` does not change the bins."""
+    scgpt_folder(tmp_path / "m", n_genes=200, n_bins=11)
+    with pytest.warns(UserWarning, match=r"n_bins=11, but scGPT's collator bins values into 51 bins"):
+        model = sg.models.load(tmp_path / "m")
+    x = sparse.csr_matrix(np.arange(1.0, 201.0)[None])  # 200 distinct values
+    values, _ = model.encoder.token_values(x)
+    np.testing.assert_array_equal(values.toarray()[0], expected_bins(np.arange(1.0, 201.0), 51))
+    assert values.max() == 50
+
+
+def test_pre_norm_in_args_is_embedded_as_embed_data_does(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "a", n_genes=12)
+    scgpt_folder(tmp_path / "b", n_genes=12, extra_args={"pre_norm": True})
+    with pytest.warns(UserWarning, match=r"pre_norm=true; scGPT's embed_data builds the model with pre_norm=False"):
+        b = sg.models.load(tmp_path / "b")
+    a = sg.models.load(tmp_path / "a")
+    x = np.zeros((2, 12), dtype=np.float32)
+    x[0, [1, 5, 7]], x[1, [2, 3]] = [1.0, 2.0, 3.0], [4.0, 1.0]
+    np.testing.assert_array_equal(a.embed(x), b.embed(x))
+
+
+def test_pre_norm_layer_is_scgpts_flash_scheme():
+    """``pre_norm=True``: scGPT's flash-attention layer normalizes each sublayer's input and adds the residual to it."""
+    from scsig.models._tokens import block_forward
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).double().eval()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    ours = block_forward(layer, x, torch.zeros((1, 5), dtype=torch.bool), norm="pre_residual_normed")
+    h = layer.norm1(x)
+    h = h + layer.self_attn(h, h, h, need_weights=False)[0]
+    h = layer.norm2(h)
+    h = h + layer.linear2(torch.relu(layer.linear1(h)))
+    torch.testing.assert_close(ours, h, rtol=1e-10, atol=1e-12)
