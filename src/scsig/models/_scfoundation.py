@@ -38,7 +38,10 @@ __all__ = ["SCFOUNDATION_CKPT", "SCFOUNDATION_GENES", "ScFoundationEncoder", "lo
 
 SCFOUNDATION_CKPT = "models.ckpt"
 SCFOUNDATION_GENES = "OS_scRNA_gene_index.19264.tsv"
-_ENCODER_FIELDS = {"hidden_dim", "depth", "heads", "dim_head", "module_type", "ff_dropout", "attn_dropout"}
+# the encoder fields of the published checkpoints (``seq_len`` and ``norm_first`` are in the released model's config)
+_ENCODER_FIELDS = {
+    "hidden_dim", "depth", "heads", "dim_head", "module_type", "ff_dropout", "attn_dropout", "seq_len", "norm_first",
+}  # fmt: skip
 _USED = ("token_emb.", "pos_emb.", "encoder.")
 
 
@@ -218,6 +221,14 @@ def _check_config(config: dict[str, Any], path: Path, *, strict: bool) -> None:
             f"{path}: encoder config field(s) scsig does not know: {unknown}; pass strict_config=False to ignore them."
         )
         raise ValueError(msg)
+    if enc.get("norm_first", False):
+        # scFoundation's select_module never passes norm_first on: its encoder is post-norm whatever the config says
+        warnings.warn(
+            f"{path}: the encoder config says norm_first=True, but scFoundation's published code builds a post-norm "
+            "encoder whatever this field says; scsig does the same.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _genes(folder: Path, gene_list: str | Path | None) -> list[str]:
