@@ -12,6 +12,10 @@ or the maximum over all tokens (``pool="max"``).
 How integrated gradients sees scFoundation: each expressed gene's value :math:`v_g` is scaled from 0
 to its value with the token set and the depth tokens (T, S: the endpoint's) held fixed.
 
+The depth tokens are always tokens: a cell of one count keeps S at :math:`\log_{10} 1 = 0` (the published
+script drops every token of value 0 or less, then fails on such a cell). The encoder is post-norm whatever
+the config's ``norm_first`` says, as in the published ``select_module``.
+
 Length: the reference embeds every expressed gene. ``max_genes`` caps a cell's gene tokens; a longer
 cell keeps its most expressed genes (``crop="most_expressed"``), or with ``crop="first_512"`` its
 first 512 expressed genes in the model's gene-list order, as the SIGnature reference tool does.
