@@ -12,6 +12,10 @@ or the maximum over all tokens (``pool="max"``).
 How integrated gradients sees scFoundation: each expressed gene's value :math:`v_g` is scaled from 0
 to its value with the token set and the depth tokens (T, S: the endpoint's) held fixed.
 
+The depth tokens are always tokens: a cell of one count keeps S at :math:`\log_{10} 1 = 0` (the published
+script drops every token of value 0 or less, then fails on such a cell). The encoder is post-norm whatever
+the config's ``norm_first`` says, as in the published ``select_module``.
+
 Length: the reference embeds every expressed gene. ``max_genes`` caps a cell's gene tokens; a longer
 cell keeps its most expressed genes (``crop="most_expressed"``), or with ``crop="first_512"`` its
 first 512 expressed genes in the model's gene-list order, as the SIGnature reference tool does.
@@ -38,7 +42,10 @@ __all__ = ["SCFOUNDATION_CKPT", "SCFOUNDATION_GENES", "ScFoundationEncoder", "lo
 
 SCFOUNDATION_CKPT = "models.ckpt"
 SCFOUNDATION_GENES = "OS_scRNA_gene_index.19264.tsv"
-_ENCODER_FIELDS = {"hidden_dim", "depth", "heads", "dim_head", "module_type", "ff_dropout", "attn_dropout"}
+# the encoder fields of the published checkpoints (``seq_len`` and ``norm_first`` are in the released model's config)
+_ENCODER_FIELDS = {
+    "hidden_dim", "depth", "heads", "dim_head", "module_type", "ff_dropout", "attn_dropout", "seq_len", "norm_first",
+}  # fmt: skip
 _USED = ("token_emb.", "pos_emb.", "encoder.")
 
 
@@ -218,6 +225,14 @@ def _check_config(config: dict[str, Any], path: Path, *, strict: bool) -> None:
             f"{path}: encoder config field(s) scsig does not know: {unknown}; pass strict_config=False to ignore them."
         )
         raise ValueError(msg)
+    if enc.get("norm_first", False):
+        # scFoundation's select_module never passes norm_first on: its encoder is post-norm whatever the config says
+        warnings.warn(
+            f"{path}: the encoder config says norm_first=True, but scFoundation's published code builds a post-norm "
+            "encoder whatever this field says; scsig does the same.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _genes(folder: Path, gene_list: str | Path | None) -> list[str]:

@@ -108,7 +108,11 @@ def write_scfoundation_folder(
     encoder_extra: dict | None = None,
     gene_file: bool = True,
 ) -> list[str]:
-    """An scFoundation folder (models.ckpt in the published nested layout, the gene list); returns the genes."""
+    """An scFoundation folder as published: models.ckpt, the gene list; returns the genes.
+
+    ``models.ckpt`` holds, per key (``gene``, ``cell``, ``rde``), the nested config that scFoundation's
+    ``load.py`` (``convertconfig``) reads and a state dict with ``model.`` prefixes, decoder weights included.
+    """
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,13 +120,20 @@ def write_scfoundation_folder(
     rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
     genes = [f"G{i}" for i in range(n_genes)]
     seq_len = n_genes + 2
+    dec = 8  # the performer decoder's width: its weights are in the file but not on the cell-embedding path
     state = {
         "model.token_emb.mlp.weight": rnd(bin_num, 1), "model.token_emb.mlp.bias": rnd(bin_num),
         "model.token_emb.mlp2.weight": rnd(bin_num, bin_num), "model.token_emb.mlp2.bias": rnd(bin_num),
         "model.token_emb.emb.weight": rnd(bin_num, dim), "model.token_emb.emb_mask.weight": rnd(1, dim),
         "model.token_emb.emb_pad.weight": rnd(1, dim), "model.pos_emb.weight": rnd(seq_len + 1, dim),
         "model.encoder.norm.weight": 1 + 0.1 * rnd(dim), "model.encoder.norm.bias": 0.1 * rnd(dim),
-        "model.decoder_embed.weight": rnd(dim, dim), "model.to_final.weight": rnd(1, dim),  # not on the path
+        "model.decoder_embed.weight": rnd(dec, dim), "model.decoder_embed.bias": rnd(dec),
+        "model.norm.weight": 1 + 0.1 * rnd(dec), "model.norm.bias": rnd(dec),  # MaeAutobin's decoder norm
+        "model.to_final.weight": rnd(1, dec), "model.to_final.bias": rnd(1),
+        "model.decoder.performer.net.layers.0.0.fn.to_q.weight": rnd(dec, dec),
+        "model.decoder.performer.net.layers.0.0.fn.fast_attention.projection_matrix": rnd(11, 4),
+        "model.decoder.performer.calls_since_last_redraw": torch.tensor(0),
+        "model.decoder.norm.weight": 1 + 0.1 * rnd(dec), "model.decoder.norm.bias": rnd(dec),
     }  # fmt: skip
     for i in range(depth):
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True)
@@ -130,31 +141,39 @@ def write_scfoundation_folder(
             scale = max(value.shape[-1], 1) ** 0.5
             offset = 1.0 if key.startswith("norm") and key.endswith("weight") else 0.0
             state[f"model.encoder.transformer_encoder.{i}.{key}"] = rnd(*value.shape) / scale + offset
+    # the fields of the released checkpoint's config (as scFoundation's load.py prints it after convertconfig)
     encoder = {
-        "hidden_dim": dim,
-        "depth": depth,
-        "heads": heads,
-        "dim_head": dim // heads,
-        "module_type": "transformer",
-    }
+        "hidden_dim": dim, "depth": depth, "heads": heads, "dim_head": dim // heads, "seq_len": seq_len,
+        "module_type": "transformer", "norm_first": False,
+    }  # fmt: skip
     encoder.update(encoder_extra or {})
+    decoder = {
+        "hidden_dim": dec, "depth": 1, "heads": 2, "dim_head": 4, "module_type": "performer", "seq_len": seq_len,
+        "norm_first": False,
+    }  # fmt: skip
     config = {
         "model": "mae_autobin",
         "model_config": {
             "mae_autobin": {
+                "mask_gene_name": False,
+                "gene_num": seq_len,
+                "seq_len": seq_len,
                 "encoder": encoder,
-                "decoder": {"hidden_dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "module_type": "performer"},
+                "decoder": decoder,
                 "n_class": 104,
                 "pad_token_id": 103,
                 "mask_token_id": 102,
                 "bin_num": bin_num,
                 "bin_alpha": 1.0,
-                "seq_len": seq_len,
+                "rawcount": True,
+                "model": "mae_autobin",
             }  # fmt: skip
         },
-        "dataset_config": {"rnaseq": {"rawcount": True}},
+        "dataset_config": {
+            "rnaseq": {"num_tokens": 13, "bin_type": "auto_bin", "mae_encoder_max_seq_len": 15000, "mask_prob": 0.3}
+        },
     }
-    ckpt = {key: {"config": config, "state_dict": state} for key in ("cell", "gene")}
+    ckpt = {key: {"config": config, "state_dict": state} for key in ("gene", "cell", "rde")}
     torch.save(ckpt, folder / "models.ckpt")
     if gene_file:
         pd.DataFrame({"index": range(n_genes), "gene_name": genes}).to_csv(

@@ -47,6 +47,37 @@ def test_published_layout_and_reference_embedding(tmp_path, scfoundation_folder)
         )
 
 
+def test_the_released_config_loads_by_default(tmp_path, scfoundation_folder):
+    """The released models.ckpt's encoder config has seq_len and norm_first; the default strict load takes them."""
+    scfoundation_folder(tmp_path / "f", n_genes=12)
+    raw = torch.load(tmp_path / "f" / "models.ckpt", weights_only=True)
+    encoder = raw["cell"]["config"]["model_config"]["mae_autobin"]["encoder"]
+    assert {"seq_len", "norm_first"} <= set(encoder)
+    for key in ("cell", "rde", "gene"):
+        assert isinstance(load_scfoundation(tmp_path / "f", key=key).encoder, ScFoundationEncoder)
+
+
+def test_norm_first_is_ignored_as_published(tmp_path, scfoundation_folder):
+    """scFoundation's select_module never passes norm_first on: a post-norm encoder either way, with a warning."""
+    scfoundation_folder(tmp_path / "a", n_genes=12)
+    scfoundation_folder(tmp_path / "b", n_genes=12, encoder_extra={"norm_first": True})
+    x = torch.as_tensor(_counts(2, 12, seed=3, rate=4.0).toarray())
+    post = load_scfoundation(tmp_path / "a").encoder.double()
+    with pytest.warns(UserWarning, match="norm_first=True.*post-norm"):
+        flagged = load_scfoundation(tmp_path / "b").encoder.double()
+    torch.testing.assert_close(flagged(x), post(x), rtol=0, atol=0)
+
+
+def test_a_cell_of_one_count(tmp_path, scfoundation_folder):
+    """log10(1) = 0: the S token keeps the value 0 (the published script drops it and stops with an error)."""
+    scfoundation_folder(tmp_path / "f", n_genes=10)
+    enc = load_scfoundation(tmp_path / "f").encoder.double()
+    one = sparse.csr_matrix(np.eye(1, 10, 4))
+    _, extras = enc.token_values(one)
+    np.testing.assert_array_equal(extras, [[4.0, 0.0]])
+    assert torch.isfinite(enc(torch.as_tensor(one.toarray()))).all()
+
+
 def test_depth_tokens(tmp_path, scfoundation_folder):
     scfoundation_folder(tmp_path / "f", n_genes=10)
     counts = sparse.csr_matrix(np.array([[0, 10, 90, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float64))
