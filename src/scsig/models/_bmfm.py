@@ -12,7 +12,8 @@ WCED-multitask checkpoint), ``tanh`` of the pooler on it (``"pooling_layer"``) o
 other tokens (``"mean_pooling"``).
 
 Values: BMFM's ``log_normalize`` transform, :math:`v_g = \log(1 + 10^4 c_g / (N + 1))` with
-:math:`N` the sum of the counts of the genes in the cell's sequence (after the length cut).
+:math:`N` the sum of all the cell's counts over the model's genes: BMFM's inference normalizes the
+cell before its tokenizer cuts it to ``max_length`` (``max_mfi_data_len=None``).
 
 How integrated gradients sees BMFM-RNA: each expressed gene's value :math:`v_g` is scaled from 0 to
 its value with the token set and :math:`N` fixed. Every Gauss-Legendre point lies inside
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._base import FoundationModel, Preprocessing
-from ._tokens import TokenEncoder, select_tokens
+from ._tokens import TokenEncoder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -192,14 +193,8 @@ class BmfmEncoder(TokenEncoder):
         self.activation, self.pool, self.target_sum = activation, pool, float(target_sum)
         self.max_genes, self.d_model, self.n_layers, self.n_heads = max_length - 2, d_model, n_layers, n_heads
 
-    def tokenize(self, x: sparse.csr_matrix) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-        """Per cell: the kept genes (most expressed), ``log1p(1e4 c / (N + 1))`` over them, no extras, genes dropped."""
-        genes, counts, dropped = select_tokens(x, x, self.max_genes)
-        vals = [np.log1p(self.target_sum * c / (c.sum() + 1.0)) for c in counts]
-        return genes, vals, np.zeros((len(genes), 0)), dropped
-
     def token_values(self, x: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """The value inputs of every expressed gene (the total over all of a cell's genes: no length cut)."""
+        """``log1p(1e4 c / (N + 1))`` of every expressed gene, ``N`` the cell's total over all model genes (before the length cut)."""
         from scipy import sparse
 
         out = sparse.csr_matrix(x, dtype=np.float64, copy=True)
