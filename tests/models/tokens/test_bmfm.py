@@ -327,6 +327,35 @@ def test_too_long_cells_keep_their_most_expressed_genes_normalized_by_all_their_
     torch.testing.assert_close(enc(torch.as_tensor(counts))[0], ref[0], rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    ("pooling_method", "pooler", "expected"),
+    [
+        ("pooling_layer", True, "pooling_layer"),  # BMFM's TrainerConfig default
+        ("mean_pooling", True, "mean_pooling"),
+        (0, True, "first_token"),  # a position: the [CLS] token
+        (None, True, "pooling_layer"),  # no trainer_config: BMFM's default
+        ("pooling_layer", False, "first_token"),  # no trained pooler: BMFM's embeddings are the [CLS] output
+    ],
+)
+def test_default_cell_embedding_is_the_checkpoints_pooling_method(tmp_path, pooling_method, pooler, expected):
+    write_bmfm_folder(tmp_path / "m", n_genes=30, pooling_method=pooling_method, pooler=pooler)
+    model = sg.models.load(tmp_path / "m")
+    assert model.encoder.pool == expected
+    enc = model.encoder.double()
+    counts = _counts(2, 30, seed=3, rate=3.0).toarray()
+    ours = enc(torch.as_tensor(counts))
+    for i in range(2):
+        h = _published_embedding(tmp_path / "m", enc, counts[i], model.gene_order, length=32)
+        n_tok = int((counts[i] > 0).sum()) + 2
+        ref = {"first_token": h[0], "mean_pooling": h[1:n_tok].mean(dim=0)}
+        ref["pooling_layer"] = torch.tanh(enc.pooler.dense(h[0])) if enc.pooler is not None else None
+        torch.testing.assert_close(ours[i], ref[expected], rtol=1e-9, atol=1e-10)
+    assert load_bmfm(tmp_path / "m", pool="mean_pooling").encoder.pool == "mean_pooling"  # pool= overrides it
+    write_bmfm_folder(tmp_path / "n", n_genes=5, pooling_method=[0, 1])
+    with pytest.raises(ValueError, match=r"trainer_config.pooling_method=\[0, 1\] is not a cell embedding.*pass pool="):
+        sg.models.load(tmp_path / "n")
+
+
 def test_attribute_end_to_end_and_independent_of_var_order(tmp_path):
     genes = write_bmfm_folder(tmp_path / "m", n_genes=30)
     model = sg.models.load(tmp_path / "m")
