@@ -7,12 +7,14 @@ of genes). The value embedding (``mlp_with_special_token_embedding``) is
 :math:`W_2\,\sigma(\sigma(W_1 v + b_1)) + b_2` with :math:`\sigma` a LeakyReLU for a gene's value
 :math:`v`, and :math:`W_2\,\sigma(e_s) + b_2` with a learned vector :math:`e_s` for ``[CLS]``,
 ``[SEP]``, padding and (``zero_as_special_token``) a value of exactly 0. The cell embedding is the
-``[CLS]`` output (``pool="first_token"``, what BMFM's documentation recommends for the
-WCED-multitask checkpoint), ``tanh`` of the pooler on it (``"pooling_layer"``) or the mean over the
-other tokens (``"mean_pooling"``).
+``[CLS]`` output (``pool="first_token"``), ``tanh`` of the pooler on it (``"pooling_layer"``) or the
+mean over the other tokens (``"mean_pooling"``); by default the one the checkpoint's
+``trainer_config.pooling_method`` names, as BMFM's own inference does (``"pooling_layer"`` when the
+checkpoint does not say; the ``[CLS]`` output when it has no trained pooler).
 
 Values: BMFM's ``log_normalize`` transform, :math:`v_g = \log(1 + 10^4 c_g / (N + 1))` with
-:math:`N` the sum of the counts of the genes in the cell's sequence (after the length cut).
+:math:`N` the sum of all the cell's counts over the model's genes: BMFM's inference normalizes the
+cell before its tokenizer cuts it to ``max_length`` (``max_mfi_data_len=None``).
 
 How integrated gradients sees BMFM-RNA: each expressed gene's value :math:`v_g` is scaled from 0 to
 its value with the token set and :math:`N` fixed. Every Gauss-Legendre point lies inside
@@ -36,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._base import FoundationModel, Preprocessing
-from ._tokens import TokenEncoder, select_tokens
+from ._tokens import TokenEncoder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["BMFM_TOKENIZERS", "BmfmEncoder", "load_bmfm"]
 
 Pool = Literal["first_token", "pooling_layer", "mean_pooling"]
+_POOLS = ("first_token", "pooling_layer", "mean_pooling")
 _ACTIVATIONS = {
     "gelu": lambda h: F.gelu(h),
     "relu": F.relu,
@@ -172,7 +175,7 @@ class BmfmEncoder(TokenEncoder):
         if max_length < 3:
             msg = f"max_length={max_length} leaves no room for genes: BMFM-RNA's [CLS] and [SEP] take two positions."
             raise ValueError(msg)
-        if pool not in ("first_token", "pooling_layer", "mean_pooling"):
+        if pool not in _POOLS:
             msg = f"pool={pool!r} is not known; use 'first_token', 'pooling_layer' or 'mean_pooling'."
             raise ValueError(msg)
         if activation not in _ACTIVATIONS:
@@ -192,14 +195,8 @@ class BmfmEncoder(TokenEncoder):
         self.activation, self.pool, self.target_sum = activation, pool, float(target_sum)
         self.max_genes, self.d_model, self.n_layers, self.n_heads = max_length - 2, d_model, n_layers, n_heads
 
-    def tokenize(self, x: sparse.csr_matrix) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-        """Per cell: the kept genes (most expressed), ``log1p(1e4 c / (N + 1))`` over them, no extras, genes dropped."""
-        genes, counts, dropped = select_tokens(x, x, self.max_genes)
-        vals = [np.log1p(self.target_sum * c / (c.sum() + 1.0)) for c in counts]
-        return genes, vals, np.zeros((len(genes), 0)), dropped
-
     def token_values(self, x: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """The value inputs of every expressed gene (the total over all of a cell's genes: no length cut)."""
+        """``log1p(1e4 c / (N + 1))`` of every expressed gene, ``N`` the cell's total over all model genes (before the length cut)."""
         from scipy import sparse
 
         out = sparse.csr_matrix(x, dtype=np.float64, copy=True)
@@ -330,13 +327,36 @@ def _special_ids(vocab: dict[str, int], named: dict[str, str], what: Path) -> tu
     return out[0], out[1], out[2]
 
 
+def _resolve_pool(pool: Pool | None, trainer_config: Any, state: dict[str, Any], path: Path) -> Pool:
+    """``pool``, else the checkpoint's ``trainer_config.pooling_method`` (BMFM's default ``"pooling_layer"``).
+
+    As in BMFM's inference, ``"pooling_layer"`` of a checkpoint without a trained pooler (an MLM model)
+    is the ``[CLS]`` output; a position ``0`` is the ``[CLS]`` token.
+    """
+    if pool is None:
+        get = trainer_config.get if hasattr(trainer_config, "get") else lambda k, d=None: getattr(trainer_config, k, d)
+        pool = get("pooling_method", None) if trainer_config is not None else None
+        pool = "pooling_layer" if pool is None else pool  # the default of BMFM's TrainerConfig
+        if isinstance(pool, int) and not isinstance(pool, bool) and pool == 0:
+            pool = "first_token"
+        if pool not in _POOLS:
+            msg = (
+                f"{path}: trainer_config.pooling_method={pool!r} is not a cell embedding scsig reads; "
+                f"pass pool= one of {list(_POOLS)}."
+            )
+            raise ValueError(msg)
+    if pool == "pooling_layer" and not any(k.startswith("pooler.") for k in state):
+        pool = "first_token"
+    return pool
+
+
 def load_bmfm(
     path: str | Path,
     *,
     name: str | None = None,
     genes: Sequence[str] | None = None,
     max_length: int = 1024,
-    pool: Pool = "first_token",
+    pool: Pool | None = None,
     allow_pickle: bool = False,
 ) -> FoundationModel:
     """Load a published BMFM-RNA scBERT folder (one ``*.ckpt`` and ``tokenizers/genes``, ``tokenizers/expressions``).
@@ -353,7 +373,8 @@ def load_bmfm(
     max_length
         Most tokens per cell, ``[CLS]`` and ``[SEP]`` included (BMFM's inference default: 1,024).
     pool
-        The cell embedding, see ``BmfmEncoder``.
+        The cell embedding, see ``BmfmEncoder``; default: the checkpoint's ``trainer_config.pooling_method``
+        (what ``bmfm_targets.inference`` returns), ``"pooling_layer"`` if it has none.
     allow_pickle
         Read a checkpoint that names globals outside scsig's allow-list (runs the file's pickled code).
 
@@ -365,13 +386,14 @@ def load_bmfm(
 
     folder = Path(path)
     ckpt = _checkpoint_file(folder)
-    state, config = read_checkpoint(ckpt, allow_pickle=allow_pickle)
+    state, config, trainer_config = read_checkpoint(ckpt, allow_pickle=allow_pickle)
     arch = _check_config(config, ckpt)
     gene_vocab, special, named = read_vocab(folder / BMFM_TOKENIZERS / "genes")
     expr_vocab, _, expr_named = read_vocab(folder / BMFM_TOKENIZERS / "expressions")
     order = _gene_order(gene_vocab, special, genes, folder)
     prefix = "scbert."
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    pool = _resolve_pool(pool, trainer_config, state, ckpt)
     if pool != "pooling_layer":
         state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     try:

@@ -118,8 +118,12 @@ def _torch_weights_only_globals() -> set[str]:
         return set()
 
 
-def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, Any], Any]:
-    """The state dict (``model.`` prefix removed) and the pickled ``model_config`` of a Lightning checkpoint."""
+def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, Any], Any, Any]:
+    """The state dict (``model.`` prefix removed), the pickled ``model_config`` and ``trainer_config`` (or None).
+
+    The trainer configuration carries ``pooling_method``, the cell embedding BMFM's own inference
+    returns for the checkpoint unless told otherwise.
+    """
     import pickle
 
     import torch
@@ -144,7 +148,7 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
         msg = f"{str(path)!r} has no hyper_parameters['model_config']: it is not a BMFM-RNA checkpoint."
         raise ValueError(msg)
     state = {(k[6:] if k.startswith("model.") else k): v for k, v in raw["state_dict"].items()}
-    return state, config
+    return state, config, hyper.get("trainer_config")
 
 
 _BRACKETED = re.compile(r"^\[[^\]]*\]$")

@@ -25,16 +25,16 @@ from scsig.models._bmfm import BmfmEncoder, load_bmfm
 if TYPE_CHECKING:
     from pathlib import Path
 
-GENE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+GENE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[CLS_1]", "[CLS_2]"]
 # the expressions vocabulary orders its special tokens differently: their rows in the value encoder differ
-EXPR_SPECIALS = ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"]
+EXPR_SPECIALS = ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]", "[CLS_1]", "[CLS_2]"]
 
 
 @contextmanager
 def _bmfm_classes():
     """Stand-ins for bmfm_targets' config classes, importable under their published module names while pickling."""
     names = ["bmfm_targets", "bmfm_targets.config", "bmfm_targets.config.model_config"]
-    names.append("bmfm_targets.config.tokenization_config")
+    names += ["bmfm_targets.config.tokenization_config", "bmfm_targets.config.training_config"]
     mods = {n: types.ModuleType(n) for n in names}
 
     def make(module: str, name: str) -> type:
@@ -46,6 +46,7 @@ def _bmfm_classes():
         "SCBertConfig": make("bmfm_targets.config.model_config", "SCBertConfig"),
         "FieldInfo": make("bmfm_targets.config.tokenization_config", "FieldInfo"),
         "LabelColumnInfo": make("bmfm_targets.config.tokenization_config", "LabelColumnInfo"),
+        "TrainerConfig": make("bmfm_targets.config.training_config", "TrainerConfig"),
     }
     sys.modules.update(mods)
     try:
@@ -56,26 +57,52 @@ def _bmfm_classes():
 
 
 def _tokenizer(folder: Path, tokens: list[str], specials: list[str]) -> None:
-    """A sub-tokenizer as the published MultiFieldTokenizer saves it (tokenizer.json, vocab.json, maps)."""
+    """A sub-tokenizer as the published MultiFieldTokenizer saves it (``save_pretrained`` of a fast WordLevel
+    tokenizer: tokenizer.json, tokenizer_config.json, special_tokens_map.json; no vocab file)."""
     folder.mkdir(parents=True)
     vocab = {t: i for i, t in enumerate(tokens)}
-    added = [{"id": vocab[t], "content": t, "special": True} for t in specials]
+    flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+    added = [{"id": vocab[t], "content": t, **flags} for t in specials]
+    special = {t: {"id": t, "ids": [vocab[t]], "tokens": [t]} for t in ("[CLS]", "[SEP]")}
+    single = [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    single.append({"SpecialToken": {"id": "[SEP]", "type_id": 0}})
+    pair = [*single, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}]
     tok = {
-        "version": "1.0",
-        "added_tokens": added,
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": False, "handle_chinese_chars": False,
+                       "strip_accents": False, "lowercase": False},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
-    }
-    (folder / "tokenizer.json").write_text(json.dumps(tok))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    }  # fmt: skip
+    (folder / "tokenizer.json").write_text(json.dumps(tok, indent=2))
     named = {
-        "cls_token": "[CLS]",
+        "unk_token": "[UNK]",
         "sep_token": "[SEP]",
         "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
         "mask_token": "[MASK]",
     }
-    (folder / "special_tokens_map.json").write_text(json.dumps(named))
+    extra = [t for t in specials if t not in named.values()]
+    config = {
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
+        "additional_special_tokens": extra, "clean_up_tokenization_spaces": False, "extra_special_tokens": {},
+        "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "PreTrainedTokenizerFast", **named,
+    }  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    smap = {
+        k: {"content": v, **{f: flags[f] for f in ("lstrip", "normalized", "rstrip", "single_word")}}
+        for k, v in named.items()
+    }
+    smap["additional_special_tokens"] = [{"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                          "single_word": False} for t in extra]  # fmt: skip
+    (folder / "special_tokens_map.json").write_text(json.dumps(smap, indent=2))
+
+
+def _vocab(folder: Path, field: str) -> dict[str, int]:
+    """A sub-tokenizer's vocabulary, read from its tokenizer.json."""
+    return json.loads((folder / "tokenizers" / field / "tokenizer.json").read_text())["model"]["vocab"]
 
 
 def write_bmfm_folder(
@@ -89,8 +116,16 @@ def write_bmfm_folder(
     config_extra: dict | None = None,
     encoder_kwargs: dict | None = None,
     extra_object: object = None,
+    pooling_method: object = "pooling_layer",
+    pooler: bool = True,
 ) -> list[str]:
-    """A BMFM-RNA folder with random weights, laid out as on Hugging Face; returns the gene names."""
+    """A BMFM-RNA folder with random weights, laid out as on Hugging Face; returns the gene names.
+
+    The checkpoint is what BMFM's Lightning training saves: ``state_dict`` (``model.`` + the module's keys)
+    and ``hyper_parameters`` with the pickled ``model_config``, ``trainer_config`` (its ``pooling_method``,
+    ``"pooling_layer"`` by default as in BMFM's ``TrainerConfig``; ``None`` writes no trainer_config) and
+    ``label_dict``. ``pooler=False`` leaves out the pooler, as in a masked-language-model checkpoint.
+    """
     gen = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
     genes = [f"G{i}" for i in range(n_genes)]
@@ -107,7 +142,6 @@ def write_bmfm_folder(
         f"{p}embeddings.expressions_embeddings.dense_2.bias": rnd(d),
         f"{p}embeddings.expressions_embeddings.special_token_embeddings.weight": rnd(n_special, 128),
         f"{p}embeddings.LayerNorm.weight": 1 + 0.1 * rnd(d), f"{p}embeddings.LayerNorm.bias": 0.1 * rnd(d),
-        f"{p}pooler.dense.weight": rnd(d, d) / d**0.5, f"{p}pooler.dense.bias": rnd(d),
         "model.cls.predictions.transform.dense.weight": rnd(d, d),  # heads: not on the embedding path
     }  # fmt: skip
     shapes = {
@@ -121,6 +155,8 @@ def write_bmfm_folder(
         for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
             state[f"{p}encoder.layer.{i}.{ln}.weight"] = 1 + 0.1 * rnd(d)
             state[f"{p}encoder.layer.{i}.{ln}.bias"] = 0.1 * rnd(d)
+    if pooler:
+        state.update({f"{p}pooler.dense.weight": rnd(d, d) / d**0.5, f"{p}pooler.dense.bias": rnd(d)})
     with _bmfm_classes() as cls:
         kwargs = {"kind": "mlp_with_special_token_embedding", "zero_as_special_token": True}
         fields = [
@@ -139,9 +175,20 @@ def write_bmfm_folder(
         }  # fmt: skip
         config.update(config_extra or {})
         hyper = {"model_config": cls["SCBertConfig"](**config), "label_dict": {"cell_type": {"T": 0, "B": 1}}}
+        if pooling_method is not None:
+            losses = [{"field_name": "expressions", "name": "mse", "wced_target": "input_genes"}]
+            hyper["trainer_config"] = cls["TrainerConfig"](
+                pooling_method=pooling_method, losses=losses, warmup_steps=10
+            )
         if extra_object is not None:
             hyper["extra"] = extra_object
-        ckpt = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.5.0", "state_dict": state}
+        ckpt = {
+            "epoch": 3,
+            "global_step": 10,
+            "pytorch-lightning_version": "2.5.0",
+            "state_dict": state,
+            "hparams_name": "kwargs",
+        }
         torch.save({**ckpt, "hyper_parameters": hyper}, folder / "biomed.rna.bert.tiny.ckpt")
     return genes
 
@@ -151,17 +198,21 @@ def _counts(n_cells: int, n_genes: int, seed: int = 0, rate: float = 1.0) -> spa
     return sparse.csr_matrix(rng.poisson(rng.gamma(0.6, rate, size=(n_cells, n_genes))).astype(np.float64))
 
 
-def _published_embedding(folder: Path, enc: BmfmEncoder, counts: np.ndarray, order: list[str], length: int):
+def _published_embedding(
+    folder: Path, enc: BmfmEncoder, counts: np.ndarray, order: list[str], length: int, max_length: int | None = None
+):
     """One cell as BMFM's collator and scBERT build it, written out independently of scsig's code.
 
-    ``[CLS] genes... [SEP]`` in the order of ``adata.var``, padded to ``length`` with an additive float
-    mask; value tokens encoded as ``-(id + 1)`` of the expressions vocabulary; naive attention.
+    ``log_normalize`` over all the cell's counts, then the tokenizer's cut to ``max_length - 2`` genes in
+    the order of ``adata.var`` (here ``order``) and ``[CLS] genes... [SEP]``, padded to ``length`` with an
+    additive float mask; value tokens encoded as ``-(id + 1)`` of the expressions vocabulary; naive attention.
     """
-    gv = json.loads((folder / "tokenizers/genes/vocab.json").read_text())
-    ev = json.loads((folder / "tokenizers/expressions/vocab.json").read_text())
+    gv, ev = _vocab(folder, "genes"), _vocab(folder, "expressions")
     keep = np.flatnonzero(counts > 0)
     c = counts[keep]
     vals = np.log1p(c / (c.sum() + 1) * 1e4)
+    if max_length is not None:
+        keep, vals = keep[: max_length - 2], vals[: max_length - 2]
     ids = [gv["[CLS]"], *[gv[order[g]] for g in keep], gv["[SEP]"]]
     ex = [-(ev["[CLS]"] + 1), *vals, -(ev["[SEP]"] + 1)]
     n_pad = length - len(ids)
@@ -194,10 +245,10 @@ def _published_embedding(folder: Path, enc: BmfmEncoder, counts: np.ndarray, ord
 @pytest.mark.parametrize("pool", ["first_token", "pooling_layer", "mean_pooling"])
 def test_loads_the_published_layout_and_reproduces_its_forward(tmp_path, pool):
     genes = write_bmfm_folder(tmp_path / "m", n_genes=30)
-    model = sg.models.load(tmp_path / "m") if pool == "first_token" else load_bmfm(tmp_path / "m", pool=pool)
+    model = load_bmfm(tmp_path / "m", pool=pool)
     assert isinstance(model.encoder, BmfmEncoder)
     assert sorted(model.gene_order) == sorted(genes)
-    vocab = json.loads((tmp_path / "m/tokenizers/genes/vocab.json").read_text())
+    vocab = _vocab(tmp_path / "m", "genes")
     assert [vocab[g] for g in model.gene_order] == sorted(vocab[g] for g in genes)  # vocabulary-id order
     enc = model.encoder.double()
     counts = _counts(3, 30, seed=4, rate=3.0).toarray()
@@ -261,15 +312,48 @@ def test_completeness_converges_and_batches_are_invariant(tmp_path):
     np.testing.assert_allclose(batched, alone, rtol=1e-10, atol=1e-14)
 
 
-def test_too_long_cells_keep_their_most_expressed_genes(tmp_path):
+def test_too_long_cells_keep_their_most_expressed_genes_normalized_by_all_their_counts(tmp_path):
     write_bmfm_folder(tmp_path / "m", n_genes=40)
-    enc = load_bmfm(tmp_path / "m", max_length=12).encoder  # 10 genes
+    model = load_bmfm(tmp_path / "m", max_length=12, pool="first_token")  # 10 genes
+    enc = model.encoder.double()
     counts = np.arange(1.0, 41.0)[None, ::-1].copy()  # gene 0 is the most expressed
     genes, vals, _, dropped = enc.tokenize(sparse.csr_matrix(counts))
     np.testing.assert_array_equal(genes[0], np.arange(10))
     assert dropped.tolist() == [30]
-    kept = counts[0, :10]
-    np.testing.assert_allclose(vals[0], np.log1p(1e4 * kept / (kept.sum() + 1)))  # total over the kept genes
+    # BMFM's log_normalize runs on the whole cell before the tokenizer cuts it (max_mfi_data_len=None)
+    np.testing.assert_allclose(vals[0], np.log1p(1e4 * counts[0, :10] / (counts.sum() + 1)), rtol=1e-12)
+    # decreasing along the model's order: BMFM's first genes in the data's order are the most expressed
+    ref = _published_embedding(tmp_path / "m", enc, counts[0], model.gene_order, length=16, max_length=12)
+    torch.testing.assert_close(enc(torch.as_tensor(counts))[0], ref[0], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("pooling_method", "pooler", "expected"),
+    [
+        ("pooling_layer", True, "pooling_layer"),  # BMFM's TrainerConfig default
+        ("mean_pooling", True, "mean_pooling"),
+        (0, True, "first_token"),  # a position: the [CLS] token
+        (None, True, "pooling_layer"),  # no trainer_config: BMFM's default
+        ("pooling_layer", False, "first_token"),  # no trained pooler: BMFM's embeddings are the [CLS] output
+    ],
+)
+def test_default_cell_embedding_is_the_checkpoints_pooling_method(tmp_path, pooling_method, pooler, expected):
+    write_bmfm_folder(tmp_path / "m", n_genes=30, pooling_method=pooling_method, pooler=pooler)
+    model = sg.models.load(tmp_path / "m")
+    assert model.encoder.pool == expected
+    enc = model.encoder.double()
+    counts = _counts(2, 30, seed=3, rate=3.0).toarray()
+    ours = enc(torch.as_tensor(counts))
+    for i in range(2):
+        h = _published_embedding(tmp_path / "m", enc, counts[i], model.gene_order, length=32)
+        n_tok = int((counts[i] > 0).sum()) + 2
+        ref = {"first_token": h[0], "mean_pooling": h[1:n_tok].mean(dim=0)}
+        ref["pooling_layer"] = torch.tanh(enc.pooler.dense(h[0])) if enc.pooler is not None else None
+        torch.testing.assert_close(ours[i], ref[expected], rtol=1e-9, atol=1e-10)
+    assert load_bmfm(tmp_path / "m", pool="mean_pooling").encoder.pool == "mean_pooling"  # pool= overrides it
+    write_bmfm_folder(tmp_path / "n", n_genes=5, pooling_method=[0, 1])
+    with pytest.raises(ValueError, match=r"trainer_config.pooling_method=\[0, 1\] is not a cell embedding.*pass pool="):
+        sg.models.load(tmp_path / "n")
 
 
 def test_attribute_end_to_end_and_independent_of_var_order(tmp_path):
@@ -313,8 +397,7 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / "n" / "biomed.rna.bert.tiny.ckpt").rename(tmp_path / "n" / "weights.bin")
     with pytest.raises(FileNotFoundError, match=r"exactly one BMFM-RNA checkpoint \(\*\.ckpt\), not \[\]"):
         load_bmfm(tmp_path / "n")
-    for name in ("tokenizer.json", "vocab.json"):
-        (tmp_path / "n" / "tokenizers" / "genes" / name).unlink()
+    (tmp_path / "n" / "tokenizers" / "genes" / "tokenizer.json").unlink()
     (tmp_path / "n" / "weights.bin").rename(tmp_path / "n" / "m.ckpt")
     with pytest.raises(FileNotFoundError, match="none of tokenizer.json, vocab.json or vocab.txt"):
         load_bmfm(tmp_path / "n")
@@ -353,6 +436,6 @@ def test_cells_without_genes(tmp_path):
     x[1] = 0
     adata = AnnData(X=sparse.csr_matrix(x.astype(np.float32)), var=pd.DataFrame(index=genes))
     with pytest.warns(UserWarning, match="1 cells have zero counts"):
-        sg.tl.attribute(adata, model, n_steps=128, batch_size=1)
+        sg.tl.attribute(adata, model, n_steps=256, batch_size=1)
     sums = np.asarray(adata.layers["attr_ig"].sum(axis=1)).ravel()
     np.testing.assert_allclose(sums, [1000.0, 0.0, 1000.0], rtol=1e-5)
