@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import time
 
 import numpy as np
@@ -37,6 +38,10 @@ SIZES = {
         "small": {"d_model": 64, "n_heads": 4, "d_hid": 128, "n_layers": 2},
         "real": {"d_model": 512, "n_heads": 8, "d_hid": 512, "n_layers": 12},
     },
+    "scfoundation": {
+        "small": {"dim": 64, "heads": 4, "depth": 2},
+        "real": {"dim": 768, "heads": 12, "depth": 12},
+    },
     "bmfm": {
         "small": {"d_model": 64, "n_heads": 4, "d_ff": 256, "n_layers": 2},
         "real": {"d_model": 768, "n_heads": 12, "d_ff": 3072, "n_layers": 12},
@@ -45,6 +50,12 @@ SIZES = {
 
 
 def _encoder(arch: str, size: str, n_genes: int) -> torch.nn.Module:
+    if arch == "scfoundation":
+        from scsig.models._scfoundation import ScFoundationEncoder
+
+        return ScFoundationEncoder(
+            n_genes=n_genes, bin_num=100, bin_alpha=1.0, seq_len=n_genes + 2, **SIZES[arch][size]
+        )  # fmt: skip
     if arch == "bmfm":
         from scsig.models._bmfm import BmfmEncoder
 
@@ -76,7 +87,7 @@ def _model(arch: str, size: str, n_genes: int):
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.fill_(1.0)
     genes = [f"g{i}" for i in range(n_genes)]
-    if arch == "bmfm":
+    if arch in ("bmfm", "scfoundation"):  # their encoders take raw counts
         recipe = Preprocessing(target_sum=None, log1p=False, requires_counts=True)
     else:
         recipe = Preprocessing(target_sum=1e4, log1p=True)
@@ -101,22 +112,21 @@ def _captum(model, x: sparse.csr_matrix, n_steps: int) -> np.ndarray:
     out = np.zeros(x.shape)
 
     class Dense(torch.nn.Module):
-        def __init__(self, g: np.ndarray) -> None:
+        def __init__(self, g: np.ndarray, ext: np.ndarray) -> None:
             super().__init__()
-            self.g = torch.as_tensor(g)
+            self.g, self.ext = torch.as_tensor(g), torch.as_tensor(ext, dtype=dtype)[None]
 
         def embed(self, dense: torch.Tensor) -> torch.Tensor:
             v = dense[:, self.g]
             n = v.shape[0]
-            return enc.embed_tokens(
-                self.g.expand(n, -1), v, torch.zeros_like(v, dtype=torch.bool), torch.zeros((n, 0), dtype=dtype)
-            )
+            pad = torch.zeros_like(v, dtype=torch.bool)
+            return enc.embed_tokens(self.g.expand(n, -1), v, pad, self.ext.expand(n, -1))
 
         def forward(self, dense: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
             return (self.embed(dense) * ref).abs().sum(dim=1)
 
     for i, (g, v) in enumerate(zip(genes, vals, strict=True)):
-        module = Dense(g)
+        module = Dense(g, extras[i])
         dense = torch.zeros((1, x.shape[1]), dtype=dtype)
         dense[0, g] = torch.as_tensor(v, dtype=dtype)
         with torch.no_grad():
@@ -201,11 +211,12 @@ def main() -> None:
         model, x = _kang(args.cells, args.arch, args.size)
     else:
         model = _model(args.arch, args.size, args.genes)
-        x = _cells(args.cells, args.genes, args.expressed, log1p=args.arch == "scgpt")
+        x = _cells(args.cells, args.genes, args.expressed, log1p=args.arch == "scgpt")  # BMFM, scFoundation: counts
     module = TargetModule(model.encoder, "self_similarity")
     start = time.perf_counter()
     ours = token_attributions(module, model, x, n_steps=args.steps)[0].toarray()
     t_ours = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # model, data and the engine's passes
     start = time.perf_counter()
     ref = _captum(model, x, args.steps)
     t_captum = time.perf_counter() - start
@@ -221,7 +232,7 @@ def main() -> None:
     print(
         f"{args.arch} {args.size} config, {args.cells} cells, {np.diff(x.indptr).mean():.0f} expressed genes per cell, {args.steps} steps, {args.threads} threads"
     )
-    print(f"token engine: {t_ours * per:.1f} s per 1,000 cells")
+    print(f"token engine: {t_ours * per:.1f} s per 1,000 cells; peak memory {peak_gb:.2f} GB")
     print(
         f"captum, one cell per call: {t_captum * per:.1f} s per 1,000 cells ({t_captum / t_ours:.1f}x the engine's time)"
     )
