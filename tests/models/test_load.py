@@ -73,6 +73,10 @@ def test_missing_files(tmp_path):
         sg.models.load(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         sg.models.load(tmp_path / "nope.ckpt")
+    (tmp_path / "scf").mkdir()
+    (tmp_path / "scf" / "models.ckpt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"is a file; sg.models.load takes the model's folder: pass '.*scf'"):
+        sg.models.load(tmp_path / "scf" / "models.ckpt")
 
 
 def test_layer_sizes_json_optional(scim_folder):

@@ -132,9 +132,16 @@ def load(path: str | Path, *, name: str | None = None, allow_pickle: bool = Fals
         model = _load_folder(bundled, name=name or key, allow_pickle=False)
         model.default_target = BUNDLED[key].default_target
         return model
+    if folder.is_file():  # a model's file given for its folder
+        msg = (
+            f"{key!r} is a file; sg.models.load takes the model's folder: pass {str(folder.parent)!r}, the folder "
+            f"holding {folder.name!r} and the model's other files (gene list, config, vocabulary)."
+        )
+        raise FileNotFoundError(msg)
     known = ", ".join(repr(k) for k in sorted(BUNDLED))
     msg = (
         f"{key!r} is not a model folder and not a known model name. Known names: {known}. "
-        "Otherwise pass the folder holding encoder.ckpt (or encoder.safetensors) and gene_order.tsv."
+        "Otherwise pass the model's folder (e.g. SCimilarity's, with encoder.ckpt and gene_order.tsv; "
+        "scGPT's, with args.json, vocab.json and best_model.pt)."
     )
     raise FileNotFoundError(msg)
