@@ -31,13 +31,14 @@ installed (``mae_autobin.py`` imports it; unused on this path).
 
 Edits, applied at run time as literal substitutions and printed: ``.cuda()`` removed (CPU), the hard-coded
 19,264 genes (19,266 tokens) set to the test model's, and, for the float64 run only, the ``.float()`` of the
-values made dtype-preserving. ``get_embedding.py`` then runs as its own command line (``runpy``) in a folder
-holding ``models/models.ckpt`` (random-weight ``MaeAutobin``s built with the published ``select_model``, saved
-in the released checkpoint's layout) and ``OS_scRNA_gene_index.19264.tsv``. It is compared with
-``sg.models.load`` (embeddings: ``tgthighres`` t4/f2/a0.5, ``pool_type`` all/max, float32 and float64), and
-captum's ``IntegratedGradients`` over the published module's value input with scsig's attributions; plus
-batch invariance, the config under ``strict_config=True``, cells of one and two counts, and the test suite's
-scFoundation writer read by the published ``convertconfig`` + ``select_model``.
+values made dtype-preserving (torch's default dtype is float64 during that run). ``get_embedding.py`` then
+runs as its own command line (``runpy``) in a folder holding ``models/models.ckpt`` (random-weight
+``MaeAutobin``s built with the published ``select_model``, saved in the released checkpoint's layout) and
+``OS_scRNA_gene_index.19264.tsv``. It is compared with ``sg.models.load`` (embeddings: ``tgthighres``
+t4/f2/a0.5, ``pool_type`` all/max, float32 and float64), and captum's ``IntegratedGradients`` over the
+published module's value input with scsig's attributions; plus batch invariance, the config under
+``strict_config=True``, cells of one and two counts, and the test suite's scFoundation writer read by the
+published ``convertconfig`` + ``select_model``.
 
     python benchmarks/published_scfoundation.py                    # downloads the pinned files (needs internet)
     python benchmarks/published_scfoundation.py --source DIR       # a local copy laid out like the repository
