@@ -42,7 +42,7 @@ published ``convertconfig`` + ``select_model``.
 
     python benchmarks/published_scfoundation.py                    # downloads the pinned files (needs internet)
     python benchmarks/published_scfoundation.py --source DIR       # a local copy laid out like the repository
-    python benchmarks/published_scfoundation.py --source DIR --quick   # one small model, about a minute
+    python benchmarks/published_scfoundation.py --source DIR --quick   # one small model, about 10 s
 """
 
 from __future__ import annotations
