@@ -581,7 +581,8 @@ def main(argv=None) -> None:
             print(f"  {e.path}: {e.old!r} -> {e.new!r} x{e.count} ({e.why})")
         print("stubs in sys.modules: " + "; ".join(install_stubs()))
         worst = run(import_published(model_dir), tmp, args.quick)
-    print("\nworst over the models (the numbers docs/token_models.md quotes):")
+    quick = "(--quick: one model, 8 steps; docs/token_models.md quotes the full run)"
+    print(f"\nworst over the models {quick if args.quick else '(as docs/token_models.md quotes them)'}:")
     print(f"  embeddings: float32 {worst['emb32']:.1e}, float64 {worst['emb64']:.1e} (max relative)")
     print(f"  raw attributions vs captum on the published module (float64): {worst['attr64']:.1e} (row-L1)")
     print(f"  sg.tl.attribute layer vs captum rescaled to 1,000 (float32): {worst['layer32']:.1e} (row-L1)")
