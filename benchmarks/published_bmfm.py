@@ -300,15 +300,16 @@ def main(argv: list[str] | None = None) -> None:
             root = args.source.resolve()
             print(f"source: --source {root}")
         pub, importer = import_published(root)
-        for line in dict.fromkeys(importer.log):
-            print(line)
         if importer.third_party:
             print(f"stand-ins for missing third-party packages: {', '.join(sorted(importer.third_party))}")
         from _published_bmfm_checks import run_checks
 
         start = time.perf_counter()
         run_checks(pub, Path(tmp), quick=args.quick)
-        print(f"done in {time.perf_counter() - start:.0f} s")
+        print("edits applied and stand-ins touched (imports inside functions run during the checks):")
+        for line in dict.fromkeys(importer.log):
+            print(f"  {line}")
+        print(f"checks done in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
