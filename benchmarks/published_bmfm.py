@@ -42,9 +42,14 @@ repository: ``bmfm_targets/tokenization/multifield_instance.py``. Its text was r
 package vendored in ``netanelazran11/BiomedSciAI_ACL_Project`` (commit
 ``727fd3f02274a6ac416fc638bdda2ba933170611``, a dataclass of ``data`` and ``metadata``); it is pinned here
 to the official repository at the commit of ``multifield_tokenizer.py``, whose ``from .multifield_instance
-import MultiFieldInstance`` puts it at that path in that tree. The download path could not be run where
-this was written (no internet); the numbers in ``docs/token_models.md`` come from ``--source`` on local
-copies of these files.
+import MultiFieldInstance`` puts it at that path in that tree.
+
+Where this was written there was no internet, so the download path ran only against a local HTTP server
+(``tests/benchmarks/test_published_bmfm_fetch.py``). The numbers in ``docs/token_models.md`` come from
+``--source`` on local copies read through the code index: extracts of the pinned files (the classes and
+functions on the embedding path; ``SCBertForMultiTaskModeling`` cut to its encoder, since the heads are off
+that path), and the same extracts with each file's published imports and module-level code put back,
+which gave identical numbers. The whole files at the pinned commits have not been run through the hook.
 """
 
 from __future__ import annotations
