@@ -20,7 +20,8 @@ in place. No published code is stored in this repository: the files are download
    installed (``clearml``, ``focal_loss``: imported by the metrics module for its losses). The script
    prints every stand-in that was touched. ``TrainerConfig`` is built here as a dataclass with the
    published defaults (``pooling_method="pooling_layer"``), since the training configuration module imports
-   the training stack; the checkpoint only pickles it.
+   the training stack; the checkpoint only pickles it. Where the pinned files disagree (they come from
+   different commits), a class attribute is added with its default, printed (``COMPAT``).
 2. **Edits**, printed as they are applied, each required to match exactly once (``SUBSTITUTIONS``): the two
    float32 casts of the expression values are made dtype-preserving, so that the published modules can run
    in float64. In a float32 model they change nothing (the values are rounded to float32 once, at the value
@@ -123,6 +124,18 @@ SUBSTITUTIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 """(path, published text, replacement, why): run-time edits, each required to match exactly once."""
 
+COMPAT: tuple[tuple[str, str, str, object, str], ...] = (
+    (
+        "bmfm_targets.config.tokenization_config",
+        "FieldInfo",
+        "datastore_config",
+        None,
+        "sample_transforms.py at its pin reads FieldInfo.datastore_config, absent from tokenization_config.py at "
+        "its pin (the pins differ); None, the attribute's default where it exists, means no datastore",
+    ),
+)
+"""(module, class, attribute, default, why): class attributes set after loading a file, when missing."""
+
 OPTIONAL_THIRD_PARTY = ("clearml", "focal_loss", "torchmetrics", "lightning", "pytorch_lightning")
 """Third-party packages imported by the files above but off the embedding path: stand-ins when missing."""
 
@@ -215,6 +228,14 @@ def _trainer_config_module(module) -> None:
     module.TrainerConfig = cls
 
 
+def _apply_compat(module, log: list[str]) -> None:
+    for name, cls_name, attr, default, why in COMPAT:
+        cls = getattr(module, cls_name, None) if module.__name__ == name else None
+        if cls is not None and not hasattr(cls, attr):
+            setattr(cls, attr, default)
+            log.append(f"compat {name}.{cls_name}.{attr} = {default!r} ({why})")
+
+
 RUNTIME_MODULES = {"bmfm_targets.config.training_config": _trainer_config_module}
 
 
@@ -244,6 +265,7 @@ class PublishedImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__file__ = str(self.root / path)
             code = compile(edited_text(self.root, path, self.log), module.__file__, "exec")
             exec(code, module.__dict__)  # the published file, as fetched, with the printed edits
+            _apply_compat(module, self.log)
         elif name in RUNTIME_MODULES:
             RUNTIME_MODULES[name](module)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import importlib.util
+import sys
 import threading
 from pathlib import Path
 
@@ -81,3 +82,55 @@ def test_edits_must_match_once(bench, tmp_path):
     (tmp_path / path).write_text("changed upstream\n")
     with pytest.raises(RuntimeError, match="found 0 times.*update SUBSTITUTIONS"):
         bench.edited_text(tmp_path, path, log)
+
+
+@pytest.fixture
+def fake_source(bench, tmp_path):
+    """Every MANIFEST file as a few lines of made-up code (the edits' texts where the edits expect them)."""
+    root = tmp_path / "src"
+    for path in bench.MANIFEST:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("X = 1\n")
+    layers, layers_old = bench.SUBSTITUTIONS[0][:2]
+    (root / layers).write_text(f"def f(self, input_ids, field, i):\n    {layers_old}    )\n")
+    tokenizer, tokenizer_old = bench.SUBSTITUTIONS[1][:2]
+    (root / tokenizer).write_text(f"def g(field_encodings):\n    return dict(\n        {tokenizer_old}\n    )\n")
+    (root / "bmfm_targets/config/tokenization_config.py").write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass FieldInfo:\n    field_name: str\n"
+    )
+    (root / "bmfm_targets/config/model_config.py").write_text(
+        "from bmfm_targets.config import FieldInfo\n"
+        "from bmfm_targets.datasets.label_ontology import LabelOntology\n"
+        "from clearml.logger import Logger\n"
+        "Kept = FieldInfo\n"
+    )
+    return root
+
+
+def test_import_hook_resolves_edits_and_stands_in(bench, fake_source):
+    importer = bench.PublishedImporter(fake_source)
+    importer.third_party = {"clearml"}  # as when it is not installed
+    sys.meta_path.insert(0, importer)
+    try:
+        model_config = importlib.import_module("bmfm_targets.config.model_config")
+        layers = importlib.import_module("bmfm_targets.models.predictive.layers")
+        assert model_config.Kept.__module__ == "bmfm_targets.config.tokenization_config"
+        assert model_config.Kept.datastore_config is None  # the printed compat default
+        with pytest.raises(RuntimeError, match="stand-in"):
+            model_config.LabelOntology()
+        assert "LayerNorm" in layers.f.__code__.co_names
+        assert "float" not in layers.f.__code__.co_names
+        tokenizer = importlib.import_module("bmfm_targets.tokenization.multifield_tokenizer")
+        assert "double" in tokenizer.g.__code__.co_names
+        trainer = importlib.import_module("bmfm_targets.config").TrainerConfig()
+        assert trainer.pooling_method == "pooling_layer"
+    finally:
+        sys.meta_path.remove(importer)
+        for name in [m for m in sys.modules if m.split(".")[0] in {"bmfm_targets", "clearml"}]:
+            del sys.modules[name]
+    log = "\n".join(importer.log)
+    assert "stand-in bmfm_targets.datasets.label_ontology.LabelOntology" in log
+    assert "stand-in clearml.logger.Logger" in log
+    assert "compat bmfm_targets.config.tokenization_config.FieldInfo.datastore_config = None" in log
+    assert "edit bmfm_targets/models/predictive/layers.py" in log
+    assert "edit bmfm_targets/tokenization/multifield_tokenizer.py" in log
