@@ -95,6 +95,7 @@ def build_folder(pub: dict, folder: Path, n_genes: int, seed: int, hidden=32, la
         pad_token_id=0,
         attention="torch",
         use_cache=True,
+        tie_word_embeddings=False,  # as SCModelConfigBase declares; transformers 4 would tie at construction
     )
     torch.manual_seed(seed)
     model = pub["SCBertForMultiTaskModeling"](config)
