@@ -38,8 +38,8 @@ in place. No published code is stored in this repository: the files are download
 
 Sources (``MANIFEST``): each file is pinned to the commit whose text was read through a code index of public
 GitHub repositories; the index stores versions of each file at different commits, so the pins differ
-from file to file (the set was read together and ran together). One file is not stored for the official
-repository: ``bmfm_targets/tokenization/multifield_instance.py``. Its text was read from a copy of the
+from file to file (where two of them disagree, ``COMPAT`` bridges it). One file is not stored for the
+official repository: ``bmfm_targets/tokenization/multifield_instance.py``. Its text was read from a copy of the
 package vendored in ``netanelazran11/BiomedSciAI_ACL_Project`` (commit
 ``727fd3f02274a6ac416fc638bdda2ba933170611``, a dataclass of ``data`` and ``metadata``); it is pinned here
 to the official repository at the commit of ``multifield_tokenizer.py``, whose ``from .multifield_instance
@@ -47,10 +47,11 @@ import MultiFieldInstance`` puts it at that path in that tree.
 
 Where this was written there was no internet, so the download path ran only against a local HTTP server
 (``tests/benchmarks/test_published_bmfm_fetch.py``). The numbers in ``docs/token_models.md`` come from
-``--source`` on local copies read through the code index: extracts of the pinned files (the classes and
-functions on the embedding path; ``SCBertForMultiTaskModeling`` cut to its encoder, since the heads are off
-that path), and the same extracts with each file's published imports and module-level code put back,
-which gave identical numbers. The whole files at the pinned commits have not been run through the hook.
+``--source`` on a local copy assembled from the text read through the code index: in each file the
+published imports and module-level code and the published classes and functions on the checked path
+(the scBERT encoder and multi-task model with its heads, the configuration classes, the tokenizer, the
+collator and its transforms), with the parts off that path left out. The whole files at the pinned
+commits have not been run through the hook.
 """
 
 from __future__ import annotations
