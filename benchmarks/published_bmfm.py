@@ -50,8 +50,9 @@ Where this was written there was no internet, so the download path ran only agai
 ``--source`` on a local copy assembled from the text read through the code index: in each file the
 published imports and module-level code and the published classes and functions on the checked path
 (the scBERT encoder and multi-task model with its heads, the configuration classes, the tokenizer, the
-collator and its transforms), with the parts off that path left out. The whole files at the pinned
-commits have not been run through the hook.
+collator and its transforms), with the parts off that path left out (a few branches not taken, such as
+position or pretrained embeddings, raise instead). The whole files at the pinned commits have not been run
+through the hook.
 """
 
 from __future__ import annotations
