@@ -323,7 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="published_bmfm_") as tmp:
         if args.source is None:
             root = Path(tmp) / "src"
-            fetch_published(root)
+            try:
+                fetch_published(root)
+            except RuntimeError as err:
+                parser.exit(2, f"published_bmfm.py: {err}\n")
             print(f"source: downloaded from {RAW_URL} into a temporary folder")
         else:
             root = args.source.resolve()
