@@ -242,6 +242,25 @@ def _published_embedding(
     return x[0]
 
 
+def _pooled(h: torch.Tensor, counts: np.ndarray, pool: str, enc) -> torch.Tensor:
+    """The cell embedding BMFM pools from the token outputs ``h`` of ``[CLS] genes... [SEP]``."""
+    if pool == "first_token":
+        return h[0]
+    if pool == "pooling_layer":
+        return torch.tanh(enc.pooler.dense(h[0]))
+    return h[1 : int((counts > 0).sum()) + 2].mean(dim=0)  # the genes and [SEP]
+
+
+def _assert_published_embedding(folder, model, pool: str, *, n_cells: int, seed: int, length: int) -> None:
+    """The model's (float64) embeddings of random cells equal the re-implemented published forward's."""
+    enc = model.encoder.double()
+    counts = _counts(n_cells, model.n_genes, seed=seed, rate=3.0).toarray()
+    ours = enc(torch.as_tensor(counts))
+    for i in range(n_cells):
+        h = _published_embedding(folder, enc, counts[i], model.gene_order, length=length)
+        torch.testing.assert_close(ours[i], _pooled(h, counts[i], pool, enc), rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("pool", ["first_token", "pooling_layer", "mean_pooling"])
 def test_loads_the_published_layout_and_reproduces_its_forward(tmp_path, pool):
     genes = write_bmfm_folder(tmp_path / "m", n_genes=30)
@@ -250,19 +269,7 @@ def test_loads_the_published_layout_and_reproduces_its_forward(tmp_path, pool):
     assert sorted(model.gene_order) == sorted(genes)
     vocab = _vocab(tmp_path / "m", "genes")
     assert [vocab[g] for g in model.gene_order] == sorted(vocab[g] for g in genes)  # vocabulary-id order
-    enc = model.encoder.double()
-    counts = _counts(3, 30, seed=4, rate=3.0).toarray()
-    ours = enc(torch.as_tensor(counts))
-    for i in range(3):
-        h = _published_embedding(tmp_path / "m", enc, counts[i], model.gene_order, length=40)
-        n_tok = int((counts[i] > 0).sum()) + 2
-        if pool == "first_token":
-            ref = h[0]
-        elif pool == "pooling_layer":
-            ref = torch.tanh(enc.pooler.dense(h[0]))
-        else:
-            ref = h[1:n_tok].mean(dim=0)
-        torch.testing.assert_close(ours[i], ref, rtol=1e-9, atol=1e-10)
+    _assert_published_embedding(tmp_path / "m", model, pool, n_cells=3, seed=4, length=40)
 
 
 def test_forward_is_deterministic_and_padding_correct(tmp_path):
@@ -341,15 +348,7 @@ def test_default_cell_embedding_is_the_checkpoints_pooling_method(tmp_path, pool
     write_bmfm_folder(tmp_path / "m", n_genes=30, pooling_method=pooling_method, pooler=pooler)
     model = sg.models.load(tmp_path / "m")
     assert model.encoder.pool == expected
-    enc = model.encoder.double()
-    counts = _counts(2, 30, seed=3, rate=3.0).toarray()
-    ours = enc(torch.as_tensor(counts))
-    for i in range(2):
-        h = _published_embedding(tmp_path / "m", enc, counts[i], model.gene_order, length=32)
-        n_tok = int((counts[i] > 0).sum()) + 2
-        ref = {"first_token": h[0], "mean_pooling": h[1:n_tok].mean(dim=0)}
-        ref["pooling_layer"] = torch.tanh(enc.pooler.dense(h[0])) if enc.pooler is not None else None
-        torch.testing.assert_close(ours[i], ref[expected], rtol=1e-9, atol=1e-10)
+    _assert_published_embedding(tmp_path / "m", model, expected, n_cells=2, seed=3, length=32)
     assert load_bmfm(tmp_path / "m", pool="mean_pooling").encoder.pool == "mean_pooling"  # pool= overrides it
     write_bmfm_folder(tmp_path / "n", n_genes=5, pooling_method=[0, 1])
     with pytest.raises(ValueError, match=r"trainer_config.pooling_method=\[0, 1\] is not a cell embedding.*pass pool="):
