@@ -35,19 +35,45 @@ from scsig.models._scgpt import expected_bins
 N_GENES = 300
 
 
-@pytest.fixture(scope="module")
-def scgpt():
-    """The published ``model``, ``preprocess`` and ``data_collator`` modules, without ``scgpt/__init__``."""
+class _FlashMHA(torch.nn.Module):
+    """Stand-in for flash-attn's ``FlashMHA`` as scGPT uses it: ``Wqkv`` packs q, k, v as (3, heads, d_head);
+    ``key_padding_mask`` is True where a key is kept."""
+
+    def __init__(self, embed_dim, num_heads, batch_first=True, attention_dropout=0.0, **kwargs):
+        super().__init__()
+        self.num_heads, self.batch_first = num_heads, batch_first
+        self.Wqkv = torch.nn.Linear(embed_dim, 3 * embed_dim, **kwargs)
+        self.out_proj = torch.nn.Linear(embed_dim, embed_dim, **kwargs)
+
+    def forward(self, x, key_padding_mask=None, **kwargs):
+        b, n, d = x.shape
+        q, k, v = self.Wqkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), None
+
+
+def _load_published(flash: bool) -> types.SimpleNamespace:
+    """The published ``model``, ``preprocess`` and ``data_collator`` modules, without ``scgpt/__init__``.
+
+    ``flash=True`` gives ``model.py`` a flash-attn to import (:class:`_FlashMHA`), so that its
+    ``FlashTransformerEncoderLayer`` and the checkpoint layout it saves (``self_attn.Wqkv``) are used.
+    """
     spec = importlib.util.find_spec("scgpt")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("the published scgpt package is not installed (pip install --no-deps scgpt==0.2.4)")
     root = Path(spec.submodule_search_locations[0])
-    saved = {k: v for k, v in sys.modules.items() if k == "scgpt" or k.startswith("scgpt.")}
+    names = ("scgpt", "flash_attn")
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
     pkg = types.ModuleType("scgpt")
     pkg.__path__, pkg.logger = [str(root)], logging.getLogger("scGPT")
     sub = types.ModuleType("scgpt.model")
     sub.__path__ = [str(root / "model")]
     sys.modules.update({"scgpt": pkg, "scgpt.model": sub})
+    if flash:
+        fa, fa_attn = types.ModuleType("flash_attn"), types.ModuleType("flash_attn.flash_attention")
+        fa_attn.FlashMHA = _FlashMHA
+        sys.modules.update({"flash_attn": fa, "flash_attn.flash_attention": fa_attn})
     mods = {}
     try:
         with warnings.catch_warnings():
@@ -65,20 +91,33 @@ def scgpt():
                 mspec.loader.exec_module(module)
                 mods[name.rsplit(".", 1)[1]] = module
     finally:
-        for key in [k for k in sys.modules if k == "scgpt" or k.startswith("scgpt.")]:
+        for key in [k for k in sys.modules if k.split(".")[0] in names]:
             del sys.modules[key]
         sys.modules.update(saved)
+    assert mods["model"].flash_attn_available == flash
     return types.SimpleNamespace(**mods)
 
 
-def _published_model(scgpt, vocab: dict[str, int], seed: int = 0) -> torch.nn.Module:
+@pytest.fixture(scope="module")
+def scgpt():
+    """scGPT's published modules (torch's attention layers, as without flash-attn)."""
+    return _load_published(flash=False)
+
+
+@pytest.fixture(scope="module")
+def scgpt_flash():
+    """scGPT's published modules with a flash-attn to import (its ``FlashTransformerEncoderLayer``)."""
+    return _load_published(flash=True)
+
+
+def _published_model(scgpt, vocab: dict[str, int], seed: int = 0, *, flash: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = scgpt.model.TransformerModel(
             ntoken=len(vocab), d_model=32, nhead=4, d_hid=48, nlayers=3, nlayers_cls=3, n_cls=1, vocab=vocab,
             dropout=0.2, pad_token="<pad>", pad_value=-2, do_mvc=True, do_dab=False, use_batch_labels=False,
-            domain_spec_batchnorm=False, explicit_zero_prob=False, use_fast_transformer=False, pre_norm=False,
+            domain_spec_batchnorm=False, explicit_zero_prob=False, use_fast_transformer=flash, pre_norm=False,
         )  # fmt: skip
     with torch.no_grad():  # random weights of a trained-looking scale (layer norms near 1)
         for name, p in model.named_parameters():
@@ -87,12 +126,14 @@ def _published_model(scgpt, vocab: dict[str, int], seed: int = 0) -> torch.nn.Mo
     return model.eval()
 
 
-def _folder(scgpt, tmp_path: Path, n_bins: int = 51) -> tuple[Path, torch.nn.Module, dict[str, int], list[str]]:
+def _folder(
+    scgpt, tmp_path: Path, n_bins: int = 51, *, flash: bool = False
+) -> tuple[Path, torch.nn.Module, dict[str, int], list[str]]:
     genes = [f"G{i}" for i in range(N_GENES)]
     ids = np.random.default_rng(1).permutation(N_GENES)  # gene ids not in the data's gene order
     vocab = {g: int(i) for g, i in zip(genes, ids, strict=True)}
     vocab.update({"<pad>": N_GENES, "<cls>": N_GENES + 1, "<eoc>": N_GENES + 2})
-    model = _published_model(scgpt, vocab)
+    model = _published_model(scgpt, vocab, flash=flash)
     folder = tmp_path / "scgpt_random"
     folder.mkdir()
     args = {
@@ -217,3 +258,39 @@ def test_a_short_cell_is_the_same_alone_or_with_a_long_one(scgpt, tmp_path):
     both = token_attributions(TargetModule(model.encoder), model, prepared, n_steps=16)[0].toarray()
     alone = token_attributions(TargetModule(model.encoder), model, prepared[:1], n_steps=16)[0].toarray()
     np.testing.assert_allclose(both[:1], alone, rtol=1e-10, atol=1e-14)
+
+
+def test_flash_attention_layout_equals_the_published_pipeline(scgpt_flash, tmp_path):
+    """A checkpoint saved from scGPT's flash-attention layers (``self_attn.Wqkv``), embedded as they compute."""
+    folder, published, vocab, genes = _folder(scgpt_flash, tmp_path, flash=True)
+    saved = torch.load(folder / "best_model.pt", weights_only=True)
+    assert "transformer_encoder.layers.0.self_attn.Wqkv.weight" in saved
+    x = _counts([3, 40, 250, 17])
+    model, prepared, _ = _ours(folder, genes, x, double=True)
+    published.double()
+    expected, _ = _published_embedding(scgpt_flash, published, vocab, genes, x)
+    with torch.no_grad():
+        ours = model.encoder(torch.as_tensor(prepared.toarray(), dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-10)
+
+
+def test_pre_norm_is_the_published_flash_layers_pre_scheme(scgpt_flash):
+    """``ScGPTEncoder(pre_norm=True)``'s layer equals scGPT's ``FlashTransformerEncoderLayer(norm_scheme="pre")``."""
+    from scsig.models._tokens import block_forward
+
+    torch.manual_seed(3)
+    layer = scgpt_flash.model.FlashTransformerEncoderLayer(16, 4, 24, 0.0, batch_first=True, norm_scheme="pre")
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    layer = layer.double().eval()
+    ours = torch.nn.TransformerEncoderLayer(16, 4, 24, dropout=0.0, batch_first=True).double().eval()
+    state = {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): v for k, v in layer.state_dict().items()}
+    ours.load_state_dict(state)
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    pad = torch.zeros((2, 7), dtype=torch.bool)
+    pad[1, 4:] = True
+    with torch.no_grad():
+        expected = layer(x, src_key_padding_mask=pad)
+        got = block_forward(ours, x, pad, norm="pre_residual_normed")
+    torch.testing.assert_close(got[~pad], expected[~pad], rtol=1e-10, atol=1e-12)
