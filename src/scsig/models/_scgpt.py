@@ -268,6 +268,14 @@ def _state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Te
         if not key.startswith(("encoder.", "value_encoder.", "transformer_encoder.")):
             continue  # decoders, classifier heads, batch encoders: not on the cell-embedding path
         out[key.replace("self_attn.Wqkv.", "self_attn.in_proj_")] = value
+    batch_norm = sorted({k.split(".")[0] for k in raw if k.startswith(("dsbn.", "bn."))})
+    if batch_norm:
+        warnings.warn(
+            f"{path} has batch-norm layers on the embedding path ({batch_norm}); scGPT's embed_data builds the "
+            "model without them (domain_spec_batchnorm=False), and scsig embeds as embed_data does.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     return out
 
 

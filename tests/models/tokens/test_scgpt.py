@@ -194,3 +194,14 @@ def test_pre_norm_layer_is_scgpts_flash_scheme():
     h = layer.norm2(h)
     h = h + layer.linear2(torch.relu(layer.linear1(h)))
     torch.testing.assert_close(ours, h, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_layers_are_named_and_left_out_as_embed_data_does(tmp_path, scgpt_folder):
+    scgpt_folder(tmp_path / "m", n_genes=8)
+    state = torch.load(tmp_path / "m" / "best_model.pt", weights_only=True)
+    before = sg.models.load(tmp_path / "m").embed(np.eye(8, dtype=np.float32)[:2] * 3)
+    state["dsbn.bns.0.running_mean"] = torch.ones(16)  # a domain-specific batch norm, as use_batch_labels models have
+    torch.save(state, tmp_path / "m" / "best_model.pt")
+    with pytest.warns(UserWarning, match=r"batch-norm layers on the embedding path \(\['dsbn'\]\)"):
+        after = sg.models.load(tmp_path / "m").embed(np.eye(8, dtype=np.float32)[:2] * 3)
+    np.testing.assert_array_equal(after, before)
