@@ -223,8 +223,9 @@ class ScGPTEncoder(TokenEncoder):
         mask = torch.cat([torch.zeros((n, 1), dtype=torch.bool, device=pad.device), pad], dim=1)
         src = self.encoder(ids)
         h = src * vals.unsqueeze(-1) if self.style == "scaling" else src + self.value_encoder(vals)
-        for layer in self.transformer_encoder.layers:
-            h = block_forward(layer, h, mask, norm="pre_residual_normed" if self.pre_norm else "post")
+        layers, norm = self.transformer_encoder.layers, "pre_residual_normed" if self.pre_norm else "post"
+        for i, layer in enumerate(layers):  # the last layer only for <cls>, the embedding
+            h = block_forward(layer, h, mask, norm=norm, first_only=i == len(layers) - 1)
         z = h[:, 0]
         return z / torch.linalg.vector_norm(z, dim=1, keepdim=True) if self.normalize else z
 

@@ -80,6 +80,7 @@ def block_forward(
     pad: torch.Tensor,
     *,
     norm: Literal["post", "pre", "pre_residual_normed"] = "post",
+    first_only: bool = False,
 ) -> torch.Tensor:
     """One :class:`torch.nn.TransformerEncoderLayer` (eval mode), with padded keys masked explicitly.
 
@@ -88,31 +89,38 @@ def block_forward(
     ``norm`` places the layer norms: ``"post"`` (torch's default), ``"pre"`` (torch's
     ``norm_first=True``) or ``"pre_residual_normed"`` (scGPT's flash-attention layer with
     ``norm_scheme="pre"``: each sublayer's input is normalized and the residual adds to that normalized input).
+    ``first_only=True`` returns the first position's output alone, ``(n, 1, d)``: the keys and values
+    of every position, the query, attention output and feed-forward of the first (a last layer under a
+    ``<cls>`` embedding needs no more).
     """
     attn = layer.self_attn
     n_heads = attn.num_heads
+    d = x.shape[-1]
 
     def self_attention(h: torch.Tensor) -> torch.Tensor:
-        b, length, d = h.shape
-        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(b, length, 3, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
+        b, length, _ = h.shape
+        queries = 1 if first_only else length
+        w, bias = attn.in_proj_weight, attn.in_proj_bias
+        q = F.linear(h[:, :queries], w[:d], None if bias is None else bias[:d])
+        kv = F.linear(h, w[d:], None if bias is None else bias[d:])
+        q = q.view(b, queries, n_heads, d // n_heads).transpose(1, 2)
+        k, v = kv.view(b, length, 2, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
         # softmax(q k^T / sqrt(d_head)) v over the unpadded keys (torch's fused kernel; exact in float64 too)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])
-        out = out.transpose(1, 2).reshape(b, length, d)
-        return attn.out_proj(out)
+        return attn.out_proj(out.transpose(1, 2).reshape(b, queries, d))
 
     def feed_forward(h: torch.Tensor) -> torch.Tensor:
         return layer.linear2(layer.activation(layer.linear1(h)))
 
+    first = slice(0, 1) if first_only else slice(None)
     if norm == "pre":
-        x = x + self_attention(layer.norm1(x))
+        x = x[:, first] + self_attention(layer.norm1(x))
         return x + feed_forward(layer.norm2(x))
     if norm == "pre_residual_normed":
-        x = layer.norm1(x)
-        x = x + self_attention(x)
-        x = layer.norm2(x)
+        h = layer.norm1(x)
+        x = layer.norm2(h[:, first] + self_attention(h))
         return x + feed_forward(x)
-    x = layer.norm1(x + self_attention(x))
+    x = layer.norm1(x[:, first] + self_attention(x))
     return layer.norm2(x + feed_forward(x))
 
 

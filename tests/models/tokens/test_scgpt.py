@@ -205,3 +205,19 @@ def test_batch_norm_layers_are_named_and_left_out_as_embed_data_does(tmp_path, s
     with pytest.warns(UserWarning, match=r"batch-norm layers on the embedding path \(\['dsbn'\]\)"):
         after = sg.models.load(tmp_path / "m").embed(np.eye(8, dtype=np.float32)[:2] * 3)
     np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre", "pre_residual_normed"])
+def test_last_layer_for_cls_only_equals_the_full_layer(norm):
+    """``first_only=True`` (scGPT's last layer, whose only output used is ``<cls>``) is the full layer's first row."""
+    from scsig.models._tokens import block_forward
+
+    torch.manual_seed(1)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).double().eval()
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    pad = torch.zeros((3, 6), dtype=torch.bool)
+    pad[1, 3:], pad[2, 5:] = True, True
+    full = block_forward(layer, x, pad, norm=norm)
+    first = block_forward(layer, x, pad, norm=norm, first_only=True)
+    assert first.shape == (3, 1, 8)
+    torch.testing.assert_close(first, full[:, :1], rtol=1e-12, atol=1e-13)
