@@ -205,18 +205,17 @@ class BmfmEncoder(TokenEncoder):
         out.data = np.log1p(self.target_sum * out.data / np.repeat(totals, np.diff(out.indptr)))
         return out, np.zeros((x.shape[0], 0))
 
-    def _layer(self, layer: _Layer, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """One post-norm BERT layer (eval mode); padded keys masked."""
+    def _layer(self, layer: _Layer, h: torch.Tensor, keep: torch.Tensor, *, first_only: bool = False) -> torch.Tensor:
+        """One post-norm BERT layer (eval mode); padded keys masked; ``first_only``: the ``[CLS]`` output alone."""
         b, length, d = h.shape
         att = layer.attention.self
-        q, k, v = (
-            m(h).view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2)
-            for m in (att.query, att.key, att.value)
-        )
+        queries = 1 if first_only else length
+        q = att.query(h[:, :queries]).view(b, queries, self.n_heads, d // self.n_heads).transpose(1, 2)
+        k, v = (m(h).view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2) for m in (att.key, att.value))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        ctx = ctx.transpose(1, 2).reshape(b, length, d)
+        ctx = ctx.transpose(1, 2).reshape(b, queries, d)
         out = layer.attention.output
-        h = out.LayerNorm(out.dense(ctx) + h)
+        h = out.LayerNorm(out.dense(ctx) + h[:, :queries])
         ff = layer.output.dense(_ACTIVATIONS[self.activation](layer.intermediate.dense(h)))
         return layer.output.LayerNorm(ff + h)
 
@@ -234,8 +233,9 @@ class BmfmEncoder(TokenEncoder):
         emb = self.embeddings
         h = emb.LayerNorm(emb.genes_embeddings(ids) + emb.expressions_embeddings(vals, rows))
         keep = torch.cat([torch.ones((n, 2), dtype=torch.bool, device=dev), ~pad], dim=1)
-        for layer in self.encoder.layer:
-            h = self._layer(layer, h, keep)
+        cls_only = self.pool in ("first_token", "pooling_layer")  # then the last layer needs [CLS] alone
+        for i, layer in enumerate(self.encoder.layer):
+            h = self._layer(layer, h, keep, first_only=cls_only and i == len(self.encoder.layer) - 1)
         if self.pool == "first_token":
             return h[:, 0]
         if self.pool == "pooling_layer":
