@@ -288,15 +288,17 @@ def _encoder(
     *,
     normalize: bool,
     where: Path,
+    bins: int | None = None,
 ) -> ScGPTEncoder:
     """The encoder ``args.json`` describes, with the checkpoint's weights (as scGPT's ``embed_data`` builds it)."""
     binned = args.get("input_style", "binned") == "binned"
     style = args.get("input_emb_style", "continuous")
     n_bins = int(args.get("n_bins", args.get("n_input_bins", 51)))
-    if binned and style == "continuous" and n_bins != COLLATOR_BINS:
+    if binned and style == "continuous" and n_bins != COLLATOR_BINS and bins is None:
         warnings.warn(
             f"{where / 'args.json'} says n_bins={n_bins}, but scGPT's collator bins values into "
-            f"{COLLATOR_BINS} bins whatever n_bins says (in pretraining and in embed_data); scsig bins as the collator does.",
+            f"{COLLATOR_BINS} bins whatever n_bins says (in pretraining and in embed_data); scsig bins as the collator does. "
+            f"Pass load_scgpt(..., n_bins={n_bins}) for a model whose cells were binned into {n_bins} bins.",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
@@ -323,7 +325,7 @@ def _encoder(
         n_heads=int(args.get("nheads", args.get("nhead", 8))),
         d_hid=int(args["d_hid"]),
         n_layers=int(args["nlayers"]),
-        n_bins=COLLATOR_BINS if binned else None,
+        n_bins=(COLLATOR_BINS if bins is None else int(bins)) if binned else None,
         n_input_bins=n_bins + 2,
         input_emb_style=style,
         pad_value=float(args.get("pad_value", -2)),
@@ -349,6 +351,7 @@ def load_scgpt(
     *,
     name: str | None = None,
     normalize: bool = True,
+    n_bins: int | None = None,
     strict_config: bool = True,
     allow_pickle: bool = False,
 ) -> FoundationModel:
@@ -362,6 +365,10 @@ def load_scgpt(
         Identifier recorded in provenance; defaults to the folder name.
     normalize
         L2-normalize the cell embedding, as scGPT's ``embed_data`` does.
+    n_bins
+        Bins of the per-cell value binning. Default: 51, what scGPT's ``DataCollator`` uses in pretraining
+        and in ``embed_data`` whatever ``args.json`` says; pass ``args.json``'s value for a model whose
+        cells were binned with it (scGPT's ``Preprocessor(binning=n_bins)``, as its fine-tuning tutorials do).
     strict_config
         Refuse ``args.json`` fields scsig does not know (they might change the architecture).
     allow_pickle
@@ -382,7 +389,7 @@ def load_scgpt(
             raise ValueError(msg)
     genes = sorted((g for g in vocab if g not in SPECIAL_TOKENS and g != args.get("pad_token")), key=vocab.__getitem__)
     state = _state_dict(folder / "best_model.pt", allow_pickle=allow_pickle)
-    enc = _encoder(args, vocab, genes, state, normalize=normalize, where=folder)
+    enc = _encoder(args, vocab, genes, state, normalize=normalize, where=folder, bins=n_bins)
     log1p = args.get("input_style", "binned") != "normed_raw"  # scGPT's Preprocessor: counts per 10,000, then log1p
     recipe = Preprocessing(target_sum=1e4, log1p=log1p, requires_counts=True)
     return FoundationModel(enc, genes, preprocessing=recipe, name=name or folder.name, source=str(folder))

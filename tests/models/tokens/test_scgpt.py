@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -168,6 +169,11 @@ def test_values_are_binned_as_the_collator_does_whatever_n_bins_says(tmp_path, s
     values, _ = model.encoder.token_values(x)
     np.testing.assert_array_equal(values.toarray()[0], expected_bins(np.arange(1.0, 201.0), 51))
     assert values.max() == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for: no warning
+        model = sg.models.load_scgpt(tmp_path / "m", n_bins=11)  # cells binned as args.json says
+    values, _ = model.encoder.token_values(x)
+    np.testing.assert_array_equal(values.toarray()[0], expected_bins(np.arange(1.0, 201.0), 11))
 
 
 def test_pre_norm_in_args_is_embedded_as_embed_data_does(tmp_path, scgpt_folder):
