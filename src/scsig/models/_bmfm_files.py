@@ -25,27 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["Record", "read_checkpoint", "read_vocab"]
 
 # builtin containers and numpy values a Lightning checkpoint's hyper_parameters may hold
+# (besides _pickle.CONTAINER_GLOBALS)
 _PLAIN_GLOBALS = (
-    "builtins.dict",
-    "builtins.list",
-    "builtins.tuple",
     "builtins.set",
     "builtins.frozenset",
-    "builtins.str",
-    "builtins.int",
-    "builtins.float",
     "builtins.bool",
-    "builtins.slice",
     "builtins.object",
-    "collections.OrderedDict",
-    "collections.defaultdict",
     "copyreg._reconstructor",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray.scalar",
-    "numpy.core.multiarray.scalar",
-    "numpy.ndarray",
-    "numpy.dtype",
     "functools.partial",
 )
 # the packages whose classes become inert records: bmfm_targets' configs, and the objects a
@@ -94,7 +80,7 @@ def _pickle_module(*, permissive: bool) -> Any:
 
     With ``permissive`` (``allow_pickle=True``) any other global is imported, which runs the file's code.
     """
-    from ._pickle import TENSOR_GLOBALS, allow_list_pickle
+    from ._pickle import CONTAINER_GLOBALS, TENSOR_GLOBALS, allow_list_pickle
 
     records: dict[str, type] = {}
 
@@ -104,7 +90,7 @@ def _pickle_module(*, permissive: bool) -> Any:
         key = f"{module}.{name}"
         return records.setdefault(key, _record_class(module, name))
 
-    allowed = set(_PLAIN_GLOBALS) | set(TENSOR_GLOBALS) | _torch_weights_only_globals()
+    allowed = set(_PLAIN_GLOBALS) | set(CONTAINER_GLOBALS) | set(TENSOR_GLOBALS) | _torch_weights_only_globals()
     return allow_list_pickle(allowed, "a BMFM-RNA checkpoint", hook=record, permissive=permissive)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["TENSOR_GLOBALS", "allow_list_pickle"]
+__all__ = ["CONTAINER_GLOBALS", "TENSOR_GLOBALS", "allow_list_pickle"]
 
 TENSOR_GLOBALS = (
     "torch._utils._rebuild_tensor_v2",
@@ -20,6 +20,25 @@ TENSOR_GLOBALS = (
     "_codecs.encode",
 )
 """The globals a pickled tensor names: torch's rebuild functions, sizes, devices (dtypes are always accepted)."""
+
+CONTAINER_GLOBALS = (
+    "builtins.slice",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.str",
+    "builtins.int",
+    "builtins.float",
+    "collections.defaultdict",
+    "collections.OrderedDict",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+)
+"""Plain containers, numbers, strings and numpy arrays (both numpy 1 and 2 module paths): data, never code."""
 
 _PROTOCOL2_NAMES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 

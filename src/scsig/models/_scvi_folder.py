@@ -22,23 +22,9 @@ SCVI_FILE = "model.pt"
 
 # the container types a saved scvi-tools registry pickles besides tensors (numpy arrays, pandas
 # frames and indexes, plain builtins); measured on scvi-tools 1.4.2 saves of SCVI and SCANVI
+# (besides _pickle.CONTAINER_GLOBALS)
 _REGISTRY_GLOBALS = (
-    "builtins.slice",
-    "builtins.dict",
-    "builtins.list",
-    "builtins.tuple",
     "builtins.bytes",
-    "builtins.str",
-    "builtins.int",
-    "builtins.float",
-    "collections.defaultdict",
-    "collections.OrderedDict",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray.scalar",
-    "numpy.core.multiarray.scalar",
-    "numpy.ndarray",
-    "numpy.dtype",
     "pandas.core.indexes.base._new_Index",
     "pandas.core.indexes.base.Index",
     "pandas.core.indexes.range.RangeIndex",
@@ -60,9 +46,11 @@ def _restricted_pickle_module() -> Any:
     file names must be a tensor rebuild function, a dtype, or one of the numpy/pandas/builtin
     containers above; anything else is an :class:`pickle.UnpicklingError`.
     """
-    from ._pickle import TENSOR_GLOBALS, allow_list_pickle
+    from ._pickle import CONTAINER_GLOBALS, TENSOR_GLOBALS, allow_list_pickle
 
-    return allow_list_pickle(set(_REGISTRY_GLOBALS) | set(TENSOR_GLOBALS), "an scvi-tools model.pt")
+    return allow_list_pickle(
+        set(_REGISTRY_GLOBALS) | set(CONTAINER_GLOBALS) | set(TENSOR_GLOBALS), "an scvi-tools model.pt"
+    )
 
 
 def _read_model_pt(path: Path, *, allow_pickle: bool) -> dict:
